@@ -1,0 +1,5 @@
+"""GLUE tasks: TSV loaders and the metrics of the GLUE paper."""
+
+from qonnx_bert.glue.tasks import TASKS, GlueSplit, TaskSpec, load_task, resolve_data_dir
+
+__all__ = ["TASKS", "GlueSplit", "TaskSpec", "load_task", "resolve_data_dir"]

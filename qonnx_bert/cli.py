@@ -1,0 +1,50 @@
+"""The ``qonnx`` command line: a thin layer over the library.
+
+Each subcommand lives in ``qonnx_bert/commands/<name>.py`` with ``register(subparsers)``
+that adds its parser and sets ``func``. A ``UsageError`` becomes one line on stderr
+and exit code 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from qonnx_bert import __version__
+from qonnx_bert.errors import UsageError
+
+COMMANDS = ("export", "calibrate", "quantize", "eval", "demo", "models", "estimators")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qonnx", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"qonnx-bert {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"qonnx_bert.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run time
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr
+    )
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as err:
+        print(f"qonnx {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"qonnx {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``qonnx`` subcommand: ``register(subparsers)`` adds it."""

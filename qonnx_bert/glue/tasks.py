@@ -153,3 +153,13 @@ def load_task(name: str, split: str, data_dir: str | Path | None = None) -> Glue
         raise UsageError(f"{path} holds no labelled rows; check that it is the {task.folder} {split} file")
     dtype = np.float32 if task.labels is None else np.int64
     return GlueSplit(task, texts_a, texts_b if ib is not None else None, np.asarray(labels, dtype=dtype))
+
+
+def limit_split(split: GlueSplit, limit: int | None) -> GlueSplit:
+    """The first ``limit`` examples (all when ``limit`` is None)."""
+    if limit is None:
+        return split
+    if limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {limit}")
+    b = None if split.texts_b is None else split.texts_b[:limit]
+    return GlueSplit(split.task, split.texts_a[:limit], b, split.labels[:limit])

@@ -1,0 +1,1 @@
+"""Calibration: range estimators and the ONNX Runtime collection loop."""

@@ -1,0 +1,83 @@
+"""A fixed-size streaming histogram per group, shared by the percentile and MSE estimators.
+
+Memory must not grow with the calibration set, so each group keeps ``bins`` counts over
+``[lo, lo + bins * width)``. When new data falls outside, the span grows by a power of two
+``2**k`` with the new lower edge ``a`` new bins below the old one; old bin ``i`` then lies
+wholly inside new bin ``a + i // 2**k``, so re-binning merges counts exactly (no smearing).
+Exact per-group min and max are kept too, to clamp quantiles to the data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qonnx_bert.calibration.estimators.base import Layout
+
+
+class StreamingHistogram:
+    """Counts ``(G, bins)`` over per-group edges ``lo + width * arange(bins + 1)``."""
+
+    def __init__(self, bins: int = 2048) -> None:
+        if bins < 2 or bins % 2:
+            raise ValueError(f"bins must be an even number >= 2, got {bins}")
+        self.bins = bins
+        self.counts: np.ndarray | None = None
+
+    def update(self, cols: np.ndarray, layout: Layout) -> None:
+        """Add gathered columns ``cols`` (rows x columns in ``layout`` order)."""
+        gmin, gmax = (v.astype(np.float64) for v in layout.minmax(cols))
+        if self.counts is None:
+            self.dmin, self.dmax, self.lo = gmin, gmax, gmin.copy()
+            span = gmax - gmin
+            tiny = np.maximum(np.abs(gmin), 1.0) * 2.0**-20  # constant data: any small span
+            self.width = np.where(span > 0, span, tiny) / self.bins
+            self.counts = np.zeros((layout.n_groups, self.bins))
+        else:
+            self.dmin, self.dmax = np.minimum(self.dmin, gmin), np.maximum(self.dmax, gmax)
+            self._widen(gmin, gmax)
+        idx = np.floor((cols - self.lo[layout.gid]) / self.width[layout.gid]).astype(np.int64)
+        flat = np.clip(idx, 0, self.bins - 1) + layout.gid * self.bins
+        self.counts += np.bincount(flat.ravel(), minlength=self.counts.size).reshape(self.counts.shape)
+
+    def _widen(self, gmin: np.ndarray, gmax: np.ndarray) -> None:
+        """Grow the span of groups whose new data falls outside their edges."""
+        hi = self.lo + self.bins * self.width
+        grow = (gmin < self.lo) | (gmax > hi)
+        if not grow.any():
+            return
+        lo, w, b = self.lo[grow], self.width[grow], self.bins
+        m, big = np.minimum(gmin[grow], lo), np.maximum(gmax[grow], hi[grow])
+        k = np.maximum(1, np.ceil(np.log2((big - m) / (b * w))))
+        for _ in range(2):  # k or k + 1 doublings always suffice
+            a = np.ceil((lo - m) / (w * 2.0**k))
+            short = lo + (b - a) * w * 2.0**k <= big
+            k = np.where(short, k + 1, k)
+        a = np.ceil((lo - m) / (w * 2.0**k))
+        shift = np.minimum(k, 62).astype(np.int64)
+        new_bin = np.minimum(a[:, None].astype(np.int64) + (np.arange(b) >> shift[:, None]), b - 1)
+        flat = (new_bin + np.arange(len(k))[:, None] * b).ravel()
+        old = self.counts[grow]
+        self.counts[grow] = np.bincount(flat, weights=old.ravel(), minlength=old.size).reshape(old.shape)
+        self.lo[grow], self.width[grow] = lo - a * w * 2.0**k, w * 2.0**k
+
+    def centres(self) -> np.ndarray:
+        """Bin centres ``(G, bins)``."""
+        return self.lo[:, None] + (np.arange(self.bins) + 0.5) * self.width[:, None]
+
+    def _element(self, cum: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Estimated value of the ``j``-th smallest element per group: inside its own bin."""
+        b = np.argmax(cum > j[:, None], axis=1)
+        in_bin = self.counts[np.arange(len(b)), b]
+        before = cum[np.arange(len(b)), b] - in_bin
+        return self.lo + (b + (j - before + 0.5) / in_bin) * self.width
+
+    def quantile(self, q: float) -> np.ndarray:
+        """Per-group value at fraction ``q``, interpolated like ``np.percentile`` between the
+        elements of rank ``floor(q * (n - 1))`` and the next; each lies in its bin, so the
+        result is within one bin width of the exact percentile."""
+        cum = np.cumsum(self.counts, axis=1)
+        last = cum[:, -1] - 1
+        rank = q * last
+        j = np.floor(rank)
+        low, high = self._element(cum, j), self._element(cum, np.minimum(j + 1, last))
+        return np.clip(low + (rank - j) * (high - low), self.dmin, self.dmax)

@@ -1,0 +1,83 @@
+"""Which activations get quantized, and where their padding positions are.
+
+The selection mirrors ONNX Runtime's own (``CalibraterBase.select_tensors_to_calibrate``):
+every float input/output of a node whose type ORT's QDQ quantizer handles, minus
+initializers. We compute it ourselves because ORT's selection needs a calibrator
+object built from a file; the rule is the same, so the quantizer finds a range for
+every tensor it quantizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+QUANTIZED_OP_TYPES = tuple(sorted(set(QDQRegistry) | set(QLinearOpsRegistry)))
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+MASK_INPUT = "attention_mask"
+TOKEN_INPUTS = ("input_ids", "token_type_ids")
+_SHAPE_OPS = {"Shape", "Size"}  # their outputs depend on a tensor's shape, not its values
+
+
+@dataclass(frozen=True)
+class TensorLayout:
+    """Where the batch and sequence axes of an activation are.
+
+    ``seq_axes`` are the axes indexed by token position (two for attention
+    scores). ``mask_path`` tensors depend on the attention mask only (the
+    additive mask): their padding positions *are* their content, so they are
+    calibrated unmasked.
+    """
+
+    name: str
+    seq_axes: tuple[int, ...]
+    mask_path: bool
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, list]:
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    infos = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    return {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in infos
+        if v.type.tensor_type.elem_type in _FLOAT_TYPES
+    }
+
+
+def _depends_on(model: onnx.ModelProto, inputs: tuple[str, ...]) -> set[str]:
+    """Tensors whose values are computed from the given graph inputs."""
+    reached = {i.name for i in model.graph.input if i.name in inputs}
+    for node in model.graph.node:  # graph nodes are in topological order
+        if node.op_type not in _SHAPE_OPS and any(i in reached for i in node.input):
+            reached.update(node.output)
+    return reached
+
+
+def _mask_only_tensors(model: onnx.ModelProto) -> set[str]:
+    """Tensors computed from the attention mask, never from the tokens: the additive mask."""
+    return _depends_on(model, (MASK_INPUT,)) - _depends_on(model, TOKEN_INPUTS)
+
+
+def _seq_axes(shape: list, seq_dim) -> tuple[int, ...]:
+    return tuple(i for i, d in enumerate(shape) if i > 0 and d == seq_dim)
+
+
+def quantizable_tensors(model: onnx.ModelProto, op_types: tuple[str, ...] = QUANTIZED_OP_TYPES) -> list[TensorLayout]:
+    """Every activation ORT's QDQ quantizer will quantize, with its layout, in graph order."""
+    shapes = _shapes(model)
+    inits = {i.name for i in model.graph.initializer}
+    inputs = {i.name: i for i in model.graph.input}
+    ids = inputs.get("input_ids")
+    seq_dim = ids.type.tensor_type.shape.dim[1] if ids is not None else None
+    seq_dim = (seq_dim.dim_param or seq_dim.dim_value) if seq_dim is not None else None
+    mask_only = _mask_only_tensors(model)
+    seen: dict[str, TensorLayout] = {}
+    for node in model.graph.node:
+        if node.op_type not in op_types:
+            continue
+        for name in list(node.input) + list(node.output):
+            if name and name in shapes and name not in inits and name not in seen:
+                seen[name] = TensorLayout(name, _seq_axes(shapes[name], seq_dim), name in mask_only)
+    return list(seen.values())

@@ -1,0 +1,51 @@
+"""Run an ONNX model over a GLUE split in ONNX Runtime and score it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from tqdm import tqdm
+
+from qonnx_bert.encode import Encoder, length_batches
+from qonnx_bert.glue import GlueSplit
+from qonnx_bert.glue.metrics import predictions_from_logits, score
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    task: str
+    num_examples: int
+    metrics: dict[str, float]
+    logits: np.ndarray
+
+
+def cpu_session(model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session with the default (full) graph optimizations."""
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def predict_logits(session: ort.InferenceSession, encoder: Encoder, split: GlueSplit, *, batch_size: int = 16, progress: bool = True) -> np.ndarray:
+    """Logits for every example, in the split's order (batches are length-bucketed)."""
+    rows = encoder.static_batch or batch_size
+    lengths = encoder.lengths(split.texts_a, split.texts_b)
+    logits = np.zeros((len(split), encoder.info.num_labels), np.float32)
+    inputs = {i.name for i in session.get_inputs()}
+    for idx in tqdm(list(length_batches(lengths, rows)), desc=f"eval {split.task.name}", unit="batch", disable=not progress):
+        a = [split.texts_a[i] for i in idx]
+        b = None if split.texts_b is None else [split.texts_b[i] for i in idx]
+        feeds = {k: v for k, v in encoder.feeds(a, b).items() if k in inputs}
+        logits[idx] = session.run(None, feeds)[0][: len(idx)]
+    return logits
+
+
+def evaluate(model: onnx.ModelProto, split: GlueSplit, *, batch_size: int = 16, progress: bool = True) -> EvalResult:
+    """The task metric of ``model`` on ``split`` (CPU provider)."""
+    logits = predict_logits(cpu_session(model), Encoder.from_model(model), split, batch_size=batch_size, progress=progress)
+    metrics = score(split.task, predictions_from_logits(split.task, logits), split.labels)
+    return EvalResult(split.task.name, len(split), metrics, logits)

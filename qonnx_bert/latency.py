@@ -1,0 +1,48 @@
+"""Latency and agreement of ONNX models on the CPU provider (used by the demo and the benches)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx
+
+from qonnx_bert.encode import Encoder
+from qonnx_bert.evaluate import cpu_session
+
+
+def full_length_feeds(encoder: Encoder, text: str, seq_len: int = 128) -> dict[str, np.ndarray]:
+    """A batch-1 input of exactly ``seq_len`` real tokens (no padding): the latency workload."""
+    ids = encoder.tokenizer.encode((text + " ") * seq_len).ids
+    ids = (ids[:-1][: seq_len - 1] + ids[-1:])  # keep [CLS] ... [SEP]
+    feeds = {
+        "input_ids": np.asarray([ids], np.int64),
+        "attention_mask": np.ones((1, seq_len), np.int64),
+        "token_type_ids": np.zeros((1, seq_len), np.int64),
+    }
+    return {k: v for k, v in feeds.items() if k in encoder.input_names}
+
+
+def median_latency_ms(model: onnx.ModelProto, feeds: dict[str, np.ndarray], *, runs: int = 30, warmup: int = 5, threads: int | None = None) -> float:
+    """Median wall time of one ``session.run`` in milliseconds."""
+    session = cpu_session(model, threads)
+    for _ in range(warmup):
+        session.run(None, feeds)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio, 10*log10(sum(ref^2) / sum((ref - test)^2))."""
+    noise = float(np.sum((reference.astype(np.float64) - test) ** 2))
+    signal = float(np.sum(reference.astype(np.float64) ** 2))
+    return float("inf") if noise == 0 else 10.0 * np.log10(signal / noise)
+
+
+def agreement(reference: np.ndarray, test: np.ndarray) -> float:
+    """Fraction of rows whose argmax (predicted class) is the same."""
+    return float(np.mean(reference.argmax(-1) == test.argmax(-1)))

@@ -1,0 +1,92 @@
+"""Calibration ranges against an independent reference: unpadded single-sequence runs in NumPy."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from qonnx_bert.calibration.calibrate import calibrate, sample_sequences
+from qonnx_bert.calibration.ranges import RangeTable
+from qonnx_bert.calibration.tensors import quantizable_tensors
+from qonnx_bert.encode import Encoder
+from qonnx_bert.errors import UsageError
+from qonnx_bert.passes.prepare import MASK_FILL, prepare
+
+TEXTS = [
+    "a b", "the quick brown fox jumps over the lazy dog again and again",
+    "short", "one two three four five six", "lorem ipsum dolor sit amet consectetur",
+    "x y z", "it was the best of times, it was the worst of times", "hello",
+]
+
+
+def _reference_ranges(model, names):
+    """Min/max over each sequence run alone (batch 1, no padding at all)."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    exposed.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    session = ort.InferenceSession(exposed.SerializeToString())
+    encoder = Encoder.from_model(model)
+    lo = {n: np.inf for n in names}
+    hi = {n: -np.inf for n in names}
+    for text in TEXTS:
+        for name, value in zip(names, session.run(names, encoder.feeds([text])), strict=True):
+            lo[name], hi[name] = min(lo[name], value.min()), max(hi[name], value.max())
+    return lo, hi
+
+
+def test_padded_batches_give_unpadded_ranges(tiny_onnx):
+    model = onnx.load(str(tiny_onnx))
+    # batch_size 4 pads the shorter sequences of each batch; the mask must hide them.
+    table = calibrate(model, sample_sequences(TEXTS, None, len(TEXTS), 0, "test"), batch_size=4, progress=False)
+    layouts = [t for t in quantizable_tensors(prepare(model)) if not t.mask_path]
+    lo, hi = _reference_ranges(prepare(model), [t.name for t in layouts])
+    for t in layouts:
+        got = table.tensors[t.name]
+        # Batched and single-sequence kernels differ only by float32 rounding.
+        assert got["min"] == pytest.approx(lo[t.name], rel=1e-4, abs=1e-5), t.name
+        assert got["max"] == pytest.approx(hi[t.name], rel=1e-4, abs=1e-5), t.name
+
+
+def test_mask_path_keeps_its_fill_value(tiny_onnx):
+    model = onnx.load(str(tiny_onnx))
+    table = calibrate(model, sample_sequences(TEXTS, None, len(TEXTS), 0, "test"), batch_size=4, progress=False)
+    masks = [t for t in quantizable_tensors(prepare(model)) if t.mask_path]
+    assert masks, "the additive attention mask should be found"
+    for t in masks:
+        assert table.tensors[t.name]["min"] == MASK_FILL and table.tensors[t.name]["max"] == 0.0
+
+
+def test_per_channel_residual_stats_match_per_tensor(tiny_onnx):
+    model = onnx.load(str(tiny_onnx))
+    table = calibrate(model, sample_sequences(TEXTS, None, len(TEXTS), 0, "test"), batch_size=4, progress=False)
+    for role, entry in table.per_channel.items():
+        assert len(entry["min"]) == 32
+        per_tensor = table.tensors[entry["tensor"]]
+        assert min(entry["min"]) == pytest.approx(per_tensor["min"]) and max(entry["max"]) == pytest.approx(per_tensor["max"]), role
+
+
+def test_ranges_file_round_trip_and_mismatch(tiny_onnx, tmp_path, tiny_bert_dir):
+    model = onnx.load(str(tiny_onnx))
+    table = calibrate(model, sample_sequences(TEXTS, None, 4, 0, "test"), progress=False)
+    path = tmp_path / "ranges.json"
+    table.save(path)
+    loaded = RangeTable.load(path)
+    assert loaded.tensors == table.tensors and json.loads(path.read_text())["version"] == 1
+    other = onnx.load(str(tiny_onnx))
+    other.graph.initializer[0].raw_data = bytes(len(other.graph.initializer[0].raw_data))
+    with pytest.raises(UsageError, match="another model"):
+        loaded.check_fits(other, [])
+    with pytest.raises(UsageError, match="lacks ranges"):
+        loaded.check_fits(model, ["no_such_tensor"])
+
+
+def test_ort_cache_is_readable_by_onnxruntime(tiny_onnx, tmp_path):
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    table = calibrate(onnx.load(str(tiny_onnx)), sample_sequences(TEXTS, None, 4, 0, "test"), progress=False)
+    table.save_ort_cache(tmp_path / "cache.json")
+    cache = load_tensors_data(tmp_path / "cache.json")
+    name = next(iter(table.tensors))
+    assert float(cache[name].range_value[0]) == pytest.approx(table.tensors[name]["min"])

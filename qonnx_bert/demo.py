@@ -16,7 +16,7 @@ import onnx
 from qonnx_bert.calibration.calibrate import calibrate, sample_sequences
 from qonnx_bert.calibration.sources import shipped_sentences
 from qonnx_bert.encode import Encoder
-from qonnx_bert.evaluate import cpu_session
+from qonnx_bert.runtime import cpu_session
 from qonnx_bert.export import export_model
 from qonnx_bert.latency import agreement, full_length_feeds, median_latency_ms, sqnr_db
 from qonnx_bert.quantize import quantize

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from qonnx_bert.encode import Encoder, length_batches
 from qonnx_bert.glue import GlueSplit
 from qonnx_bert.glue.metrics import predictions_from_logits, score
+from qonnx_bert.runtime import cpu_session
 
 
 @dataclass(frozen=True)
@@ -20,14 +21,6 @@ class EvalResult:
     num_examples: int
     metrics: dict[str, float]
     logits: np.ndarray
-
-
-def cpu_session(model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session with the default (full) graph optimizations."""
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def predict_logits(session: ort.InferenceSession, encoder: Encoder, split: GlueSplit, *, batch_size: int = 16, progress: bool = True) -> np.ndarray:

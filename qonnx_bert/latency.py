@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from qonnx_bert.encode import Encoder
-from qonnx_bert.evaluate import cpu_session
+from qonnx_bert.runtime import cpu_session
 
 
 def full_length_feeds(encoder: Encoder, text: str, seq_len: int = 128) -> dict[str, np.ndarray]:

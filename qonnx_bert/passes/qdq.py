@@ -24,13 +24,28 @@ import onnx
 from onnx import numpy_helper
 
 from qonnx_bert.calibration.tensors import QUANTIZED_OP_TYPES
+from qonnx_bert.schemes.plan import Plan
 
 logger = logging.getLogger(__name__)
 
-WEIGHT_OPS = ("MatMul", "Gemm", "Gather")
+
+class _DropPreprocessAdvice(logging.Filter):
+    """ORT warns on the root logger that the model was not pre-processed; ours is prepared by qonnx."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-process" not in record.getMessage()
 
 
-def _ort_quantize(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]) -> onnx.ModelProto:
+def _ort_quantize(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], overrides: dict[str, list[dict]]) -> onnx.ModelProto:
+    quiet = _DropPreprocessAdvice()
+    logging.getLogger().addFilter(quiet)
+    try:
+        return _run_quantize_static(model, ranges, overrides)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
+def _run_quantize_static(model, ranges, overrides) -> onnx.ModelProto:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
 
@@ -43,7 +58,7 @@ def _ort_quantize(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
             str(src), str(dst), calibration_data_reader=None, calibration_cache_path=str(cache),
             quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             per_channel=False, op_types_to_quantize=list(QUANTIZED_OP_TYPES),
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "TensorQuantOverrides": overrides},
         )
         return onnx.load(str(dst))
 
@@ -97,15 +112,16 @@ def restore_float_weights(quantized: onnx.ModelProto, original: onnx.ModelProto)
     del quantized.graph.node[:]
     quantized.graph.node.extend(nodes)
     used = {i for n in nodes for i in n.input}
-    kept = [i for i in quantized.graph.initializer if i.name in used and i.name not in floats]
+    kept = [i for i in quantized.graph.initializer if i.name in used]
+    have = {i.name for i in kept}
     del quantized.graph.initializer[:]
-    quantized.graph.initializer.extend(kept + [floats[n] for n in sorted(set(renamed.values()))])
+    quantized.graph.initializer.extend(kept + [floats[n] for n in sorted(set(renamed.values()) - have)])
     return quantized
 
 
-def insert_qdq(prepared: onnx.ModelProto, ranges: dict[str, tuple[float, float]] | None, *, weights: bool) -> onnx.ModelProto:
-    """QDQ model: activations from ``ranges`` (None: weights only), weights int8 if ``weights``."""
-    if ranges is None:
-        return quantize_weights_only(prepared)
-    quantized = _ort_quantize(prepared, ranges)
-    return quantized if weights else restore_float_weights(quantized, prepared)
+def insert_qdq(plan: Plan) -> onnx.ModelProto:
+    """The QDQ model of a plan: activations from ``plan.ranges`` (None: weights only)."""
+    if plan.ranges is None:
+        return quantize_weights_only(plan.model)
+    quantized = _ort_quantize(plan.model, plan.ranges, plan.overrides)
+    return quantized if plan.weights else restore_float_weights(quantized, plan.model)

@@ -1,0 +1,22 @@
+"""Quantization schemes, by name. Each builds a ``Plan``; ``passes.qdq`` applies it.
+
+A scheme is any object with ``name``, ``summary`` and ``plan(ctx) -> Plan``.
+"""
+
+from __future__ import annotations
+
+from qonnx_bert.errors import UsageError
+from qonnx_bert.schemes.baseline import BASELINES
+from qonnx_bert.schemes.context import SchemeContext
+from qonnx_bert.schemes.plan import SOFTMAX_MASK_MARGIN, Plan, activation_ranges
+
+SCHEMES = {s.name: s for s in BASELINES}
+
+
+def get_scheme(name: str):
+    if name not in SCHEMES:
+        raise UsageError(f"unknown scheme {name!r}; choose one of: {', '.join(SCHEMES)}")
+    return SCHEMES[name]
+
+
+__all__ = ["SCHEMES", "SOFTMAX_MASK_MARGIN", "Plan", "SchemeContext", "activation_ranges", "get_scheme"]

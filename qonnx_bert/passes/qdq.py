@@ -36,29 +36,29 @@ class _DropPreprocessAdvice(logging.Filter):
         return "pre-process" not in record.getMessage()
 
 
-def _ort_quantize(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], overrides: dict[str, list[dict]]) -> onnx.ModelProto:
+def _ort_quantize(plan: Plan) -> onnx.ModelProto:
     quiet = _DropPreprocessAdvice()
     logging.getLogger().addFilter(quiet)
     try:
-        return _run_quantize_static(model, ranges, overrides)
+        return _run_quantize_static(plan)
     finally:
         logging.getLogger().removeFilter(quiet)
 
 
-def _run_quantize_static(model, ranges, overrides) -> onnx.ModelProto:
+def _run_quantize_static(plan: Plan) -> onnx.ModelProto:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
 
     with tempfile.TemporaryDirectory(prefix="qonnx.") as tmp:
         src, dst, cache = (Path(tmp) / n for n in ("in.onnx", "out.onnx", "ranges.json"))
-        onnx.save(model, str(src))
-        data = {t: (np.float32(lo), np.float32(hi)) for t, (lo, hi) in ranges.items()}
+        onnx.save(plan.model, str(src))
+        data = {t: (np.float32(lo), np.float32(hi)) for t, (lo, hi) in plan.ranges.items()}
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
         quantize_static(
             str(src), str(dst), calibration_data_reader=None, calibration_cache_path=str(cache),
             quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            per_channel=False, op_types_to_quantize=list(QUANTIZED_OP_TYPES),
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "TensorQuantOverrides": overrides},
+            per_channel=False, op_types_to_quantize=list(QUANTIZED_OP_TYPES), nodes_to_exclude=list(plan.exclude_nodes),
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "TensorQuantOverrides": plan.overrides},
         )
         return onnx.load(str(dst))
 
@@ -123,5 +123,11 @@ def insert_qdq(plan: Plan) -> onnx.ModelProto:
     """The QDQ model of a plan: activations from ``plan.ranges`` (None: weights only)."""
     if plan.ranges is None:
         return quantize_weights_only(plan.model)
-    quantized = _ort_quantize(plan.model, plan.ranges, plan.overrides)
+    from dataclasses import replace
+
+    from qonnx_bert.passes.htp_rules import htp_ready
+
+    model, htp = htp_ready(plan.model)  # measured HTP rules; the scheme's own overrides win
+    plan = replace(plan, model=model, overrides={**htp, **plan.overrides})
+    quantized = _ort_quantize(plan)
     return quantized if plan.weights else restore_float_weights(quantized, plan.model)

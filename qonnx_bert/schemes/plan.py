@@ -22,13 +22,16 @@ class Plan:
 
     ``ranges`` maps each activation to quantize to its (min, max); None means
     weights only. ``overrides`` are ONNX Runtime ``TensorQuantOverrides`` entries
-    (16-bit types, converts, fixed scales) keyed by tensor name.
+    (16-bit types, converts, fixed scales) keyed by tensor name. ``exclude_nodes``
+    are nodes ORT must leave alone because the plan places their Q/DQ itself
+    (PEG's Split and Concat: ORT would force one scale on all their groups).
     """
 
     model: onnx.ModelProto
     ranges: dict[str, tuple[float, float]] | None
     weights: bool = True
     overrides: dict[str, list[dict]] = field(default_factory=dict)
+    exclude_nodes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 

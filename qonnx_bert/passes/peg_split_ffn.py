@@ -1,0 +1,140 @@
+"""Lower per-embedding-group (PEG) quantization of one FFN to per-tensor ops.
+
+With a permutation ``P`` that makes every group contiguous and group slices
+``G_1..G_K`` of the permuted dimensions, the FFN of a layer
+
+    h = Gelu(x W1 + b1);   y = h W2 + b2;   s = y + x;   LN2(s)
+
+is rewritten, exactly in FP32, as
+
+    x_g = Split(x P)_g                                  (Gather, then Split)
+    h   = Gelu(sum_g x_g (P^T W1)[G_g, :] + b1)         (K MatMuls, K-1 Adds)
+    y_g = h (W2 P)[:, G_g] + (b2 P)[G_g]                (K MatMuls)
+    s_g = y_g + x_g                                     (K Adds)
+    s   = Concat(s_1..s_K) P^T                          (Concat, then Gather)
+
+so that the FFN input, output and residual sum of each group are separate
+tensors, each quantized per-tensor with its own range. The permutation is
+skipped when it is the identity, and Split/Concat when K = 1. Tensor names of
+``ffn.intermediate`` and ``ffn.residual_sum`` are kept, so their calibrated
+ranges still apply. Uses onnx_ir for the graph surgery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from qonnx_bert.errors import UsageError
+
+
+@dataclass(frozen=True)
+class FfnNodes:
+    """The nodes of one layer's FFN, found from its role tensors."""
+
+    matmul1: ir.Node
+    bias1: ir.Node
+    matmul2: ir.Node
+    bias2: ir.Node
+    residual: ir.Node
+    x: ir.Value
+
+
+def _const(value: ir.Value, layer: int, what: str) -> np.ndarray:
+    if value.const_value is None:
+        raise UsageError(f"layer {layer}: the FFN {what} is not a constant; cannot split it into groups")
+    return value.const_value.numpy()
+
+
+def find_ffn(graph: ir.Graph, roles: dict[str, str], layer: int) -> FfnNodes:
+    """Locate MatMul(W1)+b1 -> ... -> MatMul(W2)+b2 -> residual Add of ``layer``."""
+    values = {v.name: v for n in graph for v in n.outputs}
+    inter = values[roles[f"layer.{layer}.ffn.intermediate"]].producer()
+    out = values[roles[f"layer.{layer}.ffn.output"]].producer()
+    residual = values[roles[f"layer.{layer}.ffn.residual_sum"]].producer()
+    mm1 = next((i.producer() for i in inter.inputs if i.producer() is not None and i.producer().op_type == "MatMul"), None)
+    mm2 = next((i.producer() for i in out.inputs if i.producer() is not None and i.producer().op_type == "MatMul"), None)
+    if mm1 is None or mm2 is None or inter.op_type != "Add" or out.op_type != "Add":
+        raise UsageError(f"layer {layer}: expected FFN dense layers as MatMul + bias Add (got {inter.op_type}/{out.op_type}); cannot lower PEG")
+    return FfnNodes(mm1, inter, mm2, out, residual, mm1.inputs[0])
+
+
+def _bias_input(node: ir.Node) -> ir.Value:
+    return next(i for i in node.inputs if i.const_value is not None)
+
+
+class _Builder:
+    """Adds constants and nodes before an anchor node, with names under a prefix."""
+
+    def __init__(self, graph: ir.Graph, anchor: ir.Node, prefix: str):
+        self.graph, self.anchor, self.prefix = graph, anchor, prefix
+
+    def const(self, name: str, array: np.ndarray) -> ir.Value:
+        value = ir.Value(name=f"{self.prefix}.{name}", const_value=ir.tensor(array, name=f"{self.prefix}.{name}"))
+        self.graph.register_initializer(value)
+        return value
+
+    def node(self, op: str, inputs: list, name: str, attributes: dict | None = None, outputs: int = 1) -> list[ir.Value]:
+        outs = [ir.Value(name=f"{self.prefix}.{name}" + (f".{i}" if outputs > 1 else "")) for i in range(outputs)]
+        attrs = [ir.AttrInt64(k, v) if isinstance(v, int) else ir.AttrInt64s(k, v) for k, v in (attributes or {}).items()]
+        node = ir.Node("", op, inputs, attrs, outputs=outs, name=f"{self.prefix}.{name}")
+        self.graph.insert_before(self.anchor, node)
+        return outs
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    """Names the quantization plan needs: data-movement nodes it handles itself, recombined tensors."""
+
+    group_nodes: list[str]
+    recombined: list[str]
+
+
+def split_ffn(graph: ir.Graph, roles: dict[str, str], layer: int, groups: list[np.ndarray]) -> SplitResult:
+    """Rewrite ``layer``'s FFN into groups in place."""
+    ffn = find_ffn(graph, roles, layer)
+    perm = np.concatenate(groups).astype(np.int64)
+    if sorted(perm.tolist()) != list(range(len(perm))):
+        raise UsageError(f"layer {layer}: PEG groups must partition the {len(perm)} hidden dimensions")
+    sizes = [len(g) for g in groups]
+    cuts = np.cumsum([0, *sizes])
+    permuted = not np.array_equal(perm, np.arange(len(perm)))
+    w1, w2 = _const(ffn.matmul1.inputs[1], layer, "W1")[perm], _const(ffn.matmul2.inputs[1], layer, "W2")[:, perm]
+    b2 = _const(_bias_input(ffn.bias2), layer, "b2")[perm]
+    b = _Builder(graph, ffn.matmul1, f"layer{layer}.peg")
+    x = b.node("Gather", [ffn.x, b.const("perm", perm)], "x_permuted", {"axis": -1})[0] if permuted else ffn.x
+    xs = b.node("Split", [x, b.const("sizes", np.asarray(sizes, np.int64))], "x", {"axis": -1}, len(groups)) if len(groups) > 1 else [x]
+    acc = None
+    for g, xg in enumerate(xs):
+        part = b.node("MatMul", [xg, b.const(f"w1.{g}", w1[cuts[g] : cuts[g + 1]])], f"partial.{g}")[0]
+        acc = part if acc is None else b.node("Add", [acc, part], f"partial_sum.{g}")[0]
+    ffn.bias1.replace_input_with(list(ffn.bias1.inputs).index(ffn.matmul1.outputs[0]), acc)
+    b.anchor = ffn.residual
+    h = ffn.matmul2.inputs[0]
+    sums = []
+    for g, xg in enumerate(xs):
+        yg = b.node("MatMul", [h, b.const(f"w2.{g}", w2[:, cuts[g] : cuts[g + 1]])], f"out_matmul.{g}")[0]
+        yg = b.node("Add", [yg, b.const(f"b2.{g}", b2[cuts[g] : cuts[g + 1]])], f"output.{g}")[0]
+        sums.append(b.node("Add", [yg, xg], f"residual_sum.{g}")[0])
+    s = b.node("Concat", sums, "residual_sum_permuted", {"axis": -1})[0] if len(sums) > 1 else sums[0]
+    recombined = [s] if len(sums) > 1 else []
+    if permuted:
+        s = b.node("Gather", [s, b.const("inverse_perm", np.argsort(perm).astype(np.int64))], "residual_sum_unpermuted", {"axis": -1})[0]
+        recombined += [s] if len(sums) > 1 else []
+    _replace(graph, ffn, s)
+    nodes = [f"layer{layer}.peg.x", f"layer{layer}.peg.residual_sum_permuted"] if len(groups) > 1 else []
+    return SplitResult(nodes, [v.name for v in recombined])
+
+
+def _replace(graph: ir.Graph, ffn: FfnNodes, s: ir.Value) -> None:
+    """Route the residual sum's consumers to ``s`` (keeping its name) and drop the old nodes."""
+    old = ffn.residual.outputs[0]
+    name = old.name
+    old.replace_all_uses_with(s)
+    if old.is_graph_output():
+        graph.outputs[graph.outputs.index(old)] = s
+    for node in (ffn.residual, ffn.bias2, ffn.matmul2, ffn.matmul1):
+        graph.remove(node, safe=True)
+    s.name = name

@@ -1,0 +1,127 @@
+"""Per-embedding-group (PEG) quantization of the FFN, lowered to per-tensor QDQ.
+
+The paper's fix (Section 4): the FFN input, output and residual sum of each
+layer are quantized per group of embedding dimensions, everything else stays
+per-tensor W8A8. Groups come from the per-dimension calibration ranges
+(``peg_groups``); ``passes.peg_split_ffn`` splits each FFN into group tensors;
+tensors that the split creates are calibrated by replaying the calibration
+sequences stored in the ranges file through the rewritten FP32 graph, with the
+same estimator.
+
+Precision of the recombined residual sum (Concat of the groups, then the
+inverse permutation, then the second LayerNorm): uint16 when K > 1. Each group
+was already quantized to uint8 with its own range; putting the groups back on
+one 8-bit grid would undo PEG, and the LayerNorm input must be quantized for
+integer runtimes, so 16 bits is the narrowest grid that keeps every group's
+resolution. Split and Concat get one Q/DQ per group (ORT's quantizer would
+force one scale on all their inputs/outputs, so they are excluded from it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+from onnxruntime.quantization import QuantType
+
+from qonnx_bert.calibration.calibrate import Sequences, estimate_ranges, per_tensor_targets
+from qonnx_bert.calibration.estimators import EstimatorSpec
+from qonnx_bert.calibration.tensors import quantizable_tensors
+from qonnx_bert.errors import UsageError
+from qonnx_bert.passes.peg_split_ffn import split_ffn
+from qonnx_bert.schemes.context import SchemeContext
+from qonnx_bert.schemes.peg_groups import layer_groups, quantization_noise
+from qonnx_bert.schemes.plan import Plan, activation_ranges
+
+PEG_ROLES = ("input", "output", "residual_sum")
+
+
+@dataclass(frozen=True)
+class PegOptions:
+    groups: int = 6
+    permute: bool = True
+    grouping: str = "outlier"
+    layers: tuple[int, ...] | None = None  # None: all layers
+
+    @classmethod
+    def from_options(cls, options: dict, default_grouping: str) -> PegOptions:
+        layers = options.get("layers")
+        return cls(
+            groups=int(options.get("groups") or 6),
+            permute=not options.get("no_permute", False),
+            grouping=options.get("grouping") or default_grouping,
+            layers=tuple(layers) if layers else None,
+        )
+
+
+def dimension_ranges(per_channel: dict, layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension (min, max) of a layer: the widest over FFN input, output and residual sum."""
+    keys = [f"layer.{layer}.ffn.{r}" for r in PEG_ROLES]
+    missing = [k for k in keys if k not in per_channel]
+    if missing:
+        raise UsageError(f"ranges file has no per-embedding statistics for {missing[0]}; re-run `qonnx calibrate` with this qonnx version")
+    lo = np.min([per_channel[k]["min"] for k in keys], axis=0)
+    hi = np.max([per_channel[k]["max"] for k in keys], axis=0)
+    return lo, hi
+
+
+def _replay(ctx: SchemeContext, model: onnx.ModelProto, known: set[str]) -> dict[str, dict]:
+    """Calibrate the tensors the rewrite created, on the sequences stored in the ranges file."""
+    cal = ctx.require_ranges().calibration
+    if not cal.get("sequences"):
+        raise UsageError("ranges file holds no calibration sequences; re-run `qonnx calibrate` with this qonnx version")
+    layouts = [t for t in quantizable_tensors(model) if t.name not in known]
+    spec = EstimatorSpec(cal["estimator"], dict(cal.get("params", {})))
+    sequences = Sequences.from_pairs(cal["sequences"], cal.get("source", "ranges file"), cal.get("seed", 0))
+    est = estimate_ranges(model, per_tensor_targets(layouts, spec, {}), sequences, batch_size=cal.get("batch_size", 8), progress=False)
+    return {t.name: {"role": None, "min": float(est[t.name].range()[0][0]), "max": float(est[t.name].range()[1][0])} for t in layouts}
+
+
+def _selected_layers(opts: PegOptions, num_layers: int) -> list[int]:
+    layers = list(opts.layers) if opts.layers is not None else list(range(num_layers))
+    bad = [i for i in layers if not 0 <= i < num_layers]
+    if bad:
+        raise UsageError(f"--layers {bad[0]} is out of range: this model has layers 0-{num_layers - 1}")
+    return layers
+
+
+@dataclass(frozen=True)
+class PegScheme:
+    name: str
+    default_grouping: str
+    summary: str
+
+    def plan(self, ctx: SchemeContext) -> Plan:
+        opts = PegOptions.from_options(ctx.options, self.default_grouping)
+        base = ctx.calibrated()
+        per_channel = ctx.require_ranges().per_channel
+        model = ir.from_proto(ctx.prepared)
+        exclude, notes, recombined = [], [], []
+        for layer in _selected_layers(opts, ctx.roles.num_layers):
+            lo, hi = dimension_ranges(per_channel, layer)
+            groups = layer_groups(lo, hi, opts.groups, opts.grouping, opts.permute)
+            result = split_ffn(model.graph, ctx.roles.roles, layer, groups)
+            exclude += result.group_nodes
+            recombined += result.recombined
+            notes.append(_group_note(layer, groups, lo, hi))
+        RemoveUnusedNodesPass()(model)
+        rewritten = ir.to_proto(model)
+        entries = {**base, **_replay(ctx, rewritten, set(base))}
+        overrides = {t: [{"quant_type": QuantType.QUInt16}] for t in recombined}
+        notes.append(f"PEG K={opts.groups} ({opts.grouping} groups, {'permuted' if opts.permute else 'not permuted'}); recombined residual sums in uint16")
+        return Plan(rewritten, activation_ranges(entries), weights=True, overrides=overrides, exclude_nodes=exclude, notes=notes)
+
+
+def _group_note(layer: int, groups: list[np.ndarray], lo: np.ndarray, hi: np.ndarray) -> str:
+    sizes = ",".join(str(len(g)) for g in groups)
+    widest = max(groups, key=lambda g: hi[g].max() - lo[g].min())
+    return f"layer {layer}: group sizes [{sizes}], widest group range {hi[widest].max() - lo[widest].min():.1f}, noise objective {quantization_noise(lo, hi, groups):.3g}"
+
+
+PEG_SCHEMES = (
+    PegScheme("peg", "outlier", "PEG on FFN input/output/sum: K groups (default 6), outlier-aware uneven groups"),
+    PegScheme("peg-equal", "equal", "PEG as in the paper: K equal-size groups after range-based permutation"),
+)

@@ -1,0 +1,86 @@
+"""PEG groups: which embedding dimensions share one quantization range.
+
+Per layer, the per-dimension calibration ranges of the FFN input, output and
+residual sum give each dimension j a range ``r_j = max_j - min_j`` (the largest
+of the three tensors', padding excluded). Groups are index sets over the
+hidden dimensions; the lowering (``passes.peg_split_ffn``) permutes the
+dimensions so that each group is contiguous.
+
+* ``equal`` (the paper): sort dimensions by range (``permute``) or keep their
+  order, then cut into K groups of equal size (sizes differ by at most one when
+  K does not divide the hidden size).
+* ``outlier`` (beyond the paper): over the range-sorted dimensions, choose the K
+  contiguous segments that minimise the total quantization noise
+  ``sum_g |G_g| * (max_{j in G_g} hi_j - min_{j in G_g} lo_j)^2`` (the noise power
+  of a uniform grid is proportional to its step squared), by dynamic
+  programming. A handful of outlier dimensions of very different size then get
+  small groups of their own instead of sharing a range with ~60 ordinary ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qonnx_bert.errors import UsageError
+
+GROUPINGS = ("equal", "outlier")
+
+
+def check_group_count(k: int, hidden: int) -> None:
+    if k < 1 or k > hidden:
+        raise UsageError(f"--groups {k} is out of range: use 1 <= K <= hidden size ({hidden})")
+
+
+def equal_groups(ranges: np.ndarray, k: int, permute: bool) -> list[np.ndarray]:
+    """The paper's K equal groups, over range-sorted (``permute``) or original order."""
+    check_group_count(k, len(ranges))
+    order = np.argsort(ranges, kind="stable") if permute else np.arange(len(ranges))
+    return [np.sort(chunk) if not permute else chunk for chunk in np.array_split(order, k)]
+
+
+def _segment_costs(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """cost[a, b] = (b - a) * (max hi[a:b] - min lo[a:b])^2 for a < b (sorted order)."""
+    n = len(lo)
+    cost = np.full((n + 1, n + 1), np.inf)
+    for a in range(n):
+        top = np.maximum.accumulate(hi[a:])
+        bottom = np.minimum.accumulate(lo[a:])
+        cost[a, a + 1 :] = np.arange(1, n - a + 1) * (top - bottom) ** 2
+    return cost
+
+
+def outlier_groups(lo: np.ndarray, hi: np.ndarray, k: int) -> list[np.ndarray]:
+    """K contiguous segments of the range-sorted dimensions with the least total noise."""
+    check_group_count(k, len(lo))
+    order = np.argsort(hi - lo, kind="stable")
+    cost = _segment_costs(lo[order], hi[order])
+    n = len(order)
+    best = np.full((k + 1, n + 1), np.inf)
+    cut = np.zeros((k + 1, n + 1), dtype=int)
+    best[0, 0] = 0.0
+    for g in range(1, k + 1):
+        for b in range(g, n + 1):
+            totals = best[g - 1, :b] + cost[:b, b]
+            cut[g, b] = int(np.argmin(totals))
+            best[g, b] = totals[cut[g, b]]
+    bounds, b = [], n
+    for g in range(k, 0, -1):
+        bounds.append((cut[g, b], b))
+        b = cut[g, b]
+    return [order[a:b] for a, b in reversed(bounds)]
+
+
+def layer_groups(lo: np.ndarray, hi: np.ndarray, k: int, grouping: str, permute: bool) -> list[np.ndarray]:
+    """The groups of one layer from its per-dimension (min, max)."""
+    if grouping == "equal":
+        return equal_groups(hi - lo, k, permute)
+    if grouping == "outlier":
+        if not permute:
+            raise UsageError("--grouping outlier forms groups over range-sorted dimensions; drop --no-permute")
+        return outlier_groups(lo, hi, k)
+    raise UsageError(f"unknown --grouping {grouping!r}; choose one of: {', '.join(GROUPINGS)}")
+
+
+def quantization_noise(lo: np.ndarray, hi: np.ndarray, groups: list[np.ndarray]) -> float:
+    """The objective ``outlier`` minimises, for comparing groupings."""
+    return float(sum(len(g) * (hi[g].max() - lo[g].min()) ** 2 for g in groups))

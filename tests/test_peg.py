@@ -1,0 +1,185 @@
+"""PEG: FP32-exact lowering, K=1 equals W8A8, a per-channel QDQ reference, integer kernels, bad input."""
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from qonnx_bert.calibration.calibrate import calibrate, sample_sequences
+from qonnx_bert.calibration.sources import shipped_sentences
+from qonnx_bert.encode import Encoder
+from qonnx_bert.errors import UsageError
+from qonnx_bert.latency import agreement, sqnr_db
+from qonnx_bert.passes.peg_split_ffn import split_ffn
+from qonnx_bert.passes.prepare import prepare
+from qonnx_bert.quantize import quantize
+from qonnx_bert.roles import find_roles
+from qonnx_bert.schemes.peg_groups import equal_groups, outlier_groups
+
+HIDDEN = 32  # the tiny BERT's hidden size
+TEXTS = shipped_sentences()
+
+
+@pytest.fixture(scope="module")
+def fp32(tiny_onnx):
+    return onnx.load(str(tiny_onnx))
+
+
+@pytest.fixture(scope="module")
+def ranges(fp32):
+    return calibrate(fp32, sample_sequences(TEXTS, None, 32, 0, "shipped"), progress=False)
+
+
+def _logits(model, texts=TEXTS):
+    encoder = Encoder.from_model(model)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, encoder.feeds(texts[i : i + 8]))[0] for i in range(0, len(texts), 8)])
+
+
+@pytest.mark.parametrize("k", [1, 3, 6, HIDDEN])
+@pytest.mark.parametrize("permute", [False, True])
+def test_fp32_rewrite_is_exact(fp32, k, permute):
+    prepared = prepare(fp32)
+    roles = find_roles(prepared)
+    model = ir.from_proto(prepared)
+    rng = np.random.default_rng(k)
+    for layer in range(roles.num_layers):
+        split_ffn(model.graph, roles.roles, layer, equal_groups(rng.uniform(size=HIDDEN), k, permute))
+    rewritten = ir.to_proto(model)
+    # Only float32 summation order changes (K partial MatMuls): the issue's bound is 1e-4.
+    assert np.abs(_logits(rewritten) - _logits(prepared)).max() <= 1e-4
+    assert sum(n.op_type == "MatMul" for n in rewritten.graph.node) == roles.num_layers * (6 + 2 * k)  # 6 attention MatMuls + 2K FFN MatMuls per layer
+
+
+def test_k1_without_permutation_is_w8a8(fp32, ranges):
+    w8a8, _ = quantize(fp32, "w8a8", ranges)
+    peg, _ = quantize(fp32, "peg-equal", ranges, groups=1, no_permute=True)
+    np.testing.assert_array_equal(_logits(peg), _logits(w8a8))
+
+
+def _channel_params(lo, hi, groups):
+    """uint8 asymmetric scale/zero point per channel, each channel taking its group's range."""
+    scale, zero = np.zeros(len(lo), np.float32), np.zeros(len(lo), np.uint8)
+    for g in groups:
+        rmin, rmax = min(lo[g].min(), 0.0), max(hi[g].max(), 0.0)
+        scale[g] = (rmax - rmin) / 255.0
+        zero[g] = np.uint8(np.clip(np.round(-rmin / scale[g][0]), 0, 255))
+    return scale, zero
+
+
+def _set_per_channel(model, tensor, scale, zero):
+    inits = {i.name: i for i in model.graph.initializer}
+    quant = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor]
+    dequant = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in {q.output[0] for q in quant}]
+    assert len(quant) == 1 and dequant
+    for node in quant + dequant:
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array(scale, node.input[1]))
+        inits[node.input[2]].CopyFrom(numpy_helper.from_array(zero, node.input[2]))
+        node.attribute.append(onnx.helper.make_attribute("axis", -1))
+
+
+def _per_channel_reference(fp32, ranges, w8a8, groups_by_layer):
+    """W8A8 with PEG's FFN tensors quantized per channel (axis -1), each channel using its group's range.
+
+    Per layer: FFN input, output (and the second dense layer's output before its bias, whose
+    per-channel range is the output's minus the bias), residual sum.
+    """
+    roles = find_roles(fp32)
+    ref = onnx.ModelProto()
+    ref.CopyFrom(w8a8)
+    producers = {o: n for n in fp32.graph.node for o in n.output}
+    consts = {i.name: numpy_helper.to_array(i) for i in fp32.graph.initializer}
+    for layer, groups in groups_by_layer.items():
+        stats = {r: ranges.per_channel[f"layer.{layer}.ffn.{r}"] for r in ("input", "output", "residual_sum")}
+        for role, entry in stats.items():
+            lo, hi = np.asarray(entry["min"]), np.asarray(entry["max"])
+            _set_per_channel(ref, entry["tensor"], *_channel_params(lo, hi, groups))
+        bias_add = producers[roles.tensor(f"layer.{layer}.ffn.output")]
+        pre_bias = next(i for i in bias_add.input if i not in consts)
+        bias = next(consts[i] for i in bias_add.input if i in consts)
+        lo, hi = np.asarray(stats["output"]["min"]) - bias, np.asarray(stats["output"]["max"]) - bias
+        _set_per_channel(ref, pre_bias, *_channel_params(lo, hi, groups))
+    return ref
+
+
+def _hidden(model, tensor, texts=TEXTS):
+    """The float value of ``tensor`` (the last layer's output, before its own quantizer)."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    exposed.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+    session = ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"])
+    encoder = Encoder.from_model(model)
+    return np.concatenate([session.run([tensor], encoder.feeds([t]))[0][0] for t in texts])
+
+
+def _peg_and_reference(fp32, ranges, k):
+    w8a8, _ = quantize(fp32, "w8a8", ranges)
+    peg, _ = quantize(fp32, "peg-equal", ranges, groups=k, no_permute=True)
+    hidden = len(ranges.per_channel["layer.0.ffn.input"]["min"])
+    groups = {layer: equal_groups(np.zeros(hidden), k, False) for layer in range(find_roles(fp32).num_layers)}
+    return peg, _per_channel_reference(fp32, ranges, w8a8, groups)
+
+
+def test_lowered_peg_matches_per_channel_reference(fp32, ranges):
+    peg, ref = _peg_and_reference(fp32, ranges, 4)
+    last = find_roles(fp32).tensor("layer.1.ffn.layernorm")
+    got, want, exact = _hidden(peg, last), _hidden(ref, last), _hidden(fp32, last)
+    # Same tensors, same group ranges: the lowering differs from the reference only by its
+    # per-group partial products, far less than the quantization noise both carry vs FP32.
+    assert sqnr_db(want, got) > sqnr_db(exact, got) + 3
+
+
+@pytest.mark.slow
+def test_peg_and_reference_both_repair_minilm_outliers(minilm_onnx):
+    fp32 = onnx.load(str(minilm_onnx))
+    ranges = calibrate(fp32, sample_sequences(TEXTS, None, 32, 0, "shipped"), progress=False)
+    peg, ref = _peg_and_reference(fp32, ranges, 6)
+    w8a8, _ = quantize(fp32, "w8a8", ranges)
+    exact = _logits(fp32)
+    base = sqnr_db(exact, _logits(w8a8))
+    # The packaged MiniLM's FFN outliers cost W8A8 several dB; per-group ranges, lowered or
+    # simulated per channel, must win most of that back (measured: ~8.7 -> ~12.4 dB).
+    assert sqnr_db(exact, _logits(peg)) > base + 2
+    assert sqnr_db(exact, _logits(ref)) > base + 2
+
+
+def test_group_matmuls_use_integer_kernels(fp32, ranges, tmp_path):
+    peg, report = quantize(fp32, "peg", ranges, groups=3)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(peg.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert "MatMul" not in ops and ops.count("QLinearMatMul") == 2 * (6 + 2 * 3)
+    assert report.activation_bits[16] >= 2  # the recombined residual sums
+
+
+def test_each_group_has_its_own_scale(fp32, ranges):
+    peg, _ = quantize(fp32, "peg-equal", ranges, groups=4)
+    inits = {i.name: numpy_helper.to_array(i) for i in peg.graph.initializer}
+    split = next(n for n in peg.graph.node if n.op_type == "Split")
+    consumers = [n for n in peg.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in split.output]
+    assert len(consumers) == 4
+    assert len({float(inits[n.input[1]]) for n in consumers}) == 4
+
+
+def test_outlier_groups_isolate_planted_outliers():
+    rng = np.random.default_rng(0)
+    lo, hi = -rng.uniform(1, 2, 64), rng.uniform(1, 2, 64)
+    hi[[5, 40]] = [100.0, 30.0]
+    groups = outlier_groups(lo, hi, 3)
+    assert sorted(len(g) for g in groups)[:2] == [1, 1]
+    assert {int(g[0]) for g in groups if len(g) == 1} == {5, 40}
+
+
+def test_bad_input(fp32, ranges):
+    with pytest.raises(UsageError, match="out of range"):
+        quantize(fp32, "peg", ranges, groups=HIDDEN + 1)
+    with pytest.raises(UsageError, match="--layers 7"):
+        quantize(fp32, "peg", ranges, layers=[7])
+    with pytest.raises(UsageError, match="drop --no-permute"):
+        quantize(fp32, "peg", ranges, no_permute=True)
+    stripped = type(ranges)(ranges.model, ranges.calibration, ranges.tensors, {})
+    with pytest.raises(UsageError, match="per-embedding statistics"):
+        quantize(fp32, "peg", stripped)

@@ -16,7 +16,7 @@ import sys
 from qonnx_bert import __version__
 from qonnx_bert.errors import UsageError
 
-COMMANDS = ("export", "calibrate", "quantize", "eval", "demo", "models", "estimators")
+COMMANDS = ("export", "calibrate", "quantize", "eval", "check", "compile", "demo", "models", "estimators")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr, force=True
     )
     try:
         return int(args.func(args) or 0)

@@ -32,9 +32,16 @@ def _logits(model, texts):
 
 
 def _quantized_inputs(model):
-    """tensor -> zero-point dtype of the QuantizeLinear that consumes it."""
+    """tensor -> zero-point dtype of the QuantizeLinear that consumes it.
+
+    ORT renames a quantized graph output's producer output to ``<name>_QuantizeLinear_Input``.
+    """
     inits = {i.name: i for i in model.graph.initializer}
-    return {n.input[0]: inits[n.input[2]].data_type for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    return {
+        n.input[0].removesuffix("_QuantizeLinear_Input"): inits[n.input[2]].data_type
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear"
+    }
 
 
 def test_w8a8_quantizes_every_role_in_uint8(fp32, ranges):

@@ -48,6 +48,14 @@ def report(model: onnx.ModelProto, scheme: str, notes: list[str] | None = None) 
     return QuantReport(scheme, dict(bits), weights, list(notes or []))
 
 
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    """QDQ insertion leaves constants that no node reads (e.g. the float weights it replaced)."""
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    kept = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+
+
 def quantize(
     model: onnx.ModelProto, scheme_name: str, ranges: RangeTable | None, *, path: str = "model", **options: Any
 ) -> tuple[onnx.ModelProto, QuantReport]:
@@ -58,6 +66,7 @@ def quantize(
     roles = find_roles(prepared)  # fails early, naming the layer, on a graph we cannot map
     plan = scheme.plan(SchemeContext(scheme.name, model, prepared, roles, ranges, options, path))
     quantized = insert_qdq(plan)
+    _drop_unused_initializers(quantized)
     del quantized.metadata_props[:]
     quantized.metadata_props.extend(model.metadata_props)
     return quantized, report(quantized, scheme.name, plan.notes)

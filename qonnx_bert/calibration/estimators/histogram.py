@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qonnx_bert.calibration.estimators.base import Layout
+from qonnx_bert.calibration.estimators.base import BaseEstimator, Granularity, Layout
 
 
 class StreamingHistogram:
@@ -81,3 +81,18 @@ class StreamingHistogram:
         j = np.floor(rank)
         low, high = self._element(cum, j), self._element(cum, np.minimum(j + 1, last))
         return np.clip(low + (rank - j) * (high - low), self.dmin, self.dmax)
+
+
+class HistogramEstimator(BaseEstimator):
+    """Base of the estimators that read their range off a streaming histogram (of |x| if symmetric)."""
+
+    def __init__(self, granularity: Granularity, *, symmetric: bool = False, bins: int = 2048) -> None:
+        self.symmetric, self.bins = bool(symmetric), int(bins)
+        StreamingHistogram(self.bins)  # validates bins before any data arrives
+        super().__init__(granularity)
+
+    def _clear(self) -> None:
+        self.hist = StreamingHistogram(self.bins)
+
+    def _update(self, cols: np.ndarray) -> None:
+        self.hist.update(np.abs(cols) if self.symmetric else cols, self.layout)

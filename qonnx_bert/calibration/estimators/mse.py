@@ -15,8 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from qonnx_bert.calibration.estimators.base import BaseEstimator, Granularity
-from qonnx_bert.calibration.estimators.histogram import StreamingHistogram
+from qonnx_bert.calibration.estimators.base import Granularity
+from qonnx_bert.calibration.estimators.histogram import HistogramEstimator, StreamingHistogram
 from qonnx_bert.calibration.estimators.quant import check_bits, grid, quant_dequant
 from qonnx_bert.calibration.estimators.registry import register_estimator
 
@@ -105,20 +105,13 @@ def data_mse(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int,
 
 
 @register_estimator("mse")
-class MSE(BaseEstimator):
+class MSE(HistogramEstimator):
     """Range minimising quantization MSE at ``bits``; symmetric searches max|x| only."""
 
     def __init__(self, granularity: Granularity, *, bits: int = 8, symmetric: bool = False,
                  bins: int = 2048) -> None:
-        self.bits, self.symmetric, self.bins = check_bits(bits), bool(symmetric), int(bins)
-        StreamingHistogram(self.bins)  # validates bins before any data arrives
-        super().__init__(granularity)
-
-    def _clear(self) -> None:
-        self.hist = StreamingHistogram(self.bins)
-
-    def _update(self, cols: np.ndarray) -> None:
-        self.hist.update(np.abs(cols) if self.symmetric else cols, self.layout)
+        self.bits = check_bits(bits)
+        super().__init__(granularity, symmetric=symmetric, bins=bins)
 
     def _range(self) -> tuple[np.ndarray, np.ndarray]:
         objective = lambda lo, hi: hist_mse(self.hist, lo, hi, self.bits, self.symmetric)  # noqa: E731

@@ -10,28 +10,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from qonnx_bert.calibration.estimators.base import BaseEstimator, Granularity
-from qonnx_bert.calibration.estimators.histogram import StreamingHistogram
+from qonnx_bert.calibration.estimators.base import Granularity
+from qonnx_bert.calibration.estimators.histogram import HistogramEstimator
 from qonnx_bert.calibration.estimators.registry import register_estimator
 
 
 @register_estimator("percentile")
-class Percentile(BaseEstimator):
+class Percentile(HistogramEstimator):
     """``(lo, hi)`` = the (100 - p)-th and p-th percentiles; symmetric: +-p-th percentile of |x|."""
 
     def __init__(self, granularity: Granularity, *, percentile: float = 99.99,
                  symmetric: bool = False, bins: int = 2048) -> None:
         if not 50.0 <= percentile <= 100.0:
             raise ValueError(f"percentile must be in [50, 100], got {percentile}")
-        self.percentile, self.symmetric, self.bins = float(percentile), bool(symmetric), int(bins)
-        StreamingHistogram(self.bins)  # validates bins before any data arrives
-        super().__init__(granularity)
-
-    def _clear(self) -> None:
-        self.hist = StreamingHistogram(self.bins)
-
-    def _update(self, cols: np.ndarray) -> None:
-        self.hist.update(np.abs(cols) if self.symmetric else cols, self.layout)
+        self.percentile = float(percentile)
+        super().__init__(granularity, symmetric=symmetric, bins=bins)
 
     def _range(self) -> tuple[np.ndarray, np.ndarray]:
         q = self.percentile / 100.0

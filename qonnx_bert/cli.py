@@ -16,7 +16,7 @@ import sys
 from qonnx_bert import __version__
 from qonnx_bert.errors import UsageError
 
-COMMANDS = ("export", "calibrate", "quantize", "eval", "check", "compile", "demo", "models", "estimators")
+COMMANDS = ("export", "calibrate", "quantize", "eval", "check", "compile", "demo", "models", "estimators", "bench", "debug", "outliers", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,15 +1,23 @@
-"""``qonnx bench glue``: the GLUE table of many schemes, resumable, with size and latency."""
+"""``qonnx bench glue``: the GLUE table of many schemes, resumable, with size and latency.
+
+Cells run in this process (``--jobs 1``), in a process pool (``--jobs N``), or as
+Ray tasks (``--ray [ADDRESS]``). Each cell stores its result under the output
+directory as it finishes, so an interrupted run resumes. With Ray on several
+machines the output directory should be on a shared filesystem (otherwise each
+node exports and calibrates on its own; the results still come back here).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_VARIANTS = "fp32,w8a32,w32a8,w8a8,peg-k6-noperm,peg-k6,peg-k3-noperm,peg-k3,peg-outlier-k6"
+DEFAULT_VARIANTS = "fp32,w8a32,w32a8,w8a8,mp,auto-mp,peg-k6-noperm,peg-k6,peg-k3-noperm,peg-k3,peg-outlier-k6"
 
 
 def register(sub) -> None:
@@ -17,12 +25,15 @@ def register(sub) -> None:
     p.add_argument("suite", choices=["glue"])
     p.add_argument("--model", default="minilm-l6", help="a checkpoint dir, or a name NAME whose recipes NAME-<task> exist (default minilm-l6)")
     p.add_argument("--tasks", default="rte", help="comma-separated GLUE tasks (default rte)")
-    p.add_argument("--schemes", default=DEFAULT_VARIANTS, help=f"comma-separated table rows (default {DEFAULT_VARIANTS})")
+    p.add_argument("--schemes", default=DEFAULT_VARIANTS,
+                   help=f"comma-separated table rows; 'loo' adds the leave-one-out rows (Table 2), 'table5' the PEG K/permutation rows (default {DEFAULT_VARIANTS})")
     p.add_argument("--seeds", type=int, default=1, help="calibration seeds per cell; the table shows the median")
     p.add_argument("--data-dir", help="GLUE TSV directory (default: $QONNX_GLUE_DIR)")
     p.add_argument("-o", "--output", required=True, help="results directory (cells are cached here; re-running resumes)")
     p.add_argument("--limit", type=int, help="first N dev examples only")
-    p.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes")
+    p.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes (with --ray on a new local instance: its CPUs)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run cells as Ray tasks: on a new local Ray instance (no ADDRESS) or on a cluster ('auto', 'ray://HOST:10001'); pip install 'qonnx-bert[ray]'")
     p.add_argument("--latency-runs", type=int, default=30, help="timed runs per model for the latency column (0: skip)")
     p.set_defaults(func=run)
 
@@ -45,45 +56,80 @@ def _configs(args):
     return [BenchConfig(_model_for(args.model, t), t, data_dir, out / t, limit=args.limit) for t in tasks]
 
 
-def _run_one(job):
+def _run_one(job) -> dict:
     from qonnx_bert.benchmark import get_variant, run_cell
 
     cfg, variant, seed = job
     return run_cell(cfg, get_variant(variant), seed)
 
 
+def _calibrate_one(job) -> str:
+    from qonnx_bert.benchmark import ranges_for
+
+    cfg, seed = job
+    ranges_for(cfg, seed)
+    return f"{cfg.task} seed {seed}"
+
+
+def _command(args) -> str:
+    parts = ["qonnx bench glue", f"--model {args.model}", f"--tasks {args.tasks}", f"--schemes {args.schemes}", f"--seeds {args.seeds}"]
+    parts += [f"--limit {args.limit}"] if args.limit else []
+    return " ".join(parts + ["--data-dir GLUE_DIR", f"-o {args.output}"])
+
+
 def run(args) -> int:
-    from qonnx_bert.benchmark import get_variant, manifest, median_score, render_table
+    from qonnx_bert.benchmark import VARIANTS, expand_variants, fp32_path, render_results, save_record
     from qonnx_bert.errors import UsageError
     from qonnx_bert.files import atomic_output
 
     if args.seeds < 1:
         raise UsageError("--seeds must be at least 1")
-    variants = [get_variant(v).name for v in args.schemes.split(",")]
+    variants = expand_variants(args.schemes.split(","))
     configs = _configs(args)
-    for cfg in configs:  # export once per task before fanning out
-        _run_one((cfg, "fp32", 0))
-    jobs = [(cfg, v, s) for cfg in configs for v in variants for s in range(args.seeds if v != "fp32" else 1)]
-    with ProcessPoolExecutor(max_workers=args.jobs) if args.jobs > 1 else _Serial() as pool:
-        records = list(pool.map(_run_one, jobs))
-    scores: dict[str, dict[str, float]] = {}
-    for v in variants:
-        for cfg in configs:
-            mine = [r for r in records if r["variant"] == v and r["task"] == cfg.task]
-            scores.setdefault(v, {})[cfg.task] = median_score(mine)
-    tasks = [c.task for c in configs]
-    table = render_table(scores, tasks, variants)
-    perf = _perf(configs[0], variants, args.latency_runs) if args.latency_runs else None
+    by_task = {cfg.task: cfg for cfg in configs}
+    seeds = {v: range(args.seeds if VARIANTS[v].scheme is not None else 1) for v in variants}
+    jobs = [(cfg, v, s) for cfg in configs for v in variants for s in seeds[v]]
+    calibrations = [(cfg, s) for cfg in configs for s in range(args.seeds)] if any(VARIANTS[v].scheme for v in variants) else []
+    records = []
+    with _executor(args) as pool:  # enters first: a missing Ray fails before any work
+        for cfg in configs:  # export once per task, here, before fanning out
+            fp32_path(cfg)
+        for done in pool.map(_calibrate_one, calibrations):
+            logger.debug("calibrated %s", done)
+        for record in pool.map(_run_one, jobs):
+            save_record(by_task[record["task"]], record)  # a no-op unless a remote node wrote it elsewhere
+            records.append(record)
+    results = _results(args, configs, variants, records)
     out = Path(args.output)
     with atomic_output(out / "results.json") as tmp:
-        tmp.write_text(json.dumps({"scores": scores, "perf": perf, "seeds": args.seeds, "models": {c.task: c.model for c in configs},
-                                   "manifest": manifest()}, indent=1))
+        tmp.write_text(json.dumps(results, indent=1))
+    page = render_results(results)
     with atomic_output(out / "results.md") as tmp:
-        tmp.write_text(table + "\n\n" + (_perf_table(perf) if perf else "") + "\n")
-    print(table)
-    if perf:
-        print(_perf_table(perf))
+        tmp.write_text(f"# GLUE benchmark: {args.model}\n\n" + page)
+    print(page)
     return 0
+
+
+def _results(args, configs, variants: list[str], records: list[dict]) -> dict:
+    """What ``results.json`` holds: median scores (and each seed's), size/latency, the command and manifest."""
+    from qonnx_bert.benchmark import LEAVE_ONE_OUT, VARIANTS, manifest, median_score
+
+    tasks = [c.task for c in configs]
+    mine = {(v, t): [r for r in records if r["variant"] == v and r["task"] == t] for v in variants for t in tasks}
+    deployable = [v for v in variants if VARIANTS[v].section != LEAVE_ONE_OUT]  # leave-one-out rows are analysis only
+    return {
+        "command": _command(args), "tasks": tasks, "variants": variants,
+        "scores": {v: {t: median_score(mine[v, t]) for t in tasks} for v in variants},
+        "seed_scores": {v: {t: [r["metrics"]["score"] for r in mine[v, t]] for t in tasks} for v in variants},
+        "perf": _perf(configs[0], deployable, args.latency_runs) if args.latency_runs else None, "perf_task": configs[0].task,
+        "seeds": args.seeds, "models": {c.task: c.model for c in configs}, "manifest": manifest(),
+    }
+
+
+def _executor(args):
+    if args.ray:
+        return _RayPool(None if args.ray == "local" else args.ray, args.jobs if args.jobs > 1 else None)
+    return ProcessPoolExecutor(max_workers=args.jobs) if args.jobs > 1 else _Serial()
 
 
 class _Serial:
@@ -99,6 +145,51 @@ class _Serial:
         return map(fn, items)
 
 
+class _RayPool:
+    """Cells as Ray tasks; results come back as they finish (a failed task raises after the others are kept).
+
+    ``address`` None starts a local Ray instance (stopped again on exit); otherwise
+    it joins a running cluster (``ray.init(address=...)``).
+    """
+
+    def __init__(self, address: str | None, num_cpus: int | None):
+        self.address, self.num_cpus, self.started = address, num_cpus, False
+
+    def __enter__(self):
+        from qonnx_bert.errors import UsageError
+
+        try:
+            import ray
+        except ImportError:
+            raise UsageError("--ray needs Ray: pip install 'qonnx-bert[ray]'") from None
+        if not ray.is_initialized():
+            if self.address is None:
+                ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=self.address, log_to_driver=False)
+            self.started = True
+        self.ray = ray
+        return self
+
+    def __exit__(self, *exc):
+        if self.started:
+            self.ray.shutdown()
+        return False
+
+    def map(self, fn: Callable, items: Iterable) -> Iterator:
+        remote = self.ray.remote(fn)
+        pending = [remote.remote(item) for item in items]
+        failure = None
+        while pending:
+            done, pending = self.ray.wait(pending, num_returns=1)
+            try:
+                yield self.ray.get(done[0])
+            except Exception as err:  # keep collecting finished cells; raise the first failure at the end
+                failure = failure or err
+        if failure is not None:
+            raise failure
+
+
 def _perf(cfg, variants: list[str], runs: int) -> dict:
     """File size and CPU latency (batch 1, T=128) of each variant's model, measured side by side."""
     import onnx
@@ -109,12 +200,15 @@ def _perf(cfg, variants: list[str], runs: int) -> dict:
     from qonnx_bert.latency import full_length_feeds, median_latency_ms
 
     paths = {v: model_path(cfg, v) for v in variants}
-    feeds = full_length_feeds(Encoder.from_model(onnx.load(str(paths["fp32"]) if "fp32" in paths else str(model_path(cfg, "fp32")))), shipped_sentences()[0])
+    missing = [v for v, p in paths.items() if not p.exists()]
+    if missing:
+        logger.warning("no seed-0 model file for %s (cells cached without it): left out of the size/latency table", ", ".join(missing))
+    feeds = full_length_feeds(Encoder.from_model(onnx.load(str(model_path(cfg, "fp32")))), shipped_sentences()[0])
     perf = {}
     for v, path in paths.items():
-        model = onnx.load(str(path))
-        bits = _bit_counts(model)
-        perf[v] = {"size_mb": path.stat().st_size / 1e6, "latency_ms": median_latency_ms(model, feeds, runs=runs), **bits}
+        if path.exists():
+            model = onnx.load(str(path))
+            perf[v] = {"size_mb": path.stat().st_size / 1e6, "latency_ms": median_latency_ms(model, feeds, runs=runs), **_bit_counts(model)}
     return perf
 
 
@@ -124,13 +218,3 @@ def _bit_counts(model) -> dict:
     bits = report(model, "").activation_bits
     total = sum(bits.values())
     return {"activation_quantizers": total, "int16_fraction": (bits.get(16, 0) / total) if total else 0.0}
-
-
-def _perf_table(perf: dict) -> str:
-    base = perf.get("fp32", next(iter(perf.values())))
-    lines = ["| model | size MB | × FP32 size | latency ms (b=1, T=128) | × FP32 latency | activation quantizers | 16-bit |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for v, p in perf.items():
-        lines.append(f"| {v} | {p['size_mb']:.1f} | {p['size_mb'] / base['size_mb']:.2f} | {p['latency_ms']:.2f} | "
-                     f"{p['latency_ms'] / base['latency_ms']:.2f} | {p['activation_quantizers']} | {100 * p['int16_fraction']:.0f}% |")
-    return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""``qonnx debug fp32.onnx quant.onnx``: per-role SQNR and MSE of a quantized model, worst first."""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def add_sequence_options(p, default_n: int) -> None:
+    """``--texts FILE | --task T [--data-dir D]`` and ``-n``: which sequences to run (the first N)."""
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--task", help="GLUE task whose dev split supplies the sequences (e.g. rte)")
+    src.add_argument("--texts", help="a text file, one sequence per line (default: the sentences shipped with qonnx)")
+    p.add_argument("--data-dir", help="GLUE TSV directory (default: $QONNX_GLUE_DIR)")
+    p.add_argument("-n", "--num-sequences", type=int, default=default_n, help=f"the first N sequences (default {default_n})")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("debug", help="per-role SQNR/MSE between an FP32 model and its quantized version, worst first")
+    p.add_argument("fp32", help="FP32 .onnx written by `qonnx export`")
+    p.add_argument("quantized", help="QDQ .onnx written by `qonnx quantize` from it")
+    add_sequence_options(p, 8)
+    p.add_argument("--plot", metavar="PNG", help="also draw a bar plot (needs matplotlib) and write the table beside it as .md")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from qonnx_bert.debug import compare, first_sequences, plot_errors, render_errors, require_matplotlib
+    from qonnx_bert.files import atomic_output
+    from qonnx_bert.modelinfo import load_onnx
+
+    if args.plot:
+        require_matplotlib("--plot")
+    sequences = first_sequences(args.num_sequences, task=args.task, data_dir=args.data_dir, texts=args.texts)
+    errors = compare(load_onnx(args.fp32), load_onnx(args.quantized), sequences)
+    table = render_errors(errors)
+    head = f"{args.quantized} vs {args.fp32}: {len(sequences)} sequences ({sequences.source}), padding excluded, worst first."
+    print(head + "\n\n" + table)
+    if args.plot:
+        plot = Path(args.plot)
+        with atomic_output(plot, inputs=(args.fp32, args.quantized)) as tmp:
+            plot_errors(errors, str(tmp), title=f"{Path(args.quantized).name}: SQNR per role vs FP32")
+        with atomic_output(plot.with_suffix(".md")) as tmp:
+            tmp.write_text(head + "\n\n" + table + "\n")
+        logger.info("wrote %s and %s", plot, plot.with_suffix(".md"))
+    return 0

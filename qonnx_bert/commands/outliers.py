@@ -1,0 +1,48 @@
+"""``qonnx outliers model.onnx``: the paper's Figure 2 (per-token FFN ranges, outlier map) and top outlier dims."""
+
+from __future__ import annotations
+
+import logging
+
+from qonnx_bert.commands.debug import add_sequence_options
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("outliers", help="where a model's activation outliers are: per layer and embedding dim, as text and a PNG")
+    p.add_argument("model", help="FP32 .onnx written by `qonnx export`")
+    add_sequence_options(p, 16)
+    p.add_argument("--layer", type=int, help="layer of the figure (default: the one whose FFN residual sum holds most outliers)")
+    p.add_argument("-o", "--output", metavar="PNG", help="write the figure (needs matplotlib) and the text beside it as .md")
+    p.add_argument("--top", type=int, default=5, help="outlier dims listed per layer (default 5)")
+    p.add_argument("--sigma", type=float, default=6.0, help="outlier threshold in standard deviations of the tensor (default 6)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from qonnx_bert.debug import first_sequences, require_matplotlib
+    from qonnx_bert.errors import UsageError
+    from qonnx_bert.files import atomic_output
+    from qonnx_bert.modelinfo import load_onnx
+    from qonnx_bert.outliers import plot, render, scan
+
+    if args.output:
+        require_matplotlib("-o")
+    sequences = first_sequences(args.num_sequences, task=args.task, data_dir=args.data_dir, texts=args.texts)
+    result = scan(load_onnx(args.model), sequences, sigma=args.sigma)
+    if args.layer is not None and not 0 <= args.layer < result.num_layers:
+        raise UsageError(f"--layer {args.layer} is out of range: this model has layers 0-{result.num_layers - 1}")
+    layer = result.worst_layer() if args.layer is None else args.layer
+    text = render(result, top=args.top)
+    print(text)
+    if args.output:
+        out = Path(args.output)
+        with atomic_output(out, inputs=(args.model,)) as tmp:
+            plot(result, layer, str(tmp))
+        with atomic_output(out.with_suffix(".md")) as tmp:
+            tmp.write_text(f"Figure: layer {layer}.\n\n{text}\n")
+        logger.info("wrote %s (layer %d) and %s", out, layer, out.with_suffix(".md"))
+    return 0

@@ -1,0 +1,28 @@
+"""``qonnx report RESULTS_DIR -o report.md``: bench tables, debug/outlier tables and plots on one page."""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="gather bench tables and plots of a results directory into one Markdown page")
+    p.add_argument("results", help="a directory: the -o of `qonnx bench`, plus any debug/outliers PNG and .md files")
+    p.add_argument("-o", "--output", help="Markdown file to write (default: RESULTS/report.md)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from qonnx_bert.files import atomic_output
+    from qonnx_bert.report import build_report
+
+    output = Path(args.output) if args.output else Path(args.results) / "report.md"
+    page = build_report(args.results, output)
+    with atomic_output(output) as tmp:
+        tmp.write_text(page)
+    logger.info("wrote %s", output)
+    return 0

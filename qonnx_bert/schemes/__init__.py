@@ -8,10 +8,11 @@ from __future__ import annotations
 from qonnx_bert.errors import UsageError
 from qonnx_bert.schemes.baseline import BASELINES
 from qonnx_bert.schemes.context import SchemeContext
+from qonnx_bert.schemes.mixed import MIXED_SCHEMES, with_int16
 from qonnx_bert.schemes.peg import PEG_SCHEMES
 from qonnx_bert.schemes.plan import SOFTMAX_MASK_MARGIN, Plan, activation_ranges
 
-SCHEMES = {s.name: s for s in (*BASELINES, *PEG_SCHEMES)}
+SCHEMES = {s.name: s for s in (*map(with_int16, (*BASELINES, *PEG_SCHEMES)), *MIXED_SCHEMES)}
 
 
 def get_scheme(name: str):

@@ -1,0 +1,137 @@
+"""Keep chosen activations in 16 bits inside a uint8 QDQ model, with legal 8<->16 requantization.
+
+A tensor "in 16 bits" is quantized to uint16 *and read as uint16 by every
+consumer*: converting it down for its consumers would round it to 8 bits
+anyway. Integer runtimes (QNN HTP) want every op to see inputs and outputs of
+one type, so the ops on both sides of a 16-bit tensor run in 16 bits too: the
+producer's other inputs are requantized up (DQ -> Q uint16), and the
+consumer's output is quantized to uint16 and requantized down (DQ -> Q uint8)
+for 8-bit readers. A tensor between two 16-bit ops stays 16-bit (down and up
+again would only add error).
+
+That is exactly what ONNX Runtime's ``MixedPrecisionTensorQuantOverridesFixer``
+(from its QNN helpers) computes as ``TensorQuantOverrides`` with ``convert``
+entries, so it is reused: verified on our exports (fused Gelu and
+LayerNormalization, opset 21, every node named), where no op is left with
+mixed uint8/uint16 activations (``tests/test_mixed_precision.py``). Two things
+it does not know are added here: which tensors carry the same values as a
+chosen one (``value_group``), and how many tensors end up 16-bit
+(``wide_tensors``). ONNX Runtime's own override validation stops at the first
+entry, so callers pass only tensors the quantizer quantizes.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnxruntime.quantization import QuantType
+from onnxruntime.quantization.execution_providers.qnn.mixed_precision_overrides_utils import (
+    MixedPrecisionTensorQuantOverridesFixer,
+)
+from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
+from onnxruntime.quantization.tensor_quant_overrides import TensorQuantOverridesHelper
+
+ACTIVATION_TYPE = QuantType.QUInt8
+WIDE_TYPE = QuantType.QUInt16
+LAYOUT_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity")
+
+
+def int16_overrides(
+    model: onnx.ModelProto,
+    tensors: Iterable[str],
+    base: dict[str, list[dict]] | None = None,
+    ranges: dict[str, tuple[float, float]] | None = None,
+) -> dict[str, list[dict]]:
+    """``TensorQuantOverrides`` that keep ``tensors`` in uint16 and requantize at every 8/16 boundary.
+
+    ``base`` holds the scheme's own overrides (kept); ``ranges`` optionally
+    gives a 16-bit tensor its own (min, max) instead of the calibrated one.
+    ONNX Runtime reads ``rmin``/``rmax`` as NumPy scalars (a Python float
+    crashes its quantizer), hence ``np.float32``.
+    """
+    requests = copy.deepcopy(base or {})
+    for name in tensors:
+        entry = requests.setdefault(name, [{}])[0]
+        entry["quant_type"] = WIDE_TYPE
+        if ranges and name in ranges:
+            entry["rmin"], entry["rmax"] = (np.float32(v) for v in ranges[name])
+    helper = TensorQuantOverridesHelper(requests)
+    fixer = MixedPrecisionTensorQuantOverridesFixer.create_from_model(helper, model, ACTIVATION_TYPE)
+    fixer.apply(ACTIVATION_TYPE, default_activation_symmetric=False)
+    return helper.get_dict()
+
+
+def wide_tensors(model: onnx.ModelProto, overrides: dict[str, list[dict]]) -> set[str]:
+    """Tensors some reader sees in 16 bits: uint16 at the producer and not converted down for every reader."""
+    readers: dict[str, set[str]] = defaultdict(set)
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name].add(node.name)
+    for out in model.graph.output:
+        readers[out.name].add("")  # the graph output reads the producer's type
+    wide = set()
+    for name, entries in overrides.items():
+        entry = entries[0] if entries else {}
+        down = entry.get("convert", {}).get("recv_nodes", set())
+        if entry.get("quant_type") == WIDE_TYPE and not readers[name] <= set(down):
+            wide.add(name)
+    return wide
+
+
+def value_group(model: onnx.ModelProto, tensor: str) -> list[str]:
+    """``tensor`` and the tensors holding its values up to a bias or a layout change, in graph order.
+
+    The exporter writes a Linear as MatMul then Add(bias), and splits heads with
+    Reshape/Transpose; ONNX Runtime quantizes each of these outputs. Widening only
+    the role's tensor would leave the same values rounded to 8 bits one op earlier
+    or later (on MiniLM the FFN output's outliers are already in the MatMul output).
+    """
+    inits = {i.name for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    group = [tensor]
+    bias_add = producers.get(tensor)
+    if bias_add is not None and bias_add.op_type == "Add" and sum(i in inits for i in bias_add.input) == 1:
+        (pre,) = (i for i in bias_add.input if i not in inits)
+        group += [pre] if getattr(producers.get(pre), "op_type", "") == "MatMul" else []
+    for node in model.graph.node:  # topological order: a layout chain is followed to its end
+        if node.op_type in LAYOUT_OPS and node.input[0] in group:
+            group.append(node.output[0])
+    return group
+
+
+def _home_quantizer(model: onnx.ModelProto, tensor: str) -> onnx.NodeProto:
+    """The QuantizeLinear that quantizes ``tensor`` (ORT renames a graph output's producer output)."""
+    inputs = (tensor, f"{tensor}_QuantizeLinear_Input")
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] in inputs:
+            return node
+    raise ValueError(f"tensor {tensor!r} has no QuantizeLinear in this QDQ model")
+
+
+def with_quantizer_bits(qdq: onnx.ModelProto, ranges: dict[str, tuple[float, float]], bits: int) -> onnx.ModelProto:
+    """A copy of a QDQ model whose quantizers of ``ranges``' tensors use the ``bits`` (8 or 16) grid of their range.
+
+    A cheap stand-in for re-running the quantizer with other tensors in 16 bits,
+    for sensitivity scans: the CPU provider computes in float between Q/DQ
+    pairs, so the result differs from the fixed-up graph of ``int16_overrides``
+    only by the converts' re-rounding and by the int32 bias of a Gemm whose input
+    scale changes (scores agree within 0.1 dB in ``tests/test_mixed_precision.py``).
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(qdq)
+    qtype = {8: onnx.TensorProto.UINT8, 16: onnx.TensorProto.UINT16}[bits]
+    qmin, qmax = get_qmin_qmax_for_qType(qtype)
+    values = {}
+    for tensor, (lo, hi) in ranges.items():
+        node = _home_quantizer(out, tensor)
+        zero, scale = compute_scale_zp(np.float32(lo), np.float32(hi), qmin, qmax, symmetric=False)
+        values[node.input[1]], values[node.input[2]] = np.asarray(scale, np.float32), np.asarray(zero, qmin.dtype)
+    for init in out.graph.initializer:
+        if init.name in values:
+            init.CopyFrom(numpy_helper.from_array(values[init.name].reshape(init.dims), init.name))
+    return out

@@ -13,7 +13,9 @@ inverse permutation, then the second LayerNorm): uint16 when K > 1. Each group
 was already quantized to uint8 with its own range; putting the groups back on
 one 8-bit grid would undo PEG, and the LayerNorm input must be quantized for
 integer runtimes, so 16 bits is the narrowest grid that keeps every group's
-resolution. Split and Concat get one Q/DQ per group (ORT's quantizer would
+resolution; the LayerNorm that reads it runs in 16 bits and its output is
+converted back to uint8 (the same legal DQ->Q converts as ``--int16``). Split and
+Concat get one Q/DQ per group (ORT's quantizer would
 force one scale on all their inputs/outputs, so they are excluded from it).
 """
 
@@ -25,12 +27,12 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
-from onnxruntime.quantization import QuantType
 
 from qonnx_bert.calibration.calibrate import Sequences, estimate_ranges, per_tensor_targets
 from qonnx_bert.calibration.estimators import EstimatorSpec
 from qonnx_bert.calibration.tensors import quantizable_tensors
 from qonnx_bert.errors import UsageError
+from qonnx_bert.passes.mixed_precision import int16_overrides
 from qonnx_bert.passes.peg_split_ffn import split_ffn
 from qonnx_bert.schemes.context import SchemeContext
 from qonnx_bert.schemes.peg_groups import layer_groups, quantization_noise
@@ -110,7 +112,7 @@ class PegScheme:
         RemoveUnusedNodesPass()(model)
         rewritten = ir.to_proto(model)
         entries = {**base, **_replay(ctx, rewritten, set(base))}
-        overrides = {t: [{"quant_type": QuantType.QUInt16}] for t in recombined}
+        overrides = int16_overrides(rewritten, recombined) if recombined else {}
         notes.append(f"PEG K={opts.groups} ({opts.grouping} groups, {'permuted' if opts.permute else 'not permuted'}); recombined residual sums in uint16")
         return Plan(rewritten, activation_ranges(entries), weights=True, overrides=overrides, exclude_nodes=exclude, notes=notes)
 

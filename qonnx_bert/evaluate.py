@@ -37,8 +37,11 @@ def predict_logits(session: ort.InferenceSession, encoder: Encoder, split: GlueS
     return logits
 
 
-def evaluate(model: onnx.ModelProto, split: GlueSplit, *, batch_size: int = 16, progress: bool = True) -> EvalResult:
-    """The task metric of ``model`` on ``split`` (CPU provider)."""
-    logits = predict_logits(cpu_session(model), Encoder.from_model(model), split, batch_size=batch_size, progress=progress)
+def evaluate(
+    model: onnx.ModelProto, split: GlueSplit, *, batch_size: int = 16, progress: bool = True, session: ort.InferenceSession | None = None
+) -> EvalResult:
+    """The task metric of ``model`` on ``split``, run by ``session`` (default: the CPU provider)."""
+    session = cpu_session(model) if session is None else session
+    logits = predict_logits(session, Encoder.from_model(model), split, batch_size=batch_size, progress=progress)
     metrics = score(split.task, predictions_from_logits(split.task, logits), split.labels)
     return EvalResult(split.task.name, len(split), metrics, logits)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from qonnx_bert.commands.check import add_target_options
+
 logger = logging.getLogger(__name__)
 
 
@@ -15,6 +17,7 @@ def register(sub) -> None:
     p.add_argument("--data-dir", help="GLUE TSV directory (default: $QONNX_GLUE_DIR)")
     p.add_argument("--limit", type=int, help="evaluate the first N dev examples only")
     p.add_argument("--batch-size", type=int, default=16)
+    add_target_options(p, eps=("cpu", "qnn-htp"))
     p.set_defaults(func=run)
 
 
@@ -23,6 +26,8 @@ def run(args) -> int:
     from qonnx_bert.glue.tasks import limit_split
 
     split = limit_split(load_task(args.task, "dev", args.data_dir), args.limit)
+    if args.ep != "cpu":
+        return run_emulated(args, split)
     if Path(args.model).is_dir():
         from qonnx_bert.finetune import evaluate_torch
 
@@ -36,4 +41,21 @@ def run(args) -> int:
         runtime = "ONNX Runtime CPU"
     shown = "  ".join(f"{k}={v:.2f}" if k == "score" else f"{k}={v:.4f}" for k, v in metrics.items())
     print(f"{split.task.name} dev ({len(split)} examples, {runtime}): {shown}")
+    return 0
+
+
+def run_emulated(args, split) -> int:
+    """``--ep qnn-htp``: the metric of the HTP graph (emulated on x86) and its agreement with the CPU provider."""
+    from qonnx_bert.modelinfo import load_onnx
+    from qonnx_bert.targets import require_ep
+    from qonnx_bert.targets.emulate import evaluate_emulated
+    from qonnx_bert.targets.qnn import resolve_soc
+
+    require_ep(args.ep)
+    soc = resolve_soc(args.soc)
+    result = evaluate_emulated(load_onnx(args.model), split, soc)
+    for name, res in ((f"QNN HTP {soc.name}, emulated", result.htp), ("ONNX Runtime CPU", result.cpu)):
+        shown = "  ".join(f"{k}={v:.2f}" if k == "score" else f"{k}={v:.4f}" for k, v in res.metrics.items())
+        print(f"{split.task.name} dev ({len(split)} examples, {name}): {shown}")
+    print(f"HTP vs CPU provider: same prediction on {result.agreement:.1%} of {len(split)} examples; emulator {result.seconds_per_sequence:.2f} s/sequence")
     return 0

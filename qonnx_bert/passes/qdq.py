@@ -125,9 +125,10 @@ def insert_qdq(plan: Plan) -> onnx.ModelProto:
         return quantize_weights_only(plan.model)
     from dataclasses import replace
 
-    from qonnx_bert.passes.htp_rules import htp_ready
+    from qonnx_bert.passes.htp_rules import htp_ready, quantize_where_constants
 
-    model, htp = htp_ready(plan.model)  # measured HTP rules; the scheme's own overrides win
+    model, htp = htp_ready(plan.model, plan.overrides, plan.ranges)  # measured HTP rules; the scheme's own overrides win
     plan = replace(plan, model=model, overrides={**htp, **plan.overrides})
     quantized = _ort_quantize(plan)
+    quantize_where_constants(quantized)
     return quantized if plan.weights else restore_float_weights(quantized, plan.model)

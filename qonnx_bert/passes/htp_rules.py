@@ -1,0 +1,253 @@
+"""The measured Qualcomm HTP rules, applied by the QDQ writer for every scheme.
+
+HTP (through ONNX Runtime's QNN execution provider) takes a QDQ node unit only
+when its types follow its op validators; otherwise it rejects the node (the
+node then falls back to the CPU) or, worse, runs it in float inside its own
+graph without a word. What was measured with onnxruntime-qnn 2.7 (QNN 2.51):
+
+* LayerNormalization with an int8 symmetric gamma is rejected (error 3110);
+  a uint8 asymmetric gamma is taken. (ORT's quantizer treats gamma as a weight:
+  int8 symmetric.)
+* Add/Mul with a constant (a bias) in another type than its activations runs
+  in float: an int8 bias on a uint8 Add, a uint8 bias on a uint16 Add. In the
+  op's activation type (asymmetric) it runs quantized. A LayerNorm beta must
+  stay ORT's int32 bias (as uint8/uint16/int16 the LayerNorm runs in float).
+* A bool ``GatherND`` (transformers' attention-mask indexing) is rejected; with
+  constant indices it is a Reshape (or a flat Gather) and then runs on HTP.
+* An Add whose input scales are far apart loses precision: the additive
+  attention mask (fill -1e4, uint8 step 39) added to scores (step ~0.2) came out
+  ~3.5 steps off on average. The mask only has to push masked scores below the
+  softmax-input grid, so its grid is narrowed to just that (``mask_overrides``):
+  the Add is then exact, and the CPU provider computes the same values as before.
+* ``Where(mask, 0, fill)`` with float constant branches runs in float: ORT's
+  quantizer quantizes Where only when its branches already are. The constants
+  are quantized on the output's grid after ORT's pass (``quantize_where_constants``).
+
+The rules are ``TensorQuantOverrides`` entries plus a small graph fix-up, so
+the QDQ model stays a plain ONNX model that the CPU provider runs too. Scheme
+overrides win over these (``passes.qdq`` merges them that way): a scheme that
+breaks a rule gets caught by ``qonnx check --ep qnn-htp``, not silently fixed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+# Consumers whose float constants must be in the op's activation type.
+_ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Where")
+
+
+def _quant_types():
+    from onnxruntime.quantization import QuantType
+
+    return QuantType.QUInt8, (QuantType.QUInt16, QuantType.QInt16)
+
+
+def _read_type(overrides: dict[str, list[dict]], tensor: str, reader: str | None):
+    """The type ``reader`` sees for ``tensor`` under the scheme's overrides (a ``convert`` counts)."""
+    entry = (overrides.get(tensor) or [{}])[0]
+    convert = entry.get("convert") or {}
+    if reader is not None and reader in (convert.get("recv_nodes") or ()):
+        return convert.get("quant_type")
+    return entry.get("quant_type")
+
+
+def activation_type(node: onnx.NodeProto, overrides: dict[str, list[dict]], constants: set[str]):
+    """The op's activation type: 16-bit if the scheme puts any of its activations in 16 bits, else uint8."""
+    u8, wide = _quant_types()
+    types = [_read_type(overrides, t, node.name) for t in node.input if t and t not in constants]
+    types += [_read_type(overrides, t, None) for t in node.output]
+    return next((t for t in types if t in wide), u8)
+
+
+def htp_overrides(model: onnx.ModelProto, overrides: dict[str, list[dict]] | None = None) -> dict[str, list[dict]]:
+    """``TensorQuantOverrides``: LayerNorm gammas in uint8, elementwise constants in their op's activation type.
+
+    ``overrides`` are the scheme's own (16-bit tensors, converts): a bias added
+    to a uint16 activation must be uint16 too, or HTP runs the Add in float.
+    """
+    u8, _ = _quant_types()
+    overrides = overrides or {}
+    floats = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    out: dict[str, list[dict]] = {}
+    for node in model.graph.node:
+        if node.op_type == "LayerNormalization" and len(node.input) > 1 and node.input[1] in floats:
+            out[node.input[1]] = [{"quant_type": u8, "symmetric": False}]  # u8 even under 16-bit activations
+        elif node.op_type in _ELEMENTWISE:
+            qtype = activation_type(node, overrides, floats)
+            out.update({i: [{"quant_type": qtype, "symmetric": False}] for i in node.input if i in floats})
+    return out
+
+
+def mask_overrides(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]) -> dict[str, list[dict]]:
+    """Narrow the additive attention mask's range to what the score + mask Adds need.
+
+    A masked score must land at or below the bottom of the Add output's grid:
+    ``hi(scores) - S <= lo(output)``, so ``S = max(hi(scores) - lo(output)) + 1``
+    over every Add reading the mask (one mask serves all layers). The fill
+    (e.g. -1e4) then clamps to ``-S``, which still clamps every masked score to
+    the bottom: the same numbers as before on the CPU provider, an exact Add on HTP.
+    """
+    from qonnx_bert.calibration.tensors import quantizable_tensors
+
+    masks = {t.name for t in quantizable_tensors(model) if t.mask_path and t.name in ranges}
+    need: dict[str, float] = {}
+    for node in model.graph.node:
+        inputs = [i for i in node.input if i in masks]
+        if node.op_type != "Add" or len(inputs) != 1 or node.output[0] not in ranges:
+            continue
+        other = next((i for i in node.input if i != inputs[0]), None)
+        if other in ranges:
+            gap = ranges[other][1] - ranges[node.output[0]][0]
+            need[inputs[0]] = max(need.get(inputs[0], 0.0), float(np.ceil(gap)) + 1.0)
+    out = {}
+    for name, span in need.items():
+        lo, hi = ranges[name]
+        if lo < -span:
+            out[name] = [{"rmin": np.float32(-span), "rmax": np.float32(max(hi, 0.0))}]
+    return out
+
+
+def htp_ready(
+    model: onnx.ModelProto, overrides: dict[str, list[dict]] | None = None, ranges: dict[str, tuple[float, float]] | None = None
+) -> tuple[onnx.ModelProto, dict[str, list[dict]]]:
+    """A fixed-up copy of ``model`` and the overrides that make its QDQ graph HTP-clean."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    constant_gather_nd(out)
+    copies = unshare_elementwise_constants(out)
+    inherited = {copy: (overrides or {})[orig] for copy, orig in copies.items() if orig in (overrides or {})}
+    return out, {**htp_overrides(out, overrides), **mask_overrides(out, ranges or {}), **inherited}
+
+
+def _constant_indices(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    ints = (onnx.TensorProto.INT32, onnx.TensorProto.INT64)
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type in ints}
+
+
+def _static_shape(model: onnx.ModelProto, name: str) -> tuple[int, ...] | None:
+    for v in list(model.graph.input) + list(model.graph.value_info):
+        if v.name == name:
+            dims = v.type.tensor_type.shape.dim
+            return tuple(d.dim_value for d in dims) if all(d.HasField("dim_value") for d in dims) else None
+    return None
+
+
+def constant_gather_nd(model: onnx.ModelProto) -> int:
+    """Rewrite GatherND with constant indices (batch_dims 0) as Reshape, or Reshape + Gather.
+
+    Transformers builds the padding mask as ``mask[batch_idx, kv_idx]``, exported
+    as a bool GatherND that HTP rejects. With constant indices on a static input
+    it is a fixed selection of the flattened input: a Reshape when the selection
+    is the identity, otherwise a Gather of flat positions. Returns how many.
+    """
+    indices = _constant_indices(model)
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    nodes, changed = [], 0
+    for node in model.graph.node:
+        shape = _static_shape(inferred, node.input[0]) if node.op_type == "GatherND" else None
+        batch_dims = next((a.i for a in node.attribute if a.name == "batch_dims"), 0)
+        if shape is None or batch_dims or node.input[1] not in indices:
+            nodes.append(node)
+            continue
+        nodes.extend(_gather_nd_as_reshape(model, node, shape, indices[node.input[1]]))
+        changed += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return changed
+
+
+def _gather_nd_as_reshape(model: onnx.ModelProto, node: onnx.NodeProto, shape: tuple[int, ...], idx: np.ndarray) -> list:
+    """The equivalent Reshape (identity selection) or Reshape + Gather of a constant-index GatherND."""
+    depth = idx.shape[-1]
+    strides = np.array([int(np.prod(shape[k + 1 : depth])) for k in range(depth)], np.int64)
+    flat = (idx.reshape(-1, depth) @ strides).astype(np.int64)
+    inner = tuple(shape[depth:])
+    out_shape = np.array(idx.shape[:-1] + inner, np.int64)
+    stem = node.name or node.output[0]
+    if not inner and np.array_equal(flat, np.arange(int(np.prod(shape)))):
+        model.graph.initializer.append(numpy_helper.from_array(out_shape, f"{stem}_shape"))
+        return [helper.make_node("Reshape", [node.input[0], f"{stem}_shape"], list(node.output), name=stem)]
+    flat_shape = np.array([int(np.prod(shape[:depth])), *inner], np.int64)
+    model.graph.initializer.extend([
+        numpy_helper.from_array(flat_shape, f"{stem}_flat_shape"),
+        numpy_helper.from_array(flat.reshape(idx.shape[:-1]), f"{stem}_flat_indices"),
+    ])
+    return [
+        helper.make_node("Reshape", [node.input[0], f"{stem}_flat_shape"], [f"{stem}_flat"], name=f"{stem}_flat"),
+        helper.make_node("Gather", [f"{stem}_flat", f"{stem}_flat_indices"], list(node.output), name=stem, axis=0),
+    ]
+
+
+def unshare_elementwise_constants(model: onnx.ModelProto) -> dict[str, str]:
+    """Give each elementwise use of a shared float constant its own copy; returns copy -> original.
+
+    The exporter deduplicates equal initializers (a zero bias may be a LayerNorm
+    beta and several Linear biases at once). One override per tensor name could
+    then not give each use its own type: the beta must stay an int32 bias, a
+    bias under 16-bit activations must be uint16 while another is uint8. A
+    scheme's override on the original name applies to its copies (``htp_ready``).
+    """
+    inits = {i.name: i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    uses = Counter(i for n in model.graph.node for i in n.input if i in inits)
+    copies: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type not in _ELEMENTWISE:
+            continue
+        for k, name in enumerate(node.input):
+            if uses[name] > 1:
+                copy = numpy_helper.from_array(numpy_helper.to_array(inits[name]), f"{name}_{node.name or len(copies)}")
+                model.graph.initializer.append(copy)
+                node.input[k] = copy.name
+                copies[copy.name] = name
+    return copies
+
+
+def _only_consumer(model: onnx.ModelProto, tensor: str) -> onnx.NodeProto | None:
+    users = [n for n in model.graph.node if tensor in n.input]
+    return users[0] if len(users) == 1 and not any(o.name == tensor for o in model.graph.output) else None
+
+
+def quantize_where_constants(model: onnx.ModelProto) -> int:
+    """Feed the float constant branches of a quantized Where through DequantizeLinear, in place.
+
+    Each constant is quantized on the grid of the Where output's QuantizeLinear,
+    so the node unit is DQ, DQ -> Where -> Q with one scale (exact for the
+    additive mask's 0 and fill, which calibration put at the ends of the grid).
+    Returns how many constants were replaced.
+    """
+    inits = {i.name: i for i in model.graph.initializer}
+    replaced: set[str] = set()
+    for node in [n for n in model.graph.node if n.op_type == "Where"]:
+        q = _only_consumer(model, node.output[0])
+        branches = [k for k in (1, 2) if node.input[k] in inits and inits[node.input[k]].data_type == onnx.TensorProto.FLOAT]
+        if q is None or q.op_type != "QuantizeLinear" or not branches:
+            continue
+        scale, zp = numpy_helper.to_array(inits[q.input[1]]), numpy_helper.to_array(inits[q.input[2]])
+        for k in branches:
+            replaced.add(node.input[k])
+            node.input[k] = _dequantized_constant(model, inits[node.input[k]], scale, zp, f"{node.name}_{k}")
+    _drop_unused(model, replaced)
+    return len(replaced)
+
+
+def _drop_unused(model: onnx.ModelProto, names: set[str]) -> None:
+    """Remove the initializers in ``names`` that no node reads any more."""
+    used = {i for n in model.graph.node for i in n.input}
+    kept = [i for i in model.graph.initializer if i.name not in names or i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+
+
+def _dequantized_constant(model: onnx.ModelProto, init: onnx.TensorProto, scale: np.ndarray, zp: np.ndarray, stem: str) -> str:
+    """Add ``DequantizeLinear(quantized init)`` at the front of the graph; returns its output name."""
+    info = np.iinfo(zp.dtype)
+    q = np.clip(np.round(numpy_helper.to_array(init) / scale) + zp.astype(np.int64), info.min, info.max).astype(zp.dtype)
+    names = (f"{stem}_quantized", f"{stem}_scale", f"{stem}_zero_point")
+    model.graph.initializer.extend(numpy_helper.from_array(a, n) for a, n in zip((q, scale, zp), names, strict=True))
+    model.graph.node.insert(0, helper.make_node("DequantizeLinear", list(names), [f"{stem}_dq"], name=f"{stem}_DequantizeLinear"))
+    return f"{stem}_dq"

@@ -162,6 +162,11 @@ def test_each_group_has_its_own_scale(fp32, ranges):
     consumers = [n for n in peg.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in split.output]
     assert len(consumers) == 4
     assert len({float(inits[n.input[1]]) for n in consumers}) == 4
+    concat = next(n for n in peg.graph.node if n.op_type == "Concat" and n.name.endswith("residual_sum_permuted"))
+    producers = {o: n for n in peg.graph.node for o in n.output}
+    dequant = [producers[i] for i in concat.input]
+    assert all(n.op_type == "DequantizeLinear" for n in dequant)  # the recombination is a quantized Concat
+    assert len({float(inits[n.input[1]]) for n in dequant}) == 4  # each residual-sum group keeps its own scale
 
 
 def test_outlier_groups_isolate_planted_outliers():

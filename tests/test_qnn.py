@@ -44,12 +44,7 @@ def needs_qnn(test):
     """Marked ``qnn`` (``-m "not qnn"`` deselects it) and skipped, with the install hint, without the plugin."""
     return pytest.mark.qnn(_SKIP_WITHOUT_QNN(test))
 SOCS = ("sm8650", "sa8295")  # HTP v75 and v68
-# Schemes whose QDQ graph HTP does not take whole yet; the check names each problem.
-NOT_HTP_CLEAN = {
-    "peg": "PEG's recombined residual sum: float Concat/Gather and a u16->u8 LayerNorm without a convert",
-    "peg-equal": "PEG's recombined residual sum: float Concat/Gather and a u16->u8 LayerNorm without a convert",
-}
-SCHEME_OPTIONS = {"auto-mp": {"budget": 4}}
+SCHEME_OPTIONS = {"auto-mp": {"budget": 4}, "peg": {"groups": 3}, "peg-equal": {"groups": 4}}
 
 
 def _w8a8(path, sequences: int = 8, scheme: str = "w8a8", **options) -> onnx.ModelProto:
@@ -104,8 +99,6 @@ def test_minilm_w8a8_runs_whole_and_quantized_on_htp(minilm_w8a8, soc):
 @needs_qnn
 @pytest.mark.parametrize("scheme", sorted(n for n in SCHEMES if n not in ("w8a32", "w32a8")))
 def test_every_scheme_is_htp_clean(tiny_static, scheme):
-    if scheme in NOT_HTP_CLEAN:
-        pytest.xfail(NOT_HTP_CLEAN[scheme])
     report = check_htp(_w8a8(tiny_static, scheme=scheme, **SCHEME_OPTIONS.get(scheme, {})), qnn.resolve_soc("sm8650"))
     assert report.ok, _finding_text(report)
 

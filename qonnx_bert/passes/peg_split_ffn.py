@@ -86,7 +86,7 @@ class _Builder:
 
 @dataclass(frozen=True)
 class SplitResult:
-    """Names the quantization plan needs: data-movement nodes it handles itself, recombined tensors."""
+    """Names the quantization plan needs: the Split whose per-group Q/DQ ORT must not unify, recombined tensors."""
 
     group_nodes: list[str]
     recombined: list[str]
@@ -124,7 +124,7 @@ def split_ffn(graph: ir.Graph, roles: dict[str, str], layer: int, groups: list[n
         s = b.node("Gather", [s, b.const("inverse_perm", np.argsort(perm).astype(np.int64))], "residual_sum_unpermuted", {"axis": -1})[0]
         recombined += [s] if len(sums) > 1 else []
     _replace(graph, ffn, s)
-    nodes = [f"layer{layer}.peg.x", f"layer{layer}.peg.residual_sum_permuted"] if len(groups) > 1 else []
+    nodes = [f"layer{layer}.peg.x"] if len(groups) > 1 else []
     return SplitResult(nodes, [v.name for v in recombined])
 
 

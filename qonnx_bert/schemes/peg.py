@@ -14,9 +14,11 @@ was already quantized to uint8 with its own range; putting the groups back on
 one 8-bit grid would undo PEG, and the LayerNorm input must be quantized for
 integer runtimes, so 16 bits is the narrowest grid that keeps every group's
 resolution; the LayerNorm that reads it runs in 16 bits and its output is
-converted back to uint8 (the same legal DQ->Q converts as ``--int16``). Split and
-Concat get one Q/DQ per group (ORT's quantizer would
-force one scale on all their inputs/outputs, so they are excluded from it).
+converted back to uint8 (the same legal DQ->Q converts as ``--int16``). Split gets
+one Q/DQ per group output (ORT's Split handler would force its input's scale on
+every output, so Split is excluded from ORT's quantizer); each group of the
+Concat keeps its own scale, converted up to uint16 (DQ->Q) so the Concat node is
+type-homogeneous, which QNN HTP requires.
 """
 
 from __future__ import annotations

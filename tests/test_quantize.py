@@ -12,6 +12,7 @@ from qonnx_bert.errors import UsageError
 from qonnx_bert.latency import sqnr_db
 from qonnx_bert.quantize import quantize
 from qonnx_bert.roles import find_roles
+from tests.conftest import tensor_values
 
 U8, I8 = onnx.TensorProto.UINT8, onnx.TensorProto.INT8
 
@@ -79,7 +80,6 @@ def test_w8a8_close_to_fp32(fp32, ranges):
 
 def test_weight_only_and_activation_only(fp32, ranges):
     texts = shipped_sentences()[:16]
-    ref = _logits(fp32, texts)
     w_only, rep_w = quantize(fp32, "w8a32", None)
     a_only, rep_a = quantize(fp32, "w32a8", ranges)
     assert rep_w.activation_bits == {} and rep_w.quantized_weights >= 12
@@ -87,8 +87,11 @@ def test_weight_only_and_activation_only(fp32, ranges):
     a_inits = {i.name: i.data_type for i in a_only.graph.initializer}
     weights = [n.input[1] for n in a_only.graph.node if n.op_type == "MatMul" and n.input[1] in a_inits]
     assert len(weights) == 12 and all(a_inits[w] == onnx.TensorProto.FLOAT for w in weights)
-    assert sqnr_db(ref, _logits(w_only, texts)) > 25.0  # weights alone: one rounding per weight, no chaining
-    assert sqnr_db(ref, _logits(a_only, texts)) > 20.0
+    # The tiny random model's logits barely depend on its input, so compare the encoder output.
+    last = find_roles(fp32).tensor("layer.1.ffn.layernorm")
+    exact = tensor_values(fp32, last, texts)
+    assert sqnr_db(exact, tensor_values(w_only, last, texts)) > 25.0  # one rounding per weight, no chaining
+    assert sqnr_db(exact, tensor_values(a_only, last, texts)) > 20.0
 
 
 def test_cpu_provider_uses_integer_kernels(fp32, ranges, tmp_path):

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The GLUE table in the README: MiniLM-L6 checkpoints fine-tuned by the models/ recipes,
+# every scheme, median over calibration seeds. Resumable: re-running skips finished cells.
+# Usage: bench/run_glue.sh [GLUE_DIR] [TASKS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="${1:-${QONNX_GLUE_DIR:-../shared/data/glue}}"
+TASKS="${2:-rte,mrpc}"
+for t in ${TASKS//,/ }; do
+  qonnx models build "minilm-l6-$t" --data-dir "$DATA"   # no-op when already built
+done
+qonnx bench glue --model minilm-l6 --tasks "$TASKS" --data-dir "$DATA" --seeds 3 \
+  --schemes fp32,w8a32,w32a8,w8a8,mp,auto-mp,peg-k6-noperm,peg-k6,peg-k3-noperm,peg-k3,peg-outlier-k6,peg-outlier-k3 \
+  -o bench/results/glue-minilm-l6

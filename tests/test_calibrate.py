@@ -90,3 +90,41 @@ def test_ort_cache_is_readable_by_onnxruntime(tiny_onnx, tmp_path):
     cache = load_tensors_data(tmp_path / "cache.json")
     name = next(iter(table.tensors))
     assert float(cache[name].range_value[0]) == pytest.approx(table.tensors[name]["min"])
+
+
+def test_nan_activation_names_tensor_and_role(tiny_onnx):
+    """A NaN bias in layer 0's FFN: the first tensor it reaches is named, with its role."""
+    from qonnx_bert.roles import find_roles
+
+    model = onnx.load(str(tiny_onnx))
+    target = find_roles(prepare(model)).tensor("layer.0.ffn.intermediate")
+    add = next(n for n in model.graph.node if target in n.output)
+    bias = next(i for i in model.graph.initializer if i.name in add.input)
+    poisoned = onnx.numpy_helper.from_array(np.full(onnx.numpy_helper.to_array(bias).shape, np.nan, np.float32), "poisoned_bias")
+    model.graph.initializer.append(poisoned)
+    add.input[list(add.input).index(bias.name)] = poisoned.name  # only this Add sees the NaN
+    with pytest.raises(UsageError) as err:
+        calibrate(model, sample_sequences(TEXTS, None, 4, 0, "test"), progress=False)
+    assert f"tensor {target} (role layer.0.ffn.intermediate) holds NaN or Inf" in str(err.value)
+
+
+def test_segments_reproduce_the_whole_graph(tiny_onnx):
+    """Cut into segments with carried values and fed weights, the graph computes what it computes whole."""
+    from qonnx_bert.calibration.segments import Pipeline, SplitModel
+
+    model = prepare(onnx.load(str(tiny_onnx)))
+    names = [t.name for t in quantizable_tensors(model)]
+    feeds = Encoder.from_model(model).feeds(TEXTS[:4])  # padded batch
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    exposed.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    whole = dict(zip(names, ort.InferenceSession(exposed.SerializeToString()).run(names, feeds), strict=True))
+    chunks = [names[i : i + 7] for i in range(0, len(names), 7)]
+    pipeline = Pipeline(SplitModel.from_proto(model), chunks)
+    assert len(pipeline.segments) == len(chunks) and sum(len(s.nodes) for s in pipeline.segments) <= len(model.graph.node)
+    got = {}
+    for values in pipeline.run(feeds):
+        got.update({n: v.copy() for n, v in values.items()})
+    assert got.keys() == whole.keys()
+    for name in names:
+        np.testing.assert_array_equal(got[name], whole[name], err_msg=name)

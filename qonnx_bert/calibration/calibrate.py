@@ -1,26 +1,25 @@
-"""Calibrate a model: sample sequences, run the collector, write a ranges table."""
+"""Calibrate a model: sample sequences, plan what to estimate (``plan.py``), run the collector, build the table."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
 
 from qonnx_bert.calibration.collector import Target, collect
-from qonnx_bert.calibration.estimators import (
-    EstimatorSpec, PerChannel, PerTensor, RangeEstimator, make_estimator, parse_estimator_spec,
-)
-from qonnx_bert.calibration.ranges import RangeTable, model_fingerprint
-from qonnx_bert.calibration.tensors import TensorLayout, quantizable_tensors
+from qonnx_bert.calibration.estimators import EstimatorSpec, PerTensor, RangeEstimator, make_estimator
+from qonnx_bert.calibration.grouped import GroupedRangeTable
+from qonnx_bert.calibration.memory import DEFAULT_MAX_MEMORY_MB
+from qonnx_bert.calibration.plan import CalibrationPlan, group_key, plan_calibration
+from qonnx_bert.calibration.recipes import Recipe, spec_text
+from qonnx_bert.calibration.segments import SplitModel
+from qonnx_bert.calibration.tensors import TensorLayout
 from qonnx_bert.encode import Encoder, length_batches
 from qonnx_bert.modelinfo import read_info
 from qonnx_bert.passes.prepare import prepare
-from qonnx_bert.roles import find_roles
-
-# Residual-stream roles whose per-embedding-dimension ranges are recorded (PEG's permutation needs them).
-PER_CHANNEL_ROLES = ("layer.*.ffn.input", "layer.*.ffn.output", "layer.*.ffn.residual_sum")
 
 
 @dataclass(frozen=True)
@@ -67,13 +66,28 @@ def sequence_batches(encoder: Encoder, sequences: Sequences, batch_size: int) ->
     return batches, len(order)
 
 
+def batch_shape(encoder: Encoder, sequences: Sequences, batch_size: int) -> tuple[int, int]:
+    """(sequences, tokens) of the largest batch: what a memory budget is sized for."""
+    if encoder.info.static_shape:
+        return encoder.info.static_shape
+    longest = int(encoder.lengths(sequences.texts_a, sequences.texts_b).max())
+    return min(batch_size, len(sequences)), longest
+
+
 def estimate_ranges(
-    model: onnx.ModelProto, targets: list[Target], sequences: Sequences, *, batch_size: int = 8,
-    tensors_per_pass: int | None = None, progress: bool = True,
+    model: onnx.ModelProto | SplitModel, targets: list[Target], sequences: Sequences, *, batch_size: int = 8,
+    tensors_per_pass: int | None = None, max_memory: float | None = DEFAULT_MAX_MEMORY_MB, progress: bool = True,
 ) -> dict[str, RangeEstimator]:
-    """Run ``model`` (prepared FP32) over ``sequences`` and return each target's filled estimator."""
-    batches, count = sequence_batches(Encoder.from_model(model), sequences, batch_size)
-    return collect(model, targets, batches, num_batches=count, tensors_per_pass=tensors_per_pass, progress=progress)
+    """Run ``model`` (prepared FP32) over ``sequences`` and return each target's filled estimator.
+
+    ``max_memory`` (MB) bounds the activations one batch exposes at a time (see ``collector``;
+    None: expose everything in one segment).
+    """
+    graph = model.graph if isinstance(model, SplitModel) else model
+    encoder = Encoder.from_model(graph)
+    batches, count = sequence_batches(encoder, sequences, batch_size)
+    return collect(model, targets, batches, num_batches=count, tensors_per_pass=tensors_per_pass, max_memory=max_memory,
+                   batch_shape=batch_shape(encoder, sequences, batch_size), progress=progress)
 
 
 def per_tensor_targets(layouts: list[TensorLayout], spec: EstimatorSpec, labels: dict[str, str]) -> list[Target]:
@@ -81,47 +95,58 @@ def per_tensor_targets(layouts: list[TensorLayout], spec: EstimatorSpec, labels:
 
 
 def calibrate(
-    model: onnx.ModelProto,
+    model: onnx.ModelProto | SplitModel,
     sequences: Sequences,
     *,
-    estimator: str = "current_minmax",
+    estimator: str | None = None,
+    recipe: Recipe | Mapping | str | Path | None = None,
+    groups: Mapping[str, Sequence[Sequence[int]]] | None = None,
     batch_size: int = 8,
     tensors_per_pass: int | None = None,
+    max_memory: float | None = DEFAULT_MAX_MEMORY_MB,
     progress: bool = True,
-) -> RangeTable:
-    """Ranges of every quantizable activation of ``model`` over ``sequences``, padding excluded."""
-    spec = parse_estimator_spec(estimator)
-    prepared = prepare(model)
-    roles = find_roles(prepared)
-    layouts = quantizable_tensors(prepared)
-    targets = per_tensor_targets(layouts, spec, roles.role_of())
-    channel_roles = [r for p in PER_CHANNEL_ROLES for r in roles.select(p)]
-    by_name = {lay.name: lay for lay in layouts}
-    targets += [
-        Target(by_name[roles.tensor(r)], lambda: make_estimator("current_minmax", PerChannel()), True, r)
-        for r in channel_roles
-    ]
-    est = estimate_ranges(prepared, targets, sequences, batch_size=batch_size, tensors_per_pass=tensors_per_pass, progress=progress)
-    return _table(model, roles, layouts, est, channel_roles, spec, sequences, batch_size)
+) -> GroupedRangeTable:
+    """Ranges of every quantizable activation of ``model`` over ``sequences``, padding excluded.
+
+    ``recipe`` picks an estimator per role (default: ``estimator``, else current min-max, for
+    all); ``groups`` asks for per-group ranges of roles (``{role: [[dims], ...]}``);
+    ``max_memory`` (MB) bounds the activations one batch exposes at a time.
+    """
+    split = model if isinstance(model, SplitModel) else SplitModel.from_proto(model)
+    prepared = split.edit_small(prepare)
+    plan = plan_calibration(prepared.graph, estimator=estimator, recipe=recipe, groups=groups)
+    est = estimate_ranges(prepared, plan.targets(), sequences, batch_size=batch_size,
+                          tensors_per_pass=tensors_per_pass, max_memory=max_memory, progress=progress)
+    return _table(split, plan, est, sequences, batch_size)
 
 
-def _table(model, roles, layouts, est, channel_roles, spec, sequences, batch_size) -> RangeTable:
-    role_of = roles.role_of()
+def _table(split: SplitModel, plan: CalibrationPlan, est: dict[str, RangeEstimator], sequences: Sequences, batch_size: int) -> GroupedRangeTable:
+    role_of = plan.roles.role_of()
     tensors = {}
-    for lay in layouts:
-        lo, hi = est[lay.name].range()
-        tensors[lay.name] = {"role": role_of.get(lay.name), "min": float(lo[0]), "max": float(hi[0])}
+    for lay in plan.layouts:
+        lo, hi = est[plan.shared.get(lay.name, lay.name)].range()
+        tensors[lay.name] = {"role": role_of.get(lay.name), "min": float(lo[0]), "max": float(hi[0]),
+                             "estimator": spec_text(plan.specs[lay.name])}
     per_channel = {}
-    for role in channel_roles:
-        lo, hi = est[roles.tensor(role) + "#channels"].range()
-        per_channel[role] = {"tensor": roles.tensor(role), "min": lo.tolist(), "max": hi.tolist()}
-    info = read_info(model)
-    return RangeTable(
-        model={"fingerprint": model_fingerprint(model), "source": info.source, "num_layers": roles.num_layers,
-               "roles": roles.roles},
-        calibration={"estimator": spec.name, "params": dict(spec.params), "num_sequences": len(sequences),
-                     "source": sequences.source, "seed": sequences.seed, "batch_size": batch_size,
-                     "padding": "excluded", "sequences": sequences.pairs()},
+    for role in plan.channel_roles:
+        tensor = plan.roles.tensor(role)
+        lo, hi = est[tensor + "#channels"].range()
+        per_channel[role] = {"tensor": tensor, "estimator": "current_minmax", "min": lo.tolist(), "max": hi.tolist()}
+    per_group = {}
+    for role, granularity in plan.groups.items():
+        tensor = plan.roles.tensor(role)
+        lo, hi = est[group_key(role)].range()
+        per_group[role] = {"tensor": tensor, "estimator": spec_text(plan.specs[tensor]),
+                           "groups": [list(g) for g in granularity.groups], "min": lo.tolist(), "max": hi.tolist()}
+    info = read_info(split.graph)
+    default = plan.recipe.default
+    return GroupedRangeTable(
+        model={"fingerprint": split.fingerprint, "source": info.source, "num_layers": plan.roles.num_layers,
+               "roles": plan.roles.roles},
+        calibration={"estimator": default.name, "params": dict(default.params), "recipe": plan.recipe.to_json(),
+                     "num_sequences": len(sequences), "source": sequences.source, "seed": sequences.seed,
+                     "batch_size": batch_size, "padding": "excluded", "sequences": sequences.pairs()},
         tensors=tensors,
         per_channel=per_channel,
+        per_group=per_group,
     )

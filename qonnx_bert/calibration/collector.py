@@ -3,37 +3,55 @@
 The chosen intermediates are exposed as extra graph outputs. Each batch's values
 go to the estimators with padding positions excluded (via the attention mask)
 and are then dropped, so memory does not grow with the number of sequences.
-Tensors are exposed in chunks (one inference pass per chunk) when a budget on
-the bytes a batch may hold is given.
+
+Memory per batch is bounded by cutting the graph into segments (``segments.py``)
+that each expose a chunk of the tensors: ``tensors_per_pass`` caps a chunk's tensor
+count, ``max_memory`` (MB) the bytes it exposes for one batch. A batch flows through the
+segments in turn, so a bound never costs a second inference pass.
+
+Estimation runs between segments, not beside them: on two cores ONNX Runtime
+already uses both, and the histogram estimators hold the GIL, so a worker thread
+measured slower than this serial loop.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from tqdm import tqdm
 
 from qonnx_bert.calibration.estimators import NonFiniteError, RangeEstimator
+from qonnx_bert.calibration.memory import MB, pack, tensor_bytes
+from qonnx_bert.calibration.segments import Pipeline, SplitModel
 from qonnx_bert.calibration.tensors import MASK_INPUT, TensorLayout
 from qonnx_bert.errors import UsageError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Target:
-    """One tensor to estimate: its layout and a factory for its estimator.
+    """One estimate over one tensor: its layout and a factory for its estimator.
 
-    ``per_channel`` estimators see (tokens, channels) rows; per-tensor ones see
-    every valid element as one column.
+    ``per_channel`` estimators see ``(tokens, channels)`` rows (per-channel and
+    per-group granularities); per-tensor ones see every valid element as one column.
+    ``key`` names the estimate in ``collect``'s result (default: the tensor name,
+    plus ``#channels`` for per-channel rows).
     """
 
     layout: TensorLayout
     make: Callable[[], RangeEstimator]
     per_channel: bool = False
     label: str = ""
+    key: str = ""
+
+    @property
+    def result_key(self) -> str:
+        return self.key or self.layout.name + ("#channels" if self.per_channel else "")
 
 
 def valid_mask(layout: TensorLayout, shape: tuple[int, ...], mask: np.ndarray | None) -> np.ndarray | None:
@@ -58,57 +76,84 @@ def as_rows(x: np.ndarray, valid: np.ndarray | None, per_channel: bool) -> tuple
     return x.reshape(-1, 1), keep
 
 
-def _session(model: onnx.ModelProto, names: Sequence[str]) -> ort.InferenceSession:
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    existing = {o.name for o in exposed.graph.output}
-    for name in names:
-        if name not in existing:
-            exposed.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor as exported
-    return ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+def graph_order(model: onnx.ModelProto, names: Iterable[str]) -> list[str]:
+    """``names`` (deduplicated) by the position of their producing node; graph inputs first."""
+    position = {out: i for i, node in enumerate(model.graph.node) for out in node.output}
+    return sorted(dict.fromkeys(names), key=lambda n: position.get(n, -1))
 
 
-def _chunks(targets: list[Target], size: int | None) -> list[list[Target]]:
-    size = size or len(targets)
-    return [targets[i : i + size] for i in range(0, len(targets), size)]
+def plan_chunks(
+    model: onnx.ModelProto, names: Sequence[str], *, tensors_per_pass: int | None = None,
+    max_memory: float | None = None, batch_shape: tuple[int, int] | None = None,
+) -> list[list[str]]:
+    """Tensors in graph order, cut so each chunk has at most ``tensors_per_pass`` tensors and,
+    for one batch of ``batch_shape`` (sequences, tokens), at most ``max_memory`` MB."""
+    names = graph_order(model, names)
+    if max_memory is None:
+        size = tensors_per_pass or max(1, len(names))
+        return [names[i : i + size] for i in range(0, len(names), size)]
+    if batch_shape is None:
+        raise ValueError("max_memory needs batch_shape (sequences per batch, tokens per sequence)")
+    sizes = tensor_bytes(model, names, *batch_shape)
+    return pack(names, sizes, max_memory, max_count=tensors_per_pass)
 
 
 def collect(
-    model: onnx.ModelProto,
+    model: onnx.ModelProto | SplitModel,
     targets: list[Target],
     batches: Callable[[], Iterable[dict[str, np.ndarray]]],
     *,
     num_batches: int | None = None,
     tensors_per_pass: int | None = None,
+    max_memory: float | None = None,
+    batch_shape: tuple[int, int] | None = None,
     progress: bool = True,
 ) -> dict[str, RangeEstimator]:
-    """Feed every batch's activations to each target's estimator; returns them by tensor name.
+    """Feed every batch's activations to each target's estimator; returns them by ``Target.result_key``.
 
-    ``batches`` is called once per chunk of tensors and must yield the same feeds each time.
+    ``batches`` is called once; ``model`` is the prepared FP32 model (split or whole).
+    ``max_memory`` (MB) bounds the activations one segment exposes for one batch.
     """
-    estimators = {t.layout.name + ("#channels" if t.per_channel else ""): t.make() for t in targets}
-    chunks = _chunks(targets, tensors_per_pass)
-    bar = tqdm(total=(num_batches or 0) * len(chunks), desc="calibrating", unit="batch", disable=not progress)
-    for chunk in chunks:
-        names = list(dict.fromkeys(t.layout.name for t in chunk))
-        session = _session(model, names)
-        inputs = {i.name for i in session.get_inputs()}
+    split = model if isinstance(model, SplitModel) else SplitModel.from_proto(model)
+    chunks = plan_chunks(split.graph, [t.layout.name for t in targets], tensors_per_pass=tensors_per_pass,
+                         max_memory=max_memory, batch_shape=batch_shape)
+    _log_plan(split.graph, chunks, batch_shape)
+    pipeline = Pipeline(split, chunks)
+    estimators = {t.result_key: t.make() for t in targets}
+    by_tensor: dict[str, list[Target]] = {}
+    for t in targets:
+        by_tensor.setdefault(t.layout.name, []).append(t)
+    with tqdm(total=num_batches, desc="calibrating", unit="batch", disable=not progress) as bar:
         for feeds in batches():
-            values = dict(zip(names, session.run(names, {k: v for k, v in feeds.items() if k in inputs}), strict=True))
-            for target in chunk:
-                _update(estimators, target, values[target.layout.name], feeds.get(MASK_INPUT))
+            mask = feeds.get(MASK_INPUT)
+            mask = None if mask is None or mask.all() else mask  # no padding: nothing to exclude
+            for values in pipeline.run(feeds):
+                _feed(estimators, by_tensor, values, mask)
+                del values  # let the segment's activations go before the next one runs
             bar.update()
-    bar.close()
     return estimators
 
 
-def _update(estimators: dict, target: Target, x: np.ndarray, mask: np.ndarray | None) -> None:
-    key = target.layout.name + ("#channels" if target.per_channel else "")
+def _feed(estimators: dict, by_tensor: dict[str, list[Target]], values: dict, mask: np.ndarray | None) -> None:
+    for name, x in values.items():
+        for target in by_tensor[name]:
+            _update(estimators[target.result_key], target, x, mask)
+
+
+def _log_plan(model: onnx.ModelProto, chunks: list[list[str]], batch_shape: tuple[int, int] | None) -> None:
+    if batch_shape is None or not logger.isEnabledFor(logging.INFO):
+        return
+    sizes = tensor_bytes(model, [n for c in chunks for n in c], *batch_shape)
+    peak = max(sum(sizes[n] for n in c) for c in chunks) / MB
+    logger.info("exposing %d tensors in %d segment(s) of at most %.0f MB (batches of %d x %d tokens)",
+                len(sizes), len(chunks), peak, *batch_shape)
+
+
+def _update(estimator: RangeEstimator, target: Target, x: np.ndarray, mask: np.ndarray | None) -> None:
     rows, keep = as_rows(x, valid_mask(target.layout, x.shape, mask), target.per_channel)
     try:
-        estimators[key].update(rows.astype(np.float32, copy=False), keep)
+        estimator.update(rows.astype(np.float32, copy=False), keep)
     except NonFiniteError:
-        name = target.label or target.layout.name
-        raise UsageError(f"tensor {name} holds NaN or Inf on the calibration data; check the model and its inputs") from None
+        name = target.layout.name
+        role = f" (role {target.label})" if target.label and target.label != name else ""
+        raise UsageError(f"tensor {name}{role} holds NaN or Inf on the calibration data; check the model and its inputs") from None

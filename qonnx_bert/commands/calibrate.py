@@ -6,6 +6,15 @@ import logging
 
 logger = logging.getLogger(__name__)
 
+MAX_MEMORY_HELP = (  # the default lives in qonnx_bert.calibration.memory.DEFAULT_MAX_MEMORY_MB
+    "bound, in MB, on the activations one batch exposes at a time (default 512). The graph is cut into "
+    "segments that each expose a share of the tensors, sized from their shapes at --batch-size x the longest "
+    "sequence; a batch flows through the segments in turn, so nothing is computed twice. On top of the bound: "
+    "the weights, held once, the few tensors carried between segments (residual stream, attention mask), and "
+    "the estimators' temporaries (a few times the largest single tensor). BERT-base, batch 8 x 128 tokens: "
+    "about 1.3 GB of activations in all, peak RSS about 1.3 GB at the default"
+)
+
 
 def register(sub) -> None:
     p = sub.add_parser("calibrate", help="estimate activation ranges on calibration sequences (padding excluded)")
@@ -17,23 +26,34 @@ def register(sub) -> None:
     p.add_argument("--data-dir", help="GLUE TSV directory (default: $QONNX_GLUE_DIR)")
     p.add_argument("-n", "--num-sequences", type=int, default=64, help="number of sequences (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sequence sample (default 0)")
-    p.add_argument("--estimator", default="current_minmax", help="NAME[:param=value,...] (see `qonnx estimators`)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--estimator", metavar="NAME[:k=v,...]",
+                   help="estimator for every tensor (default current_minmax; see `qonnx estimators`); "
+                        "with --recipe, replaces the recipe's default")
+    p.add_argument("--recipe", metavar="FILE",
+                   help="JSON recipe choosing an estimator per role glob (examples: calibration/*.json)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per batch, bucketed by length (default 8)")
+    p.add_argument("--max-memory", type=float, metavar="MB", help=MAX_MEMORY_HELP)
     p.add_argument("--ort-cache", metavar="FILE", help="also write ONNX Runtime's calibration-cache JSON")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from qonnx_bert.calibration.calibrate import calibrate
+    from qonnx_bert.calibration.memory import DEFAULT_MAX_MEMORY_MB
+    from qonnx_bert.calibration.segments import SplitModel
     from qonnx_bert.calibration.sources import sequences_from_args
     from qonnx_bert.errors import UsageError
-    from qonnx_bert.modelinfo import load_onnx
 
     if args.num_sequences < 1:
         raise UsageError("--num-sequences must be at least 1")
-    model = load_onnx(args.model)
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if args.max_memory is not None and not args.max_memory > 0:
+        raise UsageError("--max-memory must be a positive number of MB")
+    model = SplitModel.load(args.model)  # the full protobuf is dropped: weights held once
     sequences = sequences_from_args(args)
-    table = calibrate(model, sequences, estimator=args.estimator, batch_size=args.batch_size)
+    table = calibrate(model, sequences, estimator=args.estimator, recipe=args.recipe, batch_size=args.batch_size,
+                      max_memory=DEFAULT_MAX_MEMORY_MB if args.max_memory is None else args.max_memory)
     table.save(args.output, inputs=(args.model,))
     if args.ort_cache:
         table.save_ort_cache(args.ort_cache)

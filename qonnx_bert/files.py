@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -36,3 +37,17 @@ def atomic_output(path: str | Path, *, inputs: tuple[str | Path, ...] = ()) -> I
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def read_json_object(path: str | Path, what: str, hint: str) -> dict:
+    """A JSON object read from ``path``; one-line errors that name ``what`` it should be and ``hint`` how to make one."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} not found; {hint}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UsageError(f"{path} is not JSON; {hint}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} is not a {what}; {hint}")
+    return data

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from qonnx_bert.errors import UsageError
-from qonnx_bert.files import atomic_output
+from qonnx_bert.files import atomic_output, read_json_object
 
 FORMAT = "qonnx.ranges"
 VERSION = 1
@@ -64,14 +64,8 @@ class RangeTable:
 
     @classmethod
     def load(cls, path: str | Path) -> RangeTable:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UsageError(f"ranges file {path} not found; create it with `qonnx calibrate MODEL -o {path}`") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise UsageError(f"{path} is not a JSON ranges file; create one with `qonnx calibrate`") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        data = read_json_object(path, "ranges file", "create one with `qonnx calibrate MODEL -o ranges.json`")
+        if data.get("format") != FORMAT:
             raise UsageError(f"{path} is not a qonnx ranges file; create one with `qonnx calibrate`")
         if data.get("version") != VERSION:
             raise UsageError(f"{path} has ranges format version {data.get('version')}, this qonnx reads {VERSION}; re-run `qonnx calibrate`")

@@ -45,7 +45,7 @@ from qonnx_bert.calibration.sources import shipped_sentences
 from qonnx_bert.calibration.tensors import quantizable_tensors
 from qonnx_bert.encode import Encoder
 from qonnx_bert.errors import UsageError
-from qonnx_bert.files import atomic_output
+from qonnx_bert.files import atomic_output, read_json_object
 from qonnx_bert.latency import sqnr_db
 from qonnx_bert.modelinfo import read_info
 from qonnx_bert.passes.mixed_precision import int16_overrides, value_group, wide_tensors, with_quantizer_bits
@@ -102,14 +102,8 @@ def save_selection(path: str | Path, model: onnx.ModelProto, scheme: str, roles:
 
 def load_selection(path: str | Path, model: onnx.ModelProto) -> list[str]:
     """The roles of a saved selection; refuses a file made for another model."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"selection file {path} not found; write one with `qonnx quantize --save-selection {path}`") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UsageError(f"{path} is not JSON; pass a file written by `qonnx quantize --save-selection`") from None
-    if not isinstance(doc, dict) or doc.get("format") != SELECTION_FORMAT or doc.get("version") != SELECTION_VERSION:
+    doc = read_json_object(path, "selection file", f"write one with `qonnx quantize --save-selection {path}`")
+    if doc.get("format") != SELECTION_FORMAT or doc.get("version") != SELECTION_VERSION:
         raise UsageError(f"{path} is not a qonnx int16 selection (version {SELECTION_VERSION}); write one with `qonnx quantize --save-selection`")
     made_for = doc.get("model") or {}
     if made_for.get("fingerprint") != model_fingerprint(model):

@@ -40,7 +40,7 @@ def test_parse_spec_values():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("nope", "known: allminmax, current_minmax"),
+    ("nope", "known: allminmax, cross_entropy, current_minmax"),
     ("mse:bitz=8", "parameters: bits=8, symmetric=False"),
     ("mse:bits=eight", "bits='eight' should be int"),
     ("mse:bits=8.5", "should be int"),

@@ -24,10 +24,12 @@ Objective = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (G, K) lo, hi -> (
 
 
 def _argmin_fractions(objective: Objective, to_range, fractions: np.ndarray) -> np.ndarray:
-    """The row of ``fractions`` ``(G, K, d)`` with the least error, per group ``(G, d)``."""
+    """The row of ``fractions`` ``(G, K, d)`` with the least error, per group ``(G, d)``; of
+    equal errors the last (widest) one, so an objective flat everywhere gives min-max."""
     lo, hi = to_range(fractions)  # scored as returned: rounded to float32
     err = objective(lo.astype(np.float32).astype(np.float64), hi.astype(np.float32).astype(np.float64))
-    return fractions[np.arange(len(fractions)), np.argmin(err, axis=1)]
+    last = err.shape[1] - 1 - np.argmin(err[:, ::-1], axis=1)
+    return fractions[np.arange(len(fractions)), last]
 
 
 def search_range(objective: Objective, lo0: np.ndarray, hi0: np.ndarray,

@@ -42,6 +42,15 @@ def test_quantize_and_eval(pipeline, glue_dir, capsys):
     assert code == 0 and "rte dev (24 examples, ONNX Runtime CPU): accuracy=" in out
 
 
+def test_quantize_peg_flags_reach_the_scheme(pipeline, tiny_onnx, capsys):
+    out = pipeline / "peg.onnx"
+    argv = ["quantize", str(tiny_onnx), "--scheme", "peg", "--groups", "3", "--grouping", "equal", "--permutation", "model",
+            "--layers", "0-1", "--ranges", str(pipeline / "ranges.json"), "-o", str(out)]
+    code, _, err = run(capsys, *argv)
+    assert code == 0 and "PEG K=3 (equal groups, one model-wide permutation folded into the weights)" in err
+    assert sum(n.op_type == "Split" for n in onnx.load(str(out)).graph.node) == 2
+
+
 def test_export_command(tiny_bert_dir, tmp_path, capsys):
     code, _, err = run(capsys, "export", str(tiny_bert_dir), "-o", str(tmp_path / "m.onnx"), "--static-shape", "1,16")
     assert code == 0 and "max |logit difference| vs PyTorch" in err
@@ -74,6 +83,8 @@ def _non_bert(tmp_path):
         (["quantize", "{tiny}", "-o", "{tmp}/o.onnx", "--ranges", "{tmp}/other.json"], "another model"),
         (["quantize", "{tiny}", "-o", "{tiny}", "--scheme", "w8a32"], "is the input file"),
         (["calibrate", "{tiny}", "-o", "{tmp}/r.json", "--estimator", "bogus"], "unknown estimator 'bogus'"),
+        (["quantize", "{tiny}", "-o", "{tmp}/o.onnx", "--scheme", "w8a8", "--groups", "3"], "--groups applies to --scheme peg or peg-equal"),
+        (["quantize", "{tiny}", "-o", "{tmp}/o.onnx", "--scheme", "peg", "--layers", "x"], "is not a layer list"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, message, tiny_onnx, glue_dir, pipeline, tmp_path, capsys):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from qonnx_bert.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 
@@ -17,7 +19,41 @@ def register(sub) -> None:
     p.add_argument("--scheme", default="w8a8", choices=sorted(SCHEMES), help="quantization scheme (default w8a8)")
     p.add_argument("--ranges", help="ranges JSON from `qonnx calibrate` (needed when activations are quantized)")
     add_int16_arguments(p)
+    add_peg_arguments(p)
     p.set_defaults(func=run)
+
+
+def layer_list(text: str) -> list[int]:
+    """``--layers``: ``0,2,4-5``."""
+    try:
+        return [i for part in text.split(",") for i in _span(part.strip())]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a layer list such as 0,2,4-5") from None
+
+
+def _span(part: str) -> range:
+    first, _, last = part.partition("-")
+    return range(int(first), int(last or first) + 1)
+
+
+PEG_OPTIONS = ("groups", "no_permute", "grouping", "layers", "permutation")
+
+
+def add_peg_arguments(p) -> None:
+    g = p.add_argument_group("per-embedding-group quantization (--scheme peg / peg-equal)")
+    g.add_argument("--groups", type=int, metavar="K", help="groups of embedding dimensions per layer (default 6)")
+    g.add_argument("--grouping", choices=("equal", "outlier"), help="equal-size groups (the paper; peg-equal's default) or outlier-aware uneven groups (peg's default)")
+    g.add_argument("--no-permute", action="store_true", default=None, help="equal groups of consecutive dimensions, no range-based permutation")
+    g.add_argument("--permutation", choices=("layer", "model"), help="layer: a Gather before and after each FFN (the paper); model: one order for all layers, folded into the weights (no Gather at run time)")
+    g.add_argument("--layers", type=layer_list, help="layers to apply PEG to, e.g. 0,2,4-5 (default all)")
+
+
+def peg_options(args) -> dict:
+    given = {n: getattr(args, n) for n in PEG_OPTIONS if getattr(args, n) is not None}
+    if given and not args.scheme.startswith("peg"):
+        flag = "--" + next(iter(given)).replace("_", "-")
+        raise UsageError(f"{flag} applies to --scheme peg or peg-equal, not {args.scheme}")
+    return given
 
 
 def budget(text: str) -> int | float:
@@ -53,10 +89,11 @@ def run(args) -> int:
     from qonnx_bert.modelinfo import load_onnx
     from qonnx_bert.quantize import quantize
 
+    options = {**int16_options(args), **peg_options(args)}
     model = load_onnx(args.model)
     ranges = RangeTable.load(args.ranges) if args.ranges else None
     with atomic_output(args.output, inputs=(args.model,)) as tmp:
-        quantized, report = quantize(model, args.scheme, ranges, path=args.model, **int16_options(args))
+        quantized, report = quantize(model, args.scheme, ranges, path=args.model, **options)
         onnx.save(quantized, str(tmp))
     for line in report.lines():
         logger.info(line)

@@ -36,11 +36,13 @@ from qonnx_bert.calibration.tensors import quantizable_tensors
 from qonnx_bert.errors import UsageError
 from qonnx_bert.passes.mixed_precision import int16_overrides
 from qonnx_bert.passes.peg_split_ffn import split_ffn
+from qonnx_bert.passes.permute_stream import permute_stream
 from qonnx_bert.schemes.context import SchemeContext
-from qonnx_bert.schemes.peg_groups import layer_groups, quantization_noise
+from qonnx_bert.schemes.peg_groups import layer_groups, model_order, quantization_noise
 from qonnx_bert.schemes.plan import Plan, activation_ranges
 
 PEG_ROLES = ("input", "output", "residual_sum")
+PERMUTATIONS = ("layer", "model")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class PegOptions:
     permute: bool = True
     grouping: str = "outlier"
     layers: tuple[int, ...] | None = None  # None: all layers
+    permutation: str = "layer"  # "layer": a Gather around each FFN; "model": one order folded into the weights
 
     @classmethod
     def from_options(cls, options: dict, default_grouping: str) -> PegOptions:
@@ -58,6 +61,7 @@ class PegOptions:
             permute=not options.get("no_permute", False),
             grouping=options.get("grouping") or default_grouping,
             layers=tuple(layers) if layers else None,
+            permutation=options.get("permutation") or "layer",
         )
 
 
@@ -103,11 +107,14 @@ class PegScheme:
         base = ctx.calibrated()
         per_channel = ctx.require_ranges().per_channel
         model = ir.from_proto(ctx.prepared)
+        stats = {layer: dimension_ranges(per_channel, layer) for layer in _selected_layers(opts, ctx.roles.num_layers)}
+        order = _fold_model_order(model, ctx, opts, stats)
+        position = None if order is None else np.argsort(order)  # graph dimension of each model dimension
         exclude, notes, recombined = [], [], []
-        for layer in _selected_layers(opts, ctx.roles.num_layers):
-            lo, hi = dimension_ranges(per_channel, layer)
-            groups = layer_groups(lo, hi, opts.groups, opts.grouping, opts.permute)
-            result = split_ffn(model.graph, ctx.roles.roles, layer, groups)
+        for layer, (lo, hi) in stats.items():
+            groups = layer_groups(lo, hi, opts.groups, opts.grouping, opts.permute, order)
+            in_graph = groups if position is None else [np.sort(position[g]) for g in groups]
+            result = split_ffn(model.graph, ctx.roles.roles, layer, in_graph)
             exclude += result.group_nodes
             recombined += result.recombined
             notes.append(_group_note(layer, groups, lo, hi))
@@ -115,8 +122,21 @@ class PegScheme:
         rewritten = ir.to_proto(model)
         entries = {**base, **_replay(ctx, rewritten, set(base))}
         overrides = int16_overrides(rewritten, recombined) if recombined else {}
-        notes.append(f"PEG K={opts.groups} ({opts.grouping} groups, {'permuted' if opts.permute else 'not permuted'}); recombined residual sums in uint16")
+        how = "not permuted" if not opts.permute else ("one model-wide permutation folded into the weights" if order is not None else "permuted per layer")
+        notes.append(f"PEG K={opts.groups} ({opts.grouping} groups, {how}); recombined residual sums in uint16")
         return Plan(rewritten, activation_ranges(entries), weights=True, overrides=overrides, exclude_nodes=exclude, notes=notes)
+
+
+def _fold_model_order(model: ir.Model, ctx: SchemeContext, opts: PegOptions, stats: dict) -> np.ndarray | None:
+    """``--permutation model``: one order of the hidden dimensions, folded into the weights."""
+    if opts.permutation not in PERMUTATIONS:
+        raise UsageError(f"unknown --permutation {opts.permutation!r}; choose one of: {', '.join(PERMUTATIONS)}")
+    if opts.permutation == "layer" or not opts.permute:
+        return None
+    order = model_order([hi - lo for lo, hi in stats.values()])
+    values = {v.name: v for node in model.graph for v in node.outputs}
+    permute_stream(model.graph, values[ctx.roles.tensor("embeddings.layernorm")], order)
+    return order
 
 
 def _group_note(layer: int, groups: list[np.ndarray], lo: np.ndarray, hi: np.ndarray) -> str:

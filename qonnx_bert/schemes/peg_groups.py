@@ -15,6 +15,10 @@ dimensions so that each group is contiguous.
   of a uniform grid is proportional to its step squared), by dynamic
   programming. A handful of outlier dimensions of very different size then get
   small groups of their own instead of sharing a range with ~60 ordinary ones.
+
+With ``--permutation model`` every layer forms its groups over one model-wide order
+(``model_order``) instead of its own sort, so one permutation, folded into the weights
+(``passes.permute_stream``), makes every layer's groups contiguous at no run-time cost.
 """
 
 from __future__ import annotations
@@ -49,10 +53,9 @@ def _segment_costs(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return cost
 
 
-def outlier_groups(lo: np.ndarray, hi: np.ndarray, k: int) -> list[np.ndarray]:
-    """K contiguous segments of the range-sorted dimensions with the least total noise."""
+def segment_groups(lo: np.ndarray, hi: np.ndarray, k: int, order: np.ndarray) -> list[np.ndarray]:
+    """K contiguous segments of the dimensions in ``order`` with the least total noise."""
     check_group_count(k, len(lo))
-    order = np.argsort(hi - lo, kind="stable")
     cost = _segment_costs(lo[order], hi[order])
     n = len(order)
     best = np.full((k + 1, n + 1), np.inf)
@@ -70,15 +73,34 @@ def outlier_groups(lo: np.ndarray, hi: np.ndarray, k: int) -> list[np.ndarray]:
     return [order[a:b] for a, b in reversed(bounds)]
 
 
-def layer_groups(lo: np.ndarray, hi: np.ndarray, k: int, grouping: str, permute: bool) -> list[np.ndarray]:
-    """The groups of one layer from its per-dimension (min, max)."""
-    if grouping == "equal":
-        return equal_groups(hi - lo, k, permute)
-    if grouping == "outlier":
-        if not permute:
-            raise UsageError("--grouping outlier forms groups over range-sorted dimensions; drop --no-permute")
-        return outlier_groups(lo, hi, k)
-    raise UsageError(f"unknown --grouping {grouping!r}; choose one of: {', '.join(GROUPINGS)}")
+def outlier_groups(lo: np.ndarray, hi: np.ndarray, k: int) -> list[np.ndarray]:
+    """K contiguous segments of the range-sorted dimensions with the least total noise."""
+    return segment_groups(lo, hi, k, np.argsort(hi - lo, kind="stable"))
+
+
+def model_order(ranges: list[np.ndarray]) -> np.ndarray:
+    """One order of the hidden dimensions for every layer (``--permutation model``).
+
+    Dimensions sorted by their largest range relative to their layer's median range:
+    a dimension that is an outlier in any layer goes to the end, the worst last, so each
+    layer's outliers sit in a tail that contiguous groups can isolate.
+    """
+    relative = np.max([r / max(float(np.median(r)), 1e-12) for r in ranges], axis=0)
+    return np.argsort(relative, kind="stable")
+
+
+def layer_groups(lo: np.ndarray, hi: np.ndarray, k: int, grouping: str, permute: bool,
+                 order: np.ndarray | None = None) -> list[np.ndarray]:
+    """The groups of one layer from its per-dimension (min, max); with ``order`` (one
+    model-wide order), contiguous segments of that order instead of this layer's sort."""
+    if grouping not in GROUPINGS:
+        raise UsageError(f"unknown --grouping {grouping!r}; choose one of: {', '.join(GROUPINGS)}")
+    if grouping == "outlier" and not permute:
+        raise UsageError("--grouping outlier forms groups over range-sorted dimensions; drop --no-permute")
+    if order is None:
+        return equal_groups(hi - lo, k, permute) if grouping == "equal" else outlier_groups(lo, hi, k)
+    check_group_count(k, len(lo))
+    return np.array_split(order, k) if grouping == "equal" else segment_groups(lo, hi, k, order)
 
 
 def quantization_noise(lo: np.ndarray, hi: np.ndarray, groups: list[np.ndarray]) -> float:

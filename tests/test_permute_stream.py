@@ -1,0 +1,87 @@
+"""One model-wide permutation of the residual stream, folded into the weights (PEG's
+``--permutation model``): FP32-exact, no run-time Gather, refused where it cannot hold."""
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import helper
+
+from qonnx_bert.errors import UsageError
+from qonnx_bert.passes.permute_stream import permute_stream
+from qonnx_bert.passes.prepare import prepare
+from qonnx_bert.quantize import quantize
+from qonnx_bert.roles import find_roles
+from qonnx_bert.schemes.peg_groups import model_order, segment_groups
+from tests.test_peg import HIDDEN, _logits, fp32, ranges  # noqa: F401  (module fixtures)
+
+
+def _permuted(model: onnx.ModelProto, perm: np.ndarray) -> onnx.ModelProto:
+    roles = find_roles(model)
+    graph = ir.from_proto(model)
+    values = {v.name: v for n in graph.graph for v in n.outputs}
+    permute_stream(graph.graph, values[roles.tensor("embeddings.layernorm")], perm)
+    return ir.to_proto(graph)
+
+
+def _hidden_gathers(model: onnx.ModelProto) -> int:
+    axis = lambda n: next((a.i for a in n.attribute if a.name == "axis"), 0)  # noqa: E731
+    return sum(n.op_type == "Gather" and axis(n) == -1 for n in model.graph.node)
+
+
+def test_fold_is_exact_and_leaves_shared_constants_alone(fp32):
+    prepared = prepare(fp32)
+    perm = np.random.default_rng(0).permutation(HIDDEN)
+    folded = _permuted(prepared, perm)
+    # Only float32 summation order changes (rows of each weight reordered): the 1e-4 bound of PEG's rewrite.
+    assert np.abs(_logits(folded) - _logits(prepared)).max() <= 1e-4
+    assert [n.op_type for n in folded.graph.node] == [n.op_type for n in prepared.graph.node]
+    before = {i.name: i for i in prepared.graph.initializer}
+    after = {i.name: i for i in folded.graph.initializer}
+    used = {x for n in folded.graph.node for x in n.input}
+    # the exporter shares one zero bias between the stream and the attention heads: the heads keep the original
+    shared = [name for name in before if name in used and f"{name}.permuted_vector" in used]
+    assert shared and all(after[name] == before[name] for name in shared)
+
+
+def test_identity_permutation_changes_no_value(fp32):
+    prepared = prepare(fp32)
+    np.testing.assert_array_equal(_logits(_permuted(prepared, np.arange(HIDDEN))), _logits(prepared))
+
+
+def test_stream_as_graph_output_is_refused(fp32):
+    prepared = prepare(fp32)
+    roles = find_roles(prepared)
+    prepared.graph.output.append(helper.make_empty_tensor_value_info(roles.tensor("layer.0.ffn.layernorm")))
+    with pytest.raises(UsageError, match="graph output; use --permutation layer"):
+        _permuted(prepared, np.arange(HIDDEN)[::-1].copy())
+
+
+@pytest.mark.parametrize("grouping", ["outlier", "equal"])
+def test_peg_with_model_permutation_has_no_gather_and_is_exact_in_fp32(fp32, ranges, grouping):
+    peg, report = quantize(fp32, "peg", ranges, groups=3, grouping=grouping, permutation="model")
+    layer_peg, _ = quantize(fp32, "peg", ranges, groups=3, grouping=grouping)
+    assert _hidden_gathers(peg) == 0 and _hidden_gathers(layer_peg) == 2 * 2  # 2 per layer, 2 layers
+    assert any("folded into the weights" in line for line in report.lines())
+    exact = _logits(fp32)
+    from qonnx_bert.latency import sqnr_db
+    # a different grouping of the same ranges: as good as per-layer PEG within a few dB on the tiny model
+    assert sqnr_db(exact, _logits(peg)) > sqnr_db(exact, _logits(layer_peg)) - 3
+
+
+def test_model_order_puts_each_layers_outliers_last_and_segments_isolate_them():
+    rng = np.random.default_rng(0)
+    ranges = [rng.uniform(1, 2, 64) for _ in range(3)]
+    ranges[0][7], ranges[2][30], ranges[2][41] = 200.0, 90.0, 40.0
+    order = model_order(ranges)
+    assert order[-3:].tolist() == [41, 30, 7]
+    lo, hi = -ranges[2] / 2, ranges[2] / 2
+    groups = segment_groups(lo, hi, 4, order)
+    assert np.array_equal(np.concatenate(groups), order)  # contiguous segments of the model order
+    singles = {int(g[0]) for g in groups if len(g) == 1}
+    assert {30, 41} <= singles | {int(i) for g in groups if len(g) == 2 for i in g}
+
+
+def test_unknown_permutation(fp32, ranges):
+    with pytest.raises(UsageError, match="unknown --permutation 'global'"):
+        quantize(fp32, "peg", ranges, permutation="global")

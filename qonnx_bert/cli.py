@@ -19,8 +19,15 @@ from qonnx_bert.errors import UsageError
 COMMANDS = ("export", "calibrate", "quantize", "eval", "check", "compile", "demo", "models", "estimators", "bench", "debug", "outliers", "report")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line too (argparse's default adds the usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qonnx", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="qonnx", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"qonnx-bert {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -35,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
 
     onnxruntime.set_default_logger_severity(3)  # ORT's warnings about our own graphs are noise to users
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a bad argument (already reported)
+        return int(done.code or 0)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr, force=True
     )

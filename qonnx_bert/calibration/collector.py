@@ -17,6 +17,8 @@ measured slower than this serial loop.
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +33,7 @@ from qonnx_bert.calibration.tensors import MASK_INPUT, TensorLayout
 from qonnx_bert.errors import UsageError
 
 logger = logging.getLogger(__name__)
+_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="qonnx-estimate")
 
 
 @dataclass(frozen=True)
@@ -135,9 +138,8 @@ def collect(
 
 
 def _feed(estimators: dict, by_tensor: dict[str, list[Target]], values: dict, mask: np.ndarray | None) -> None:
-    for name, x in values.items():
-        for target in by_tensor[name]:
-            _update(estimators[target.result_key], target, x, mask)
+    jobs = [(estimators[t.result_key], t, x) for name, x in values.items() for t in by_tensor[name]]
+    list(_POOL.map(lambda job: _update(*job, mask), jobs))
 
 
 def _log_plan(model: onnx.ModelProto, chunks: list[list[str]], batch_shape: tuple[int, int] | None) -> None:

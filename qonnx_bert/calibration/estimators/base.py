@@ -89,7 +89,8 @@ class Layout:
 
 
 def valid_rows(x: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray | None:
-    """The unmasked rows of ``x`` as floats, or None when every row is masked out."""
+    """The unmasked rows of ``x`` as floats, or None when every row is masked out (finiteness
+    is checked on the batch bounds, ``check_finite``)."""
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"estimator input must be 2-D (rows, columns), got shape {x.shape}")
@@ -102,10 +103,14 @@ def valid_rows(x: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray | N
         return None
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
-    bad = np.count_nonzero(~np.isfinite(x))
-    if bad:
-        raise NonFiniteError(f"{bad} non-finite value(s) (NaN or Inf) among {x.size}")
     return x
+
+
+def check_finite(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+    """NaN or Inf anywhere in ``rows`` shows in its per-group bounds ``lo``/``hi`` (min and
+    max propagate NaN), so a batch costs no extra pass; the count is taken only on failure."""
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        raise NonFiniteError(f"{np.count_nonzero(~np.isfinite(rows))} non-finite value(s) (NaN or Inf) among {rows.size}")
 
 
 @runtime_checkable
@@ -120,7 +125,11 @@ class RangeEstimator(Protocol):
 
 
 class BaseEstimator:
-    """Masking, validation and layout binding; subclasses implement ``_update``/``_range``/``_clear``."""
+    """Masking, validation and layout binding; subclasses implement ``_update``/``_range``/``_clear``.
+
+    During ``_update``, ``self.bounds`` is the batch's per-group ``(min, max)``: computed once
+    here (it is also the NaN/Inf check), so estimators need not reduce the batch again.
+    """
 
     name: ClassVar[str] = ""
 
@@ -138,7 +147,10 @@ class BaseEstimator:
             self.layout = Layout(self.granularity, rows.shape[1])
         elif rows.shape[1] != self.layout.n_columns:
             raise ValueError(f"got {rows.shape[1]} columns after {self.layout.n_columns}")
-        self._update(self.layout.gather(rows))
+        cols = self.layout.gather(rows)
+        self.bounds = self.layout.minmax(cols)  # this batch's per-group (min, max), for _update to reuse
+        check_finite(rows, *self.bounds)
+        self._update(cols)
 
     def range(self) -> tuple[np.ndarray, np.ndarray]:
         if self.layout is None:

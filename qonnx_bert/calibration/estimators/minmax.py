@@ -23,7 +23,7 @@ class CurrentMinMax(BaseEstimator):
         self._hi: np.ndarray | None = None
 
     def _update(self, cols: np.ndarray) -> None:
-        lo, hi = self.layout.minmax(cols)
+        lo, hi = self.bounds
         if self._lo is None:
             self._lo, self._hi = lo, hi
         else:

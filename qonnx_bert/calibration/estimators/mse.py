@@ -111,9 +111,9 @@ class MSE(HistogramEstimator):
     """Range minimising quantization MSE at ``bits``; symmetric searches max|x| only."""
 
     def __init__(self, granularity: Granularity, *, bits: int = 8, symmetric: bool = False,
-                 bins: int = 2048) -> None:
+                 bins: int = 2048, sample: int = 65536) -> None:
         self.bits = check_bits(bits)
-        super().__init__(granularity, symmetric=symmetric, bins=bins)
+        super().__init__(granularity, symmetric=symmetric, bins=bins, sample=sample)
 
     def _range(self) -> tuple[np.ndarray, np.ndarray]:
         objective = lambda lo, hi: hist_mse(self.hist, lo, hi, self.bits, self.symmetric)  # noqa: E731

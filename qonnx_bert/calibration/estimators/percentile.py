@@ -20,11 +20,12 @@ class Percentile(HistogramEstimator):
     """``(lo, hi)`` = the (100 - p)-th and p-th percentiles; symmetric: +-p-th percentile of |x|."""
 
     def __init__(self, granularity: Granularity, *, percentile: float = 99.99,
-                 symmetric: bool = False, bins: int = 2048) -> None:
+                 symmetric: bool = False, bins: int = 2048,
+                 sample: int = 65536) -> None:
         if not 50.0 <= percentile <= 100.0:
             raise ValueError(f"percentile must be in [50, 100], got {percentile}")
         self.percentile = float(percentile)
-        super().__init__(granularity, symmetric=symmetric, bins=bins)
+        super().__init__(granularity, symmetric=symmetric, bins=bins, sample=sample)
 
     def _range(self) -> tuple[np.ndarray, np.ndarray]:
         q = self.percentile / 100.0

@@ -28,7 +28,7 @@ class RunningMinMax(BaseEstimator):
         self._hi: np.ndarray | None = None
 
     def _update(self, cols: np.ndarray) -> None:
-        lo, hi = (v.astype(np.float64) for v in self.layout.minmax(cols))
+        lo, hi = (v.astype(np.float64) for v in self.bounds)
         if self._lo is None:
             self._lo, self._hi = lo, hi
             return

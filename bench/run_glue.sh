@@ -5,12 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-${QONNX_GLUE_DIR:-../shared/data/glue}}"
-TASKS="${2:-rte,mrpc}"
+TASKS="${2:-rte,mrpc,cola,sst2,stsb}"
 for t in ${TASKS//,/ }; do
   qonnx models build "minilm-l6-$t" --data-dir "$DATA"   # no-op when already built
 done
 qonnx bench glue --model minilm-l6 --tasks "$TASKS" --data-dir "$DATA" --seeds 3 \
-  --schemes fp32,w8a32,w32a8,w8a8,mp,peg-k6-noperm,peg-k6,peg-k3-noperm,peg-k3,peg-outlier-k6,peg-outlier-k3 \
+  --schemes fp32,w8a32,w32a8,w8a8,mp,peg-k6-noperm,peg-k6,peg-k3-noperm,peg-k3,peg-outlier-k6,peg-outlier-k3,peg-outlier-k6-folded,peg-outlier-k3-folded \
   -o bench/results/glue-minilm-l6
 # auto-mp's sensitivity scan takes minutes per cell on 2 cores: one calibration seed.
 qonnx bench glue --model minilm-l6 --tasks "$TASKS" --data-dir "$DATA" --seeds 1 \

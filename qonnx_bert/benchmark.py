@@ -97,8 +97,12 @@ VARIANTS: dict[str, Variant] = {
         Variant("peg-k6", "peg-equal", {"groups": 6}, "PEG K=6, equal + permutation (paper)", PEG),
         Variant("peg-k3-noperm", "peg-equal", {"groups": 3, "no_permute": True}, "PEG K=3, equal, no permutation", PEG),
         Variant("peg-k3", "peg-equal", {"groups": 3}, "PEG K=3, equal + permutation", PEG),
-        Variant("peg-outlier-k6", "peg", {"groups": 6}, "PEG K=6, outlier-aware groups (ours)", PEG),
-        Variant("peg-outlier-k3", "peg", {"groups": 3}, "PEG K=3, outlier-aware groups (ours)", PEG),
+        Variant("peg-outlier-k6", "peg", {"groups": 6, "permutation": "layer"}, "PEG K=6, outlier-aware groups (ours)", PEG),
+        Variant("peg-outlier-k3", "peg", {"groups": 3, "permutation": "layer"}, "PEG K=3, outlier-aware groups (ours)", PEG),
+        Variant("peg-outlier-k6-folded", "peg", {"groups": 6, "permutation": "model"},
+                "PEG K=6, outlier-aware groups, one permutation folded into the weights (ours)", PEG),
+        Variant("peg-outlier-k3-folded", "peg", {"groups": 3, "permutation": "model"},
+                "PEG K=3, outlier-aware groups, one permutation folded into the weights (ours)", PEG),
         *(_loo(f, label) for f, label in LOO_FAMILIES.items()),
     )
 }
@@ -213,6 +217,18 @@ def model_path(cfg: BenchConfig, variant: str) -> Path:
     return fp32_path(cfg) if variant == "fp32" else cfg.out_dir / "models" / f"{variant}.onnx"
 
 
+def seed0_model(cfg: BenchConfig, variant: str) -> Path:
+    """``model_path``, quantized again from the seed-0 ranges when the file is gone (cells
+    and ranges are committed, models are not), so a resumed run keeps its size/latency rows."""
+    path = model_path(cfg, variant)
+    if not path.exists():
+        fp32 = onnx.load(str(fp32_path(cfg)))
+        model, _ = quantize_variant(get_variant(variant), fp32, ranges_for(cfg, 0, fp32))
+        with atomic_output(path) as tmp:
+            onnx.save(model, str(tmp))
+    return path
+
+
 def _label(name: str) -> str:
     return VARIANTS[name].label if name in VARIANTS and VARIANTS[name].label else name
 
@@ -256,7 +272,10 @@ def _peg_k(name: str) -> tuple[str, str, str]:
     if v.section != PEG:
         return "1 (per-tensor)", "—", "—"
     grouping = "equal" if v.scheme == "peg-equal" else "outlier-aware"
-    permuted = "no" if v.options.get("no_permute") else "yes"
+    if v.options.get("no_permute"):
+        permuted = "no"
+    else:
+        permuted = "model-wide, folded" if v.options.get("permutation") == "model" else "per layer"
     return str(v.options.get("groups", 6)), permuted, grouping
 
 

@@ -56,7 +56,7 @@ TABLE5 = """\
 |---|---:|---|---|---:|---:|---:|
 | W8A8 PTQ (per-tensor) | 1 (per-tensor) | — | — | 64.98 | 81.02 | 73.00 |
 | PEG K=3, equal, no permutation | 3 | no | equal | 66.06 | 85.96 | 76.01 |
-| PEG K=6, equal + permutation (paper) | 6 | yes | equal | 69.31 | 87.92 | 78.62 |"""
+| PEG K=6, equal + permutation (paper) | 6 | per layer | equal | 69.31 | 87.92 | 78.62 |"""
 
 PERF = """\
 | model | size MB | × FP32 size | latency ms (b=1, T=128) | × FP32 latency | activation quantizers | 16-bit |

@@ -90,6 +90,19 @@ def test_shipped_recipes_fit_the_tiny_bert(path, roles):
     assert recipe.description and not recipe.unmatched(roles)
 
 
+def test_cross_entropy_recipe_narrows_the_logits_range_only(model, roles):
+    recipe = next(p for p in SHIPPED if p.name == "cross-entropy-output.json")
+    table = calibrate(model, sequences(), recipe=load_recipe(recipe, roles=roles), batch_size=4, progress=False)
+    plain = calibrate(model, sequences(), batch_size=4, progress=False)
+    out = roles.tensor("output")
+    assert table.tensors[out]["estimator"] == "cross_entropy:bits=8"
+    # the search shrinks the min-max range (widened to include 0, as the uint8 grid is); only the logits change
+    lo, hi = min(plain.tensors[out]["min"], 0.0), max(plain.tensors[out]["max"], 0.0)
+    assert lo <= table.tensors[out]["min"] <= table.tensors[out]["max"] <= hi
+    others = [t for t in plain.tensors if t != out]
+    assert all(table.tensors[t]["min"] == plain.tensors[t]["min"] for t in others)
+
+
 def test_calibrate_records_estimator_per_tensor_and_recipe(model, roles):
     table = calibrate(model, sequences(), recipe=MIXED, batch_size=4, progress=False)
     out = roles.tensor("output")

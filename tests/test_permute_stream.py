@@ -85,3 +85,5 @@ def test_model_order_puts_each_layers_outliers_last_and_segments_isolate_them():
 def test_unknown_permutation(fp32, ranges):
     with pytest.raises(UsageError, match="unknown --permutation 'global'"):
         quantize(fp32, "peg", ranges, permutation="global")
+    with pytest.raises(UsageError, match="cannot go with --no-permute"):
+        quantize(fp32, "peg-equal", ranges, permutation="model", no_permute=True)

@@ -66,10 +66,15 @@ def tiny_w8a8(tiny_static):
 
 
 @pytest.fixture(scope="module")
-def minilm_w8a8(tmp_path_factory):
+def minilm_static(tmp_path_factory):
     path = tmp_path_factory.mktemp("qnn_minilm") / "minilm_1x128.onnx"
     export_model("minilm-l6", path, static_shape=(1, 128))
-    return _w8a8(path, sequences=16)
+    return path
+
+
+@pytest.fixture(scope="module")
+def minilm_w8a8(minilm_static):
+    return _w8a8(minilm_static, sequences=16)
 
 
 def _finding_text(report) -> str:
@@ -100,6 +105,21 @@ def test_minilm_w8a8_runs_whole_and_quantized_on_htp(minilm_w8a8, soc):
 @pytest.mark.parametrize("scheme", sorted(n for n in SCHEMES if n not in ("w8a32", "w32a8")))
 def test_every_scheme_is_htp_clean(tiny_static, scheme):
     report = check_htp(_w8a8(tiny_static, scheme=scheme, **SCHEME_OPTIONS.get(scheme, {})), qnn.resolve_soc("sm8650"))
+    assert report.ok, _finding_text(report)
+
+
+@needs_qnn
+@pytest.mark.slow
+def test_minilm_peg_runs_whole_and_quantized_on_htp(minilm_static):
+    """Issue 7's acceptance: the default PEG (K=6, outlier-aware) on MiniLM-L6 at 1x128, fallback disabled."""
+    report = check_htp(_w8a8(minilm_static, sequences=16, scheme="peg", permutation="model"), qnn.resolve_soc("sm8650"))
+    assert report.ok, _finding_text(report)
+
+
+@needs_qnn
+@pytest.mark.parametrize("soc", SOCS)
+def test_peg_with_the_permutation_folded_is_htp_clean(tiny_static, soc):
+    report = check_htp(_w8a8(tiny_static, scheme="peg", groups=3, permutation="model"), qnn.resolve_soc(soc))
     assert report.ok, _finding_text(report)
 
 

@@ -194,21 +194,17 @@ def _perf(cfg, variants: list[str], runs: int) -> dict:
     """File size and CPU latency (batch 1, T=128) of each variant's model, measured side by side."""
     import onnx
 
-    from qonnx_bert.benchmark import model_path
+    from qonnx_bert.benchmark import fp32_path, seed0_model
     from qonnx_bert.calibration.sources import shipped_sentences
     from qonnx_bert.encode import Encoder
     from qonnx_bert.latency import full_length_feeds, median_latency_ms
 
-    paths = {v: model_path(cfg, v) for v in variants}
-    missing = [v for v, p in paths.items() if not p.exists()]
-    if missing:
-        logger.warning("no seed-0 model file for %s (cells cached without it): left out of the size/latency table", ", ".join(missing))
-    feeds = full_length_feeds(Encoder.from_model(onnx.load(str(model_path(cfg, "fp32")))), shipped_sentences()[0])
+    paths = {v: seed0_model(cfg, v) for v in variants}  # all built before any is timed
+    feeds = full_length_feeds(Encoder.from_model(onnx.load(str(fp32_path(cfg)))), shipped_sentences()[0])
     perf = {}
     for v, path in paths.items():
-        if path.exists():
-            model = onnx.load(str(path))
-            perf[v] = {"size_mb": path.stat().st_size / 1e6, "latency_ms": median_latency_ms(model, feeds, runs=runs), **_bit_counts(model)}
+        model = onnx.load(str(path))
+        perf[v] = {"size_mb": path.stat().st_size / 1e6, "latency_ms": median_latency_ms(model, feeds, runs=runs), **_bit_counts(model)}
     return perf
 
 

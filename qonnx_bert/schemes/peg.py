@@ -131,8 +131,10 @@ def _fold_model_order(model: ir.Model, ctx: SchemeContext, opts: PegOptions, sta
     """``--permutation model``: one order of the hidden dimensions, folded into the weights."""
     if opts.permutation not in PERMUTATIONS:
         raise UsageError(f"unknown --permutation {opts.permutation!r}; choose one of: {', '.join(PERMUTATIONS)}")
-    if opts.permutation == "layer" or not opts.permute:
+    if opts.permutation == "layer":
         return None
+    if not opts.permute:
+        raise UsageError("--permutation model folds a permutation into the weights; it cannot go with --no-permute")
     order = model_order([hi - lo for lo, hi in stats.values()])
     values = {v.name: v for node in model.graph for v in node.outputs}
     permute_stream(model.graph, values[ctx.roles.tensor("embeddings.layernorm")], order)

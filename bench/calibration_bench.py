@@ -273,7 +273,7 @@ def markdown(results: dict) -> str:
         f"BERT-base geometry (12 layers, hidden 768, FFN 3072, random weights), {s['sequences']} sequences x "
         f"{s['length']} tokens, batch {s['batch_size']}; ours with --max-memory {s['max_memory_mb']:g} MB. "
         f"{m['cpu']}, {m['cores']} cores, onnxruntime {m['onnxruntime']}; load average at start "
-        f"{m['loadavg_start'][0]:.1f}, at end {m.get('loadavg_end', [0])[0]:.1f} (2 cores shared with other jobs: see the load column). "
+        f"{m['loadavg_start'][0]:.1f}, at end {m.get('loadavg_end', [0])[0]:.1f} (each configuration loads every core itself; a load well above the core count in the load column means other jobs shared them). "
         f"Each configuration in its own process, address space capped at {s['memory_cap_gb']:.1f} GB, timeout {s['timeout_s']:.0f} s.",
         "",
         "| configuration | wall (s) | x plain | CPU (s) | in estimators (s) | peak RSS (MB) | load (1 min) | result |",

@@ -41,7 +41,8 @@ class Target:
     """One estimate over one tensor: its layout and a factory for its estimator.
 
     ``per_channel`` estimators see ``(tokens, channels)`` rows (per-channel and
-    per-group granularities); per-tensor ones see every valid element as one column.
+    per-group granularities); per-tensor ones see every valid element as one column,
+    unless the estimator sets ``whole_rows`` (it needs each row's values together).
     ``key`` names the estimate in ``collect``'s result (default: the tensor name,
     plus ``#channels`` for per-channel rows).
     """
@@ -152,7 +153,8 @@ def _log_plan(model: onnx.ModelProto, chunks: list[list[str]], batch_shape: tupl
 
 
 def _update(estimator: RangeEstimator, target: Target, x: np.ndarray, mask: np.ndarray | None) -> None:
-    rows, keep = as_rows(x, valid_mask(target.layout, x.shape, mask), target.per_channel)
+    whole_rows = target.per_channel or getattr(estimator, "whole_rows", False)
+    rows, keep = as_rows(x, valid_mask(target.layout, x.shape, mask), whole_rows)
     try:
         estimator.update(rows.astype(np.float32, copy=False), keep)
     except NonFiniteError:

@@ -115,7 +115,11 @@ def check_finite(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
 
 @runtime_checkable
 class RangeEstimator(Protocol):
-    """What the collector drives: feed batches with ``update``, read ``range``."""
+    """What the collector drives: feed batches with ``update``, read ``range``.
+
+    Per tensor, the collector feeds every valid element as one column; an estimator that
+    needs each row of the last axis together (class logits) sets ``whole_rows = True``.
+    """
 
     name: ClassVar[str]
 

@@ -16,6 +16,8 @@ that is the part one group's range can be chosen for.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from qonnx_bert.calibration.estimators.base import BaseEstimator, Granularity
@@ -38,6 +40,8 @@ def softmax_kl(rows: np.ndarray, rounded: np.ndarray) -> np.ndarray:
 @register_estimator("cross_entropy")
 class CrossEntropy(BaseEstimator):
     """Range minimising the softmax KL divergence of rounded logits at ``bits`` (>= 2 columns)."""
+
+    whole_rows: ClassVar[bool] = True  # the collector feeds (sequences, classes) rows even per tensor
 
     def __init__(self, granularity: Granularity, *, bits: int = 8, symmetric: bool = False,
                  max_rows: int = 65536, seed: int = 0) -> None:

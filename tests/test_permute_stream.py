@@ -60,7 +60,7 @@ def test_stream_as_graph_output_is_refused(fp32):
 @pytest.mark.parametrize("grouping", ["outlier", "equal"])
 def test_peg_with_model_permutation_has_no_gather_and_is_exact_in_fp32(fp32, ranges, grouping):
     peg, report = quantize(fp32, "peg", ranges, groups=3, grouping=grouping, permutation="model")
-    layer_peg, _ = quantize(fp32, "peg", ranges, groups=3, grouping=grouping)
+    layer_peg, _ = quantize(fp32, "peg", ranges, groups=3, grouping=grouping, permutation="layer")
     assert _hidden_gathers(peg) == 0 and _hidden_gathers(layer_peg) == 2 * 2  # 2 per layer, 2 layers
     assert any("folded into the weights" in line for line in report.lines())
     exact = _logits(fp32)

@@ -54,14 +54,16 @@ class PegOptions:
     permutation: str = "layer"  # "layer": a Gather around each FFN; "model": one order folded into the weights
 
     @classmethod
-    def from_options(cls, options: dict, default_grouping: str) -> PegOptions:
+    def from_options(cls, options: dict, default_grouping: str, default_permutation: str) -> PegOptions:
         layers = options.get("layers")
+        if options.get("permutation") == "model" and options.get("no_permute"):
+            raise UsageError("--permutation model folds a permutation into the weights; it cannot go with --no-permute")
         return cls(
             groups=int(options.get("groups") or 6),
             permute=not options.get("no_permute", False),
             grouping=options.get("grouping") or default_grouping,
             layers=tuple(layers) if layers else None,
-            permutation=options.get("permutation") or "layer",
+            permutation=options.get("permutation") or default_permutation,
         )
 
 
@@ -100,10 +102,11 @@ def _selected_layers(opts: PegOptions, num_layers: int) -> list[int]:
 class PegScheme:
     name: str
     default_grouping: str
+    default_permutation: str
     summary: str
 
     def plan(self, ctx: SchemeContext) -> Plan:
-        opts = PegOptions.from_options(ctx.options, self.default_grouping)
+        opts = PegOptions.from_options(ctx.options, self.default_grouping, self.default_permutation)
         base = ctx.calibrated()
         per_channel = ctx.require_ranges().per_channel
         model = ir.from_proto(ctx.prepared)
@@ -131,10 +134,8 @@ def _fold_model_order(model: ir.Model, ctx: SchemeContext, opts: PegOptions, sta
     """``--permutation model``: one order of the hidden dimensions, folded into the weights."""
     if opts.permutation not in PERMUTATIONS:
         raise UsageError(f"unknown --permutation {opts.permutation!r}; choose one of: {', '.join(PERMUTATIONS)}")
-    if opts.permutation == "layer":
+    if opts.permutation == "layer" or not opts.permute:
         return None
-    if not opts.permute:
-        raise UsageError("--permutation model folds a permutation into the weights; it cannot go with --no-permute")
     order = model_order([hi - lo for lo, hi in stats.values()])
     values = {v.name: v for node in model.graph for v in node.outputs}
     permute_stream(model.graph, values[ctx.roles.tensor("embeddings.layernorm")], order)
@@ -148,6 +149,6 @@ def _group_note(layer: int, groups: list[np.ndarray], lo: np.ndarray, hi: np.nda
 
 
 PEG_SCHEMES = (
-    PegScheme("peg", "outlier", "PEG on FFN input/output/sum: K groups (default 6), outlier-aware uneven groups"),
-    PegScheme("peg-equal", "equal", "PEG as in the paper: K equal-size groups after range-based permutation"),
+    PegScheme("peg", "outlier", "model", "PEG on FFN input/output/sum: K groups (default 6), outlier-aware uneven groups, one permutation folded into the weights"),
+    PegScheme("peg-equal", "equal", "layer", "PEG as in the paper: K equal-size groups after a range-based permutation per layer"),
 )

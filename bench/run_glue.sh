@@ -15,3 +15,6 @@ qonnx bench glue --model minilm-l6 --tasks "$TASKS" --data-dir "$DATA" --seeds 3
 # auto-mp's sensitivity scan takes minutes per cell on 2 cores: one calibration seed, RTE and MRPC.
 qonnx bench glue --model minilm-l6 --tasks rte,mrpc --data-dir "$DATA" --seeds 1 --latency-runs 0 \
   --schemes fp32,w8a8,mp,auto-mp -o bench/results/glue-minilm-l6-auto-mp
+# Where the RTE model's outliers are (the paper's Figure 2 and the top dimensions per layer).
+qonnx outliers bench/results/glue-minilm-l6/rte/models/fp32.onnx --task rte --data-dir "$DATA" \
+  -o bench/results/glue-minilm-l6/outliers-rte.png

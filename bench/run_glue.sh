@@ -18,3 +18,6 @@ qonnx bench glue --model minilm-l6 --tasks rte,mrpc --data-dir "$DATA" --seeds 1
 # Where the RTE model's outliers are (the paper's Figure 2 and the top dimensions per layer).
 qonnx outliers bench/results/glue-minilm-l6/rte/models/fp32.onnx --task rte --data-dir "$DATA" \
   -o bench/results/glue-minilm-l6/outliers-rte.png
+# The paper's Table 2: W32A8 with one role family left in float, one seed.
+qonnx bench glue --model minilm-l6 --tasks "$TASKS" --data-dir "$DATA" --seeds 1 --latency-runs 0 \
+  --schemes loo -o bench/results/glue-minilm-l6-loo

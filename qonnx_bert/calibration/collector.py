@@ -10,8 +10,9 @@ count, ``max_memory`` (MB) the bytes it exposes for one batch. A batch flows thr
 segments in turn, so a bound never costs a second inference pass.
 
 Estimation runs between segments, not beside them: on two cores ONNX Runtime
-already uses both, and the histogram estimators hold the GIL, so a worker thread
-measured slower than this serial loop.
+already uses both while a segment runs. Between segments the estimators' updates run
+on a thread pool (each estimator updated by one task at a time, so batch order is kept);
+NumPy releases the GIL in the reductions and binning that dominate them.
 """
 
 from __future__ import annotations

@@ -3,7 +3,10 @@
 The paper's fix (Section 4): the FFN input, output and residual sum of each
 layer are quantized per group of embedding dimensions, everything else stays
 per-tensor W8A8. Groups come from the per-dimension calibration ranges
-(``peg_groups``); ``passes.peg_split_ffn`` splits each FFN into group tensors;
+(``peg_groups``); the permutation that makes groups contiguous is either one per
+layer (Gathers around each FFN, the paper) or one for the whole model folded into
+the weights (``passes.permute_stream``, ``peg``'s default: no Gather at run time);
+``passes.peg_split_ffn`` splits each FFN into group tensors;
 tensors that the split creates are calibrated by replaying the calibration
 sequences stored in the ranges file through the rewritten FP32 graph, with the
 same estimator.

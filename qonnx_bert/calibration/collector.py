@@ -12,7 +12,7 @@ segments in turn, so a bound never costs a second inference pass.
 Estimation runs between segments, not beside them: on two cores ONNX Runtime
 already uses both while a segment runs. Between segments the estimators' updates run
 on a thread pool (each estimator updated by one task at a time, so batch order is kept);
-NumPy releases the GIL in the reductions and binning that dominate them.
+NumPy releases the GIL in its ufunc loops (the min/max every estimator takes).
 """
 
 from __future__ import annotations

@@ -103,6 +103,8 @@ VARIANTS: dict[str, Variant] = {
                 "PEG K=6, outlier-aware groups, one permutation folded into the weights (ours)", PEG),
         Variant("peg-outlier-k3-folded", "peg", {"groups": 3, "permutation": "model"},
                 "PEG K=3, outlier-aware groups, one permutation folded into the weights (ours)", PEG),
+        Variant("peg-outlier-k2-folded", "peg", {"groups": 2, "permutation": "model"},
+                "PEG K=2, outlier-aware groups, one permutation folded into the weights (ours)", PEG),
         *(_loo(f, label) for f, label in LOO_FAMILIES.items()),
     )
 }

@@ -1,0 +1,71 @@
+"""Where a QDQ model's CPU time goes: ONNX Runtime's per-node profile, summed by op type.
+
+    .venv/bin/python bench/op_profile.py                      # the RTE models of bench/run_glue.sh
+
+Each model runs ``--runs`` times at batch 1, 128 tokens (the latency table's feed) with
+``enable_profiling``; kernel times are summed per op type and divided by the run count.
+Writes ``bench/results/op-profile-rte.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from qonnx_bert.calibration.sources import shipped_sentences
+from qonnx_bert.encode import Encoder
+from qonnx_bert.latency import full_length_feeds
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "bench" / "results" / "glue-minilm-l6" / "rte" / "models"
+
+
+def profile(path: Path, feeds: dict, runs: int, tmp: Path) -> tuple[dict[str, float], dict[str, int]]:
+    """ms per run and node count per op type."""
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp / path.stem)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in range(runs):
+        session.run(None, feeds)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    total, count = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            total[e["args"]["op_name"]] += e["dur"] / 1000 / runs
+            count[e["args"]["op_name"]] += 1
+    return dict(total), {op: n // runs for op, n in count.items()}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["w8a8", "peg-outlier-k2-folded", "peg-outlier-k3-folded", "peg-outlier-k6-folded"])
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "op-profile-rte.md")
+    args = p.parse_args()
+    feeds = full_length_feeds(Encoder.from_model(onnx.load(str(MODELS / "fp32.onnx"))), shipped_sentences()[0])
+    tmp = args.out.parent / ".profiles"
+    tmp.mkdir(exist_ok=True)
+    results = {m: profile(MODELS / f"{m}.onnx", feeds, args.runs, tmp) for m in args.models}
+    for f in tmp.iterdir():
+        f.unlink()
+    tmp.rmdir()
+    ops = sorted({op for t, _ in results.values() for op in t}, key=lambda op: -max(r[0].get(op, 0) for r in results.values()))
+    lines = ["# Kernel time per op type (RTE models, CPU provider, b=1, T=128)", "",
+             f"ms per run, summed over nodes, mean of {args.runs} runs (`bench/op_profile.py`); nodes in brackets.", "",
+             "| op | " + " | ".join(args.models) + " |", "|---|" + "---:|" * len(args.models)]
+    for op in ops:
+        lines.append(f"| {op} | " + " | ".join(f"{results[m][0].get(op, 0):.2f} ({results[m][1].get(op, 0)})" for m in args.models) + " |")
+    lines.append("| **all kernels** | " + " | ".join(f"**{sum(results[m][0].values()):.2f}**" for m in args.models) + " |")
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

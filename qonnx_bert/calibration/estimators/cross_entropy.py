@@ -60,8 +60,9 @@ class CrossEntropy(BaseEstimator):
         if cols.shape[1] < 2:
             raise ValueError("cross_entropy needs class logits (2 or more columns); use mse for a regression output")
         room = max(0, self.max_rows - self.seen)
-        self.kept.append(cols[:room].astype(np.float64))
-        self.seen += len(cols[:room])
+        if room:
+            self.kept.append(cols[:room].astype(np.float64))
+            self.seen += len(cols[:room])
         if len(cols) <= room:
             return
         # Reservoir sampling (Algorithm R), vectorised: row number t replaces a random slot

@@ -105,6 +105,10 @@ VARIANTS: dict[str, Variant] = {
                 "PEG K=3, outlier-aware groups, one permutation folded into the weights (ours)", PEG),
         Variant("peg-outlier-k2-folded", "peg", {"groups": 2, "permutation": "model"},
                 "PEG K=2, outlier-aware groups, one permutation folded into the weights (ours)", PEG),
+        Variant("peg-outlier-k6-folded-cpu", "peg", {"groups": 6, "permutation": "model", "target": "cpu"},
+                "PEG K=6, outlier-aware, folded, `--target cpu` (ours)", PEG),
+        Variant("peg-outlier-k2-folded-cpu", "peg", {"groups": 2, "permutation": "model", "target": "cpu"},
+                "PEG K=2, outlier-aware, folded, `--target cpu` (ours)", PEG),
         *(_loo(f, label) for f, label in LOO_FAMILIES.items()),
     )
 }

@@ -160,6 +160,81 @@ def test_each_group_has_its_own_scale(fp32, ranges):
     assert len({float(inits[n.input[1]]) for n in dequant}) == 4  # each residual-sum group keeps its own scale
 
 
+def _float_source(producers, name):
+    """The float tensor a chain of QuantizeLinear/DequantizeLinear starts from."""
+    while producers[name].op_type in ("QuantizeLinear", "DequantizeLinear"):
+        name = producers[name].input[0]
+    return name
+
+
+@pytest.mark.parametrize("target", ["portable", "cpu"])
+def test_each_ffn_input_group_is_rounded_once_on_its_own_grid(fp32, ranges, target):
+    """NumPy reference: group g of the FFN input is round(x / s_g) + z_g of the float LayerNorm output.
+
+    Quantizing the whole FFN input on one 8-bit grid before the Split (as ORT does for a
+    LayerNorm output) would round the fine groups on the coarse grid first.
+    """
+    peg, _ = quantize(fp32, "peg-equal", ranges, groups=4, no_permute=True, target=target)
+    producers = {o: n for n in peg.graph.node for o in n.output}
+    inits = {i.name: numpy_helper.to_array(i) for i in peg.graph.initializer}
+    splits = [n for n in peg.graph.node if n.op_type == "Split"]
+    assert len(splits) == find_roles(fp32).num_layers
+    for split in splits:
+        source = _float_source(producers, split.input[0])
+        assert producers[source].op_type == "LayerNormalization"
+        if target == "cpu":
+            assert source == split.input[0]  # the CPU provider's Split reads the float LayerNorm output
+        else:  # integer runtimes need it quantized: on a uint16 grid, far finer than any group's
+            assert inits[producers[producers[split.input[0]].input[0]].input[2]].dtype == np.uint16
+        last = [_last_quantizer(peg, g) for g in split.output]  # what the group MatMuls read
+        values = _tensors(peg, [source] + [dq.output[0] for _, dq in last])
+        col = 0
+        for (q, _), got in zip(last, values[1:]):
+            assert inits[q.input[2]].dtype == np.uint8
+            scale, zero = inits[q.input[1]], inits[q.input[2]].astype(np.float32)
+            part = values[0][..., col : col + got.shape[-1]]
+            want = (np.clip(np.round(part / scale) + zero, 0, 255) - zero) * scale
+            diff = np.abs(got - want)
+            # cpu: one rounding, as NumPy's (ties may round apart by float32 division order);
+            # portable: the uint16 step moves values across a group step boundary only rarely.
+            assert np.mean(diff > 1e-6) <= (0.001 if target == "cpu" else 0.02)
+            assert diff.max() <= scale * 1.001
+            col += got.shape[-1]
+
+
+def _last_quantizer(model, tensor):
+    """The last (QuantizeLinear, DequantizeLinear) of the Q/DQ chain (converts included) that starts at ``tensor``."""
+    pair = None
+    while True:
+        q = next((n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor), None)
+        if q is None:
+            return pair
+        pair = (q, next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0]))
+        tensor = pair[1].output[0]
+
+
+def _tensors(model, names):
+    """Values of several tensors (shapes kept) over the sample texts, one sequence per run."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    exposed.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    session = ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"])
+    encoder = Encoder.from_model(model)
+    runs = [session.run(names, encoder.feeds([t])) for t in TEXTS[:16]]
+    return [np.concatenate([r[i][0] for r in runs]) for i in range(len(names))]
+
+
+def test_cpu_target_leaves_only_the_groups_quantized(fp32, ranges):
+    """``--target cpu``: no 16-bit tensors; the LayerNorms around the groups read and write float."""
+    portable, report_p = quantize(fp32, "peg", ranges, groups=3)
+    cpu, report_c = quantize(fp32, "peg", ranges, groups=3, target="cpu")
+    assert report_p.activation_bits.get(16, 0) > 0 and report_c.activation_bits.get(16, 0) == 0
+    assert sqnr_db(_logits(portable), _logits(cpu)) > 30  # same groups, same ranges; only uint16 rounding differs
+    concat = [n for n in cpu.graph.node if n.op_type == "Concat" and ".peg." in n.name]
+    consumers = [n for n in cpu.graph.node if set(n.input) & {o for c in concat for o in c.output}]
+    assert concat and all(n.op_type in ("LayerNormalization", "Gather") for n in consumers)
+
+
 def test_outlier_groups_isolate_planted_outliers():
     rng = np.random.default_rng(0)
     lo, hi = -rng.uniform(1, 2, 64), rng.uniform(1, 2, 64)

@@ -86,10 +86,20 @@ class _Builder:
 
 @dataclass(frozen=True)
 class SplitResult:
-    """Names the quantization plan needs: the Split whose per-group Q/DQ ORT must not unify, recombined tensors."""
+    """Names the quantization plan needs.
+
+    ``group_nodes``: the Split, whose per-group Q/DQ ONNX Runtime's quantizer
+    must not unify. ``whole``: the tensors that carry every group at once (the
+    FFN input before the Split, the residual sum after the Concat, and their
+    permuted copies); quantized on one 8-bit grid they would undo PEG.
+    ``float_nodes``: the nodes that read or write those tensors (the two
+    LayerNorms, the permutation Gathers, the Concat), which a runtime computing
+    them in float can leave unquantized.
+    """
 
     group_nodes: list[str]
-    recombined: list[str]
+    whole: list[str]
+    float_nodes: list[str]
 
 
 def split_ffn(graph: ir.Graph, roles: dict[str, str], layer: int, groups: list[np.ndarray]) -> SplitResult:
@@ -103,8 +113,11 @@ def split_ffn(graph: ir.Graph, roles: dict[str, str], layer: int, groups: list[n
     permuted = not np.array_equal(perm, np.arange(len(perm)))
     w1, w2 = _const(ffn.matmul1.inputs[1], layer, "W1")[perm], _const(ffn.matmul2.inputs[1], layer, "W2")[:, perm]
     b2 = _const(_bias_input(ffn.bias2), layer, "b2")[perm]
+    if len(groups) == 1 and not permuted:
+        return SplitResult([], [], [])
     b = _Builder(graph, ffn.matmul1, f"layer{layer}.peg")
     x = b.node("Gather", [ffn.x, b.const("perm", perm)], "x_permuted", {"axis": -1})[0] if permuted else ffn.x
+    whole = [ffn.x, x] if permuted else [ffn.x]
     xs = b.node("Split", [x, b.const("sizes", np.asarray(sizes, np.int64))], "x", {"axis": -1}, len(groups)) if len(groups) > 1 else [x]
     acc = None
     for g, xg in enumerate(xs):
@@ -119,13 +132,16 @@ def split_ffn(graph: ir.Graph, roles: dict[str, str], layer: int, groups: list[n
         yg = b.node("Add", [yg, b.const(f"b2.{g}", b2[cuts[g] : cuts[g + 1]])], f"output.{g}")[0]
         sums.append(b.node("Add", [yg, xg], f"residual_sum.{g}")[0])
     s = b.node("Concat", sums, "residual_sum_permuted", {"axis": -1})[0] if len(sums) > 1 else sums[0]
-    recombined = [s] if len(sums) > 1 else []
+    whole += [s] if len(sums) > 1 else []
     if permuted:
         s = b.node("Gather", [s, b.const("inverse_perm", np.argsort(perm).astype(np.int64))], "residual_sum_unpermuted", {"axis": -1})[0]
-        recombined += [s] if len(sums) > 1 else []
+        whole += [s]
     _replace(graph, ffn, s)
-    nodes = [f"layer{layer}.peg.x"] if len(groups) > 1 else []
-    return SplitResult(nodes, [v.name for v in recombined])
+    if len(groups) == 1:  # a permutation alone: no group tensors, nothing to keep apart
+        return SplitResult([], [], [])
+    touching = {v.producer() for v in whole} | {u.node for v in whole for u in v.uses()}
+    split = [f"layer{layer}.peg.x"]
+    return SplitResult(split, [v.name for v in whole], sorted(n.name for n in touching if n is not None and n.name not in split))
 
 
 def _replace(graph: ir.Graph, ffn: FfnNodes, s: ir.Value) -> None:

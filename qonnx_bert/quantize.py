@@ -69,4 +69,6 @@ def quantize(
     _drop_unused_initializers(quantized)
     del quantized.metadata_props[:]
     quantized.metadata_props.extend(model.metadata_props)
+    for key, value in plan.metadata.items():
+        quantized.metadata_props.add(key=key, value=value)
     return quantized, report(quantized, scheme.name, plan.notes)

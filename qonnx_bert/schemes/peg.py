@@ -25,8 +25,9 @@ the Split, the residual sum after the Concat) depends on ``--target``:
   type-homogeneous, which QNN HTP requires.
 * ``cpu``: float. The CPU provider runs LayerNorm, Split and Concat in float
   anyway, so these tensors are left unquantized: the groups go straight from
-  their own uint8 grids into the LayerNorms, with no 16-bit detour (measured:
-  about a third fewer Q/DQ nodes per layer, 1.20x -> 1.12x W8A8 latency at K=2).
+  their own uint8 grids into the LayerNorms, with no 16-bit detour (measured on
+  MiniLM-L6 at K=2: 175 -> 55 Q/DQ nodes in the graph the CPU provider runs,
+  1.21x -> 1.10x W8A8 latency; ``bench/results/``). Not for QNN HTP.
 
 Split gets one Q/DQ per group output (ORT's Split handler would force its
 input's scale on every output, so Split is excluded from ORT's quantizer).
@@ -50,7 +51,7 @@ from qonnx_bert.passes.peg_split_ffn import split_ffn
 from qonnx_bert.passes.permute_stream import permute_stream
 from qonnx_bert.schemes.context import SchemeContext
 from qonnx_bert.schemes.peg_groups import layer_groups, model_order, quantization_noise
-from qonnx_bert.schemes.plan import Plan, activation_ranges
+from qonnx_bert.schemes.plan import TARGET_KEY, Plan, activation_ranges
 
 PEG_ROLES = ("input", "output", "residual_sum")
 PERMUTATIONS = ("layer", "model")
@@ -98,6 +99,8 @@ def _replay(ctx: SchemeContext, model: onnx.ModelProto, known: set[str]) -> dict
     if not cal.get("sequences"):
         raise UsageError("ranges file holds no calibration sequences; re-run `qonnx calibrate` with this qonnx version")
     layouts = [t for t in quantizable_tensors(model) if t.name not in known]
+    if not layouts:  # K = 1 without permutation: nothing was rewritten
+        return {}
     spec = EstimatorSpec(cal["estimator"], dict(cal.get("params", {})))
     sequences = Sequences.from_pairs(cal["sequences"], cal.get("source", "ranges file"), cal.get("seed", 0))
     est = estimate_ranges(model, per_tensor_targets(layouts, spec, {}), sequences, batch_size=cal.get("batch_size", 8), progress=False)
@@ -144,7 +147,8 @@ class PegScheme:
         how = "not permuted" if not opts.permute else ("one model-wide permutation folded into the weights" if order is not None else "permuted per layer")
         precision = "uint16" if opts.target == "portable" else "float (--target cpu)"
         notes.append(f"PEG K={opts.groups} ({opts.grouping} groups, {how}); FFN inputs before the split and residual sums after the concat in {precision}")
-        return Plan(rewritten, activation_ranges(entries), weights=True, overrides=overrides, exclude_nodes=exclude, notes=notes)
+        metadata = {TARGET_KEY: "cpu"} if opts.target == "cpu" else {}
+        return Plan(rewritten, activation_ranges(entries), weights=True, overrides=overrides, exclude_nodes=exclude, notes=notes, metadata=metadata)
 
 
 def _fold_model_order(model: ir.Model, ctx: SchemeContext, opts: PegOptions, stats: dict) -> np.ndarray | None:

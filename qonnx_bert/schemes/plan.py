@@ -14,6 +14,7 @@ import onnx
 # Keeping that bottom at least this far below the top makes a masked key's
 # softmax weight at most exp(-20) ~ 2e-9 of the row's largest.
 SOFTMAX_MASK_MARGIN = 20.0
+TARGET_KEY = "qonnx.target"  # metadata: the runtime a lowering was made for ("cpu"); absent = portable
 
 
 @dataclass
@@ -25,6 +26,8 @@ class Plan:
     (16-bit types, converts, fixed scales) keyed by tensor name. ``exclude_nodes``
     are nodes ORT must leave alone because the plan places their Q/DQ itself
     (PEG's Split and Concat: ORT would force one scale on all their groups).
+    ``metadata`` goes into the quantized model's ``metadata_props`` (e.g. the
+    runtime a lowering was made for, which ``qonnx check`` reads).
     """
 
     model: onnx.ModelProto
@@ -33,6 +36,7 @@ class Plan:
     overrides: dict[str, list[dict]] = field(default_factory=dict)
     exclude_nodes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 def activation_ranges(tensors: dict[str, dict]) -> dict[str, tuple[float, float]]:

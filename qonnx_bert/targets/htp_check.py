@@ -23,6 +23,7 @@ from pathlib import Path
 
 import onnx
 
+from qonnx_bert.schemes.plan import TARGET_KEY
 from qonnx_bert.targets.htp_fixes import QdqView, diagnose, unit_owner
 from qonnx_bert.targets.qnn import EP_NAME, Compiled, Soc, context_config, htp_session, qnn_devices, require_htp_model
 from qonnx_bert.targets.qnn_graph import QnnNode, float_nodes, load_qnn_nodes, mixed_type_nodes, tensor_types
@@ -41,6 +42,9 @@ def check_htp(model: onnx.ModelProto, soc: Soc, *, path: str = "model", config: 
     require_htp_model(model, path)
     qnn_devices()  # a missing plugin is a usage error, not a check finding
     report = CheckReport(f"qnn-htp {soc.name} (soc_model {soc.soc_model}, HTP {soc.arch})", unverified=UNVERIFIED)
+    if any(p.key == TARGET_KEY and p.value == "cpu" for p in model.metadata_props):
+        report.summary.append("this model was quantized with --target cpu (LayerNorms around the PEG groups in float): "
+                              "for QNN HTP, quantize again with --target portable")
     with tempfile.TemporaryDirectory(prefix="qonnx.qnn.") as tmp:
         start = time.perf_counter()
         log: list[str] = []

@@ -235,6 +235,14 @@ def test_cpu_target_leaves_only_the_groups_quantized(fp32, ranges):
     assert concat and all(n.op_type in ("LayerNormalization", "Gather") for n in consumers)
 
 
+@pytest.mark.parametrize("options, count", [({"scheme": "peg-equal", "groups": 4}, "32 + 24 = 56"),
+                                            ({"scheme": "peg", "groups": 3}, "0 + 18 = 18 (no permutation indices: folded into the weights)")])
+def test_report_counts_the_papers_extra_parameters(fp32, ranges, options, count):
+    options = dict(options)
+    _, report = quantize(fp32, options.pop("scheme"), ranges, **options)
+    assert f"extra parameters per PEG layer (the paper's d + 2*3*K): {count}" in report.lines()
+
+
 def test_outlier_groups_isolate_planted_outliers():
     rng = np.random.default_rng(0)
     lo, hi = -rng.uniform(1, 2, 64), rng.uniform(1, 2, 64)

@@ -147,6 +147,7 @@ class PegScheme:
         how = "not permuted" if not opts.permute else ("one model-wide permutation folded into the weights" if order is not None else "permuted per layer")
         precision = "uint16" if opts.target == "portable" else "float (--target cpu)"
         notes.append(f"PEG K={opts.groups} ({opts.grouping} groups, {how}); FFN inputs before the split and residual sums after the concat in {precision}")
+        notes.append(_extra_parameters(opts, per_layer_order=opts.permute and order is None, hidden=len(next(iter(stats.values()))[0])))
         metadata = {TARGET_KEY: "cpu"} if opts.target == "cpu" else {}
         return Plan(rewritten, activation_ranges(entries), weights=True, overrides=overrides, exclude_nodes=exclude, notes=notes, metadata=metadata)
 
@@ -161,6 +162,14 @@ def _fold_model_order(model: ir.Model, ctx: SchemeContext, opts: PegOptions, sta
     values = {v.name: v for node in model.graph for v in node.outputs}
     permute_stream(model.graph, values[ctx.roles.tensor("embeddings.layernorm")], order)
     return order
+
+
+def _extra_parameters(opts: PegOptions, per_layer_order: bool, hidden: int) -> str:
+    """The paper's count of PEG's extra parameters per layer: d permutation indices + 2 * 3 * K ranges."""
+    indices = hidden if per_layer_order else 0
+    ranges = 2 * len(PEG_ROLES) * opts.groups
+    where = "" if per_layer_order else " (no permutation indices: " + ("folded into the weights)" if opts.permute else "not permuted)")
+    return f"extra parameters per PEG layer (the paper's d + 2*3*K): {indices} + {ranges} = {indices + ranges}{where}"
 
 
 def _group_note(layer: int, groups: list[np.ndarray], lo: np.ndarray, hi: np.ndarray) -> str:

@@ -161,12 +161,11 @@ def _permute_layernorm(b: _Builder, ffn: FfnNodes, perm: np.ndarray, layer: int)
         raise UsageError(f"layer {layer}: the FFN input is not a LayerNorm output read only by the FFN; "
                          "use --permutation model or --no-permute")
     gamma, beta = (_const(v, layer, what) for v, what in zip(ln.inputs[1:3], ("LayerNorm gamma", "LayerNorm beta")))
-    anchor, b.anchor = b.anchor, ln
-    stream = b.node("Gather", [ln.inputs[0], b.const("perm", perm)], "ln_input_permuted", {"axis": -1})[0]
+    before_ln = _Builder(b.graph, ln, b.prefix)
+    stream = before_ln.node("Gather", [ln.inputs[0], before_ln.const("perm", perm)], "ln_input_permuted", {"axis": -1})[0]
     ln.replace_input_with(0, stream)
-    ln.replace_input_with(1, b.const("ln_gamma_permuted", gamma[perm]))
-    ln.replace_input_with(2, b.const("ln_beta_permuted", beta[perm]))
-    b.anchor = anchor
+    ln.replace_input_with(1, before_ln.const("ln_gamma_permuted", gamma[perm]))
+    ln.replace_input_with(2, before_ln.const("ln_beta_permuted", beta[perm]))
 
 
 def _replace(graph: ir.Graph, ffn: FfnNodes, s: ir.Value) -> None:

@@ -72,6 +72,8 @@ class PegOptions:
         layers = options.get("layers")
         if options.get("permutation") == "model" and options.get("no_permute"):
             raise UsageError("--permutation model folds a permutation into the weights; it cannot go with --no-permute")
+        if (options.get("target") or "portable") not in TARGETS:
+            raise UsageError(f"unknown --target {options['target']!r}; choose one of: {', '.join(TARGETS)}")
         return cls(
             groups=int(options.get("groups") or 6),
             permute=not options.get("no_permute", False),
@@ -130,8 +132,6 @@ class PegScheme:
         stats = {layer: dimension_ranges(per_channel, layer) for layer in _selected_layers(opts, ctx.roles.num_layers)}
         order = _fold_model_order(model, ctx, opts, stats)
         position = None if order is None else np.argsort(order)  # graph dimension of each model dimension
-        if opts.target not in TARGETS:
-            raise UsageError(f"unknown --target {opts.target!r}; choose one of: {', '.join(TARGETS)}")
         exclude, notes, whole = [], [], []
         for layer, (lo, hi) in stats.items():
             groups = layer_groups(lo, hi, opts.groups, opts.grouping, opts.permute, order)

@@ -10,7 +10,7 @@ for t in ${TASKS//,/ }; do
   qonnx models build "minilm-l6-$t" --data-dir "$DATA"   # no-op when already built
 done
 qonnx bench glue --model minilm-l6 --tasks "$TASKS" --data-dir "$DATA" --seeds 3 \
-  --schemes fp32,w8a32,w32a8,w8a8,mp,peg-k6-noperm,peg-k6,peg-k3-noperm,peg-k3,peg-outlier-k6,peg-outlier-k3,peg-outlier-k6-folded,peg-outlier-k3-folded,peg-outlier-k2-folded,peg-outlier-k6-folded-cpu,peg-outlier-k2-folded-cpu \
+  --schemes fp32,w8a32,w32a8,w8a8,mp,peg-k6-noperm,peg-k6,peg-k3-noperm,peg-k3,peg-outlier-k6,peg-outlier-k3,peg-outlier-k6-folded,peg-outlier-k3-folded,peg-outlier-k2-folded,peg-outlier-k6-folded-cpu,peg-outlier-k2-folded-cpu,peg-outlier-k6-folded-gelu,peg-outlier-k2-folded-gelu,peg-outlier-k6-folded-gelu-cpu,peg-outlier-k2-folded-gelu-cpu \
   -o bench/results/glue-minilm-l6
 # auto-mp's sensitivity scan takes minutes per cell on 2 cores: one calibration seed, RTE and MRPC.
 qonnx bench glue --model minilm-l6 --tasks rte,mrpc --data-dir "$DATA" --seeds 1 --latency-runs 0 \

@@ -97,18 +97,27 @@ VARIANTS: dict[str, Variant] = {
         Variant("peg-k6", "peg-equal", {"groups": 6}, "PEG K=6, equal + permutation (paper)", PEG),
         Variant("peg-k3-noperm", "peg-equal", {"groups": 3, "no_permute": True}, "PEG K=3, equal, no permutation", PEG),
         Variant("peg-k3", "peg-equal", {"groups": 3}, "PEG K=3, equal + permutation", PEG),
-        Variant("peg-outlier-k6", "peg", {"groups": 6, "permutation": "layer"}, "PEG K=6, outlier-aware groups (ours)", PEG),
-        Variant("peg-outlier-k3", "peg", {"groups": 3, "permutation": "layer"}, "PEG K=3, outlier-aware groups (ours)", PEG),
-        Variant("peg-outlier-k6-folded", "peg", {"groups": 6, "permutation": "model"},
+        # ``intermediate_groups`` is pinned so a row keeps its meaning if peg's default changes.
+        Variant("peg-outlier-k6", "peg", {"groups": 6, "permutation": "layer", "intermediate_groups": 1}, "PEG K=6, outlier-aware groups (ours)", PEG),
+        Variant("peg-outlier-k3", "peg", {"groups": 3, "permutation": "layer", "intermediate_groups": 1}, "PEG K=3, outlier-aware groups (ours)", PEG),
+        Variant("peg-outlier-k6-folded", "peg", {"groups": 6, "permutation": "model", "intermediate_groups": 1},
                 "PEG K=6, outlier-aware groups, one permutation folded into the weights (ours)", PEG),
-        Variant("peg-outlier-k3-folded", "peg", {"groups": 3, "permutation": "model"},
+        Variant("peg-outlier-k3-folded", "peg", {"groups": 3, "permutation": "model", "intermediate_groups": 1},
                 "PEG K=3, outlier-aware groups, one permutation folded into the weights (ours)", PEG),
-        Variant("peg-outlier-k2-folded", "peg", {"groups": 2, "permutation": "model"},
+        Variant("peg-outlier-k2-folded", "peg", {"groups": 2, "permutation": "model", "intermediate_groups": 1},
                 "PEG K=2, outlier-aware groups, one permutation folded into the weights (ours)", PEG),
-        Variant("peg-outlier-k6-folded-cpu", "peg", {"groups": 6, "permutation": "model", "target": "cpu"},
+        Variant("peg-outlier-k6-folded-cpu", "peg", {"groups": 6, "permutation": "model", "target": "cpu", "intermediate_groups": 1},
                 "PEG K=6, outlier-aware, folded, `--target cpu` (ours)", PEG),
-        Variant("peg-outlier-k2-folded-cpu", "peg", {"groups": 2, "permutation": "model", "target": "cpu"},
+        Variant("peg-outlier-k2-folded-cpu", "peg", {"groups": 2, "permutation": "model", "target": "cpu", "intermediate_groups": 1},
                 "PEG K=2, outlier-aware, folded, `--target cpu` (ours)", PEG),
+        Variant("peg-outlier-k6-folded-gelu", "peg", {"groups": 6, "permutation": "model", "intermediate_groups": 2},
+                "PEG K=6, outlier-aware, folded, GELU output in 2 groups (ours)", PEG),
+        Variant("peg-outlier-k2-folded-gelu", "peg", {"groups": 2, "permutation": "model", "intermediate_groups": 2},
+                "PEG K=2, outlier-aware, folded, GELU output in 2 groups (ours)", PEG),
+        Variant("peg-outlier-k6-folded-gelu-cpu", "peg", {"groups": 6, "permutation": "model", "target": "cpu", "intermediate_groups": 2},
+                "PEG K=6, outlier-aware, folded, GELU output in 2 groups, `--target cpu` (ours)", PEG),
+        Variant("peg-outlier-k2-folded-gelu-cpu", "peg", {"groups": 2, "permutation": "model", "target": "cpu", "intermediate_groups": 2},
+                "PEG K=2, outlier-aware, folded, GELU output in 2 groups, `--target cpu` (ours)", PEG),
         *(_loo(f, label) for f, label in LOO_FAMILIES.items()),
     )
 }
@@ -278,6 +287,8 @@ def _peg_k(name: str) -> tuple[str, str, str]:
     if v.section != PEG:
         return "1 (per-tensor)", "—", "—"
     grouping = "equal" if v.scheme == "peg-equal" else "outlier-aware"
+    if v.options.get("intermediate_groups", 1) > 1:
+        grouping += f", GELU units in {v.options['intermediate_groups']}"
     if v.options.get("no_permute"):
         permuted = "no"
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,6 +37,43 @@ def tensor_values(model, tensor: str, texts: list[str]):
     session = ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"])
     encoder = Encoder.from_model(model)
     return np.concatenate([session.run([tensor], encoder.feeds([t]))[0].reshape(-1) for t in texts])
+
+
+def plant_gelu_outlier(model, layer: int = 0, unit: int = 5, dim: int = 7, factor: float = 30.0, weight: float = 100.0):
+    """A copy of an FP32 export where FFN unit ``unit`` of ``layer`` has ``factor`` x its pre-GELU
+    values (W1 column and b1 entry scaled) and writes into hidden dimension ``dim`` only, ``weight``
+    x harder (its W2 row zeroed elsewhere): one GELU output far wider than the rest making one
+    outlier dimension of the residual stream, like the unit behind MiniLM's residual outlier."""
+    import onnx
+    from onnx import numpy_helper
+
+    from qonnx_bert.passes.prepare import prepare
+    from qonnx_bert.roles import find_roles
+
+    prepared = prepare(model)
+    roles = find_roles(prepared)
+    producers = {o: n for n in prepared.graph.node for o in n.output}
+    inits = {i.name for i in prepared.graph.initializer}
+
+    def dense(role):  # (weight, bias) initializer names of the MatMul + bias Add writing ``role``
+        bias_add = producers[roles.tensor(f"layer.{layer}.ffn.{role}")]
+        matmul = producers[next(i for i in bias_add.input if i not in inits)]
+        return next(i for i in matmul.input if i in inits), next(i for i in bias_add.input if i in inits)
+
+    (w1, b1), (w2, _) = dense("intermediate"), dense("output")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for init in out.graph.initializer:
+        values = numpy_helper.to_array(init).copy()
+        if init.name in (w1, b1):
+            values[..., unit] *= factor
+        elif init.name == w2:
+            values[unit, np.arange(values.shape[1]) != dim] = 0.0
+            values[unit, dim] *= weight
+        else:
+            continue
+        init.CopyFrom(numpy_helper.from_array(values, init.name))
+    return out
 
 
 def build_tiny_bert(out_dir: Path, *, num_labels: int = 2, layers: int = 2, seed: int = 0) -> Path:

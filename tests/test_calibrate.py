@@ -58,11 +58,12 @@ def test_mask_path_keeps_its_fill_value(tiny_onnx):
         assert table.tensors[t.name]["min"] == MASK_FILL and table.tensors[t.name]["max"] == 0.0
 
 
-def test_per_channel_residual_stats_match_per_tensor(tiny_onnx):
+def test_per_channel_stats_match_per_tensor(tiny_onnx):
     model = onnx.load(str(tiny_onnx))
     table = calibrate(model, sample_sequences(TEXTS, None, len(TEXTS), 0, "test"), batch_size=4, progress=False)
+    assert {r.split(".", 2)[2] for r in table.per_channel} == {"ffn.input", "ffn.output", "ffn.residual_sum", "ffn.gelu"}
     for role, entry in table.per_channel.items():
-        assert len(entry["min"]) == 32
+        assert len(entry["min"]) == (64 if role.endswith("gelu") else 32)  # tiny BERT: hidden 32, intermediate 64
         per_tensor = table.tensors[entry["tensor"]]
         assert min(entry["min"]) == pytest.approx(per_tensor["min"]) and max(entry["max"]) == pytest.approx(per_tensor["max"]), role
 

@@ -16,8 +16,9 @@ from qonnx_bert.passes.peg_split_ffn import split_ffn
 from qonnx_bert.passes.prepare import prepare
 from qonnx_bert.quantize import quantize
 from qonnx_bert.roles import find_roles
+from qonnx_bert.schemes import SchemeContext, get_scheme
 from qonnx_bert.schemes.peg_groups import equal_groups, outlier_groups
-from tests.conftest import tensor_values
+from tests.conftest import plant_gelu_outlier, tensor_values
 
 HIDDEN = 32  # the tiny BERT's hidden size
 TEXTS = shipped_sentences()
@@ -52,6 +53,77 @@ def test_fp32_rewrite_is_exact(fp32, k, permute):
     # Only float32 summation order changes (K partial MatMuls): the issue's bound is 1e-4.
     assert np.abs(_logits(rewritten) - _logits(prepared)).max() <= 1e-4
     assert sum(n.op_type == "MatMul" for n in rewritten.graph.node) == roles.num_layers * (6 + 2 * k)  # 6 attention MatMuls + 2K FFN MatMuls per layer
+
+
+@pytest.mark.parametrize("k, permute", [(1, False), (3, True)])
+def test_fp32_rewrite_with_gelu_output_groups_is_exact(fp32, k, permute):
+    prepared = prepare(fp32)
+    roles = find_roles(prepared)
+    model = ir.from_proto(prepared)
+    rng = np.random.default_rng(k)
+    for layer in range(roles.num_layers):
+        units = np.array_split(rng.permutation(2 * HIDDEN), 3)  # 3 groups of scattered intermediate units
+        split_ffn(model.graph, roles.roles, layer, equal_groups(rng.uniform(size=HIDDEN), k, permute), units)
+    rewritten = ir.to_proto(model)
+    assert np.abs(_logits(rewritten) - _logits(prepared)).max() <= 1e-4  # only float32 summation order changes
+    assert sum(n.op_type == "MatMul" for n in rewritten.graph.node) == roles.num_layers * (6 + k + 3 * k)
+
+
+@pytest.fixture(scope="module")
+def planted(fp32):
+    """The tiny BERT with one GELU unit of layer 0 30x wider than the rest, and its ranges."""
+    model = plant_gelu_outlier(fp32, layer=0, unit=5)
+    return model, calibrate(model, sample_sequences(TEXTS, None, 32, 0, "shipped"), progress=False)
+
+
+def _rewritten_fp32(model, ranges, scheme="peg", **options):
+    """The FP32 graph a PEG scheme rewrites (before QDQ): the exact values of its group tensors."""
+    prepared = prepare(model)
+    plan = get_scheme(scheme).plan(SchemeContext(scheme, model, prepared, find_roles(prepared), ranges, options))
+    return plan.model
+
+
+def test_gelu_output_groups_take_back_a_planted_outlier_unit(planted):
+    model, ranges = planted
+    options = {"groups": 2, "target": "cpu"}
+    one, _ = quantize(model, "peg", ranges, **options, intermediate_groups=1)
+    split, report = quantize(model, "peg", ranges, **options)  # peg's default: 2
+    # the wide unit gets a group of its own; layer 1, with no such unit, keeps its GELU output whole
+    assert "GELU output units in groups [63,1]" in report.lines()[1] and "GELU" not in report.lines()[2]
+    assert [n.name for n in split.graph.node if n.name.endswith(".peg.h")] == ["layer0.peg.h"]
+    # The ordinary dimensions' FFN output (the group without the outlier dimension the wide unit
+    # writes): with one GELU grid the 63 ordinary units sit on a step 30x too coarse for them.
+    # (Measured +2.2 dB: the pre-GELU tensor, still on one grid 30x too coarse, bounds the rest.)
+    ordinary = "layer0.peg.output.0"
+    exact = tensor_values(_rewritten_fp32(model, ranges, **options, intermediate_groups=2), ordinary, TEXTS)
+    gain = sqnr_db(exact, tensor_values(split, ordinary, TEXTS)) - sqnr_db(exact, tensor_values(one, ordinary, TEXTS))
+    assert gain > 1, gain
+
+
+def test_each_gelu_group_is_rounded_once_on_its_own_range(planted):
+    """NumPy reference: GELU group j is round(h / s_j) + z_j of the float GELU output, with
+    (s_j, z_j) the uint8 grid of the group's own calibrated range (min 0-clamped)."""
+    model, ranges = planted
+    peg, _ = quantize(model, "peg", ranges, groups=2, target="cpu", intermediate_groups=2)
+    split = next(n for n in peg.graph.node if n.name == "layer0.peg.h")
+    producers = {o: n for n in peg.graph.node for o in n.output}
+    inits = {i.name: numpy_helper.to_array(i) for i in peg.graph.initializer}
+    assert producers[split.input[0]].op_type == "Gelu"  # --target cpu: the whole GELU output stays float
+    stats = ranges.per_channel["layer.0.ffn.gelu"]
+    lo, hi = np.minimum(stats["min"], 0.0), np.maximum(stats["max"], 0.0)
+    sizes = inits[split.input[1]]
+    units = [np.arange(5, 6), np.delete(np.arange(2 * HIDDEN), 5)]  # the planted unit, the rest
+    last = [_last_quantizer(peg, h) for h in split.output]
+    values = _tensors(peg, [split.input[0]] + [dq.output[0] for _, dq in last])
+    col = 0
+    for (q, _), got, size in zip(last, values[1:], sizes):
+        group = next(u for u in units if len(u) == size)
+        scale, zero = inits[q.input[1]], inits[q.input[2]].astype(np.float32)
+        np.testing.assert_allclose(scale, (hi[group].max() - lo[group].min()) / 255, rtol=1e-6)
+        part = values[0][..., col : col + size]
+        want = (np.clip(np.round(part / scale) + zero, 0, 255) - zero) * scale
+        assert np.mean(np.abs(got - want) > 1e-6) <= 0.001  # ties may round apart by float32 division order
+        col += size
 
 
 def test_k1_without_permutation_is_w8a8(fp32, ranges):
@@ -264,3 +336,10 @@ def test_bad_input(fp32, ranges):
     stripped = type(ranges)(ranges.model, ranges.calibration, ranges.tensors, {})
     with pytest.raises(UsageError, match="per-embedding statistics"):
         quantize(fp32, "peg", stripped)
+    no_gelu = type(ranges)(ranges.model, ranges.calibration, ranges.tensors,
+                           {k: v for k, v in ranges.per_channel.items() if not k.endswith("ffn.gelu")})
+    with pytest.raises(UsageError, match="per-unit statistics for layer.0.ffn.gelu.*re-run `qonnx calibrate`"):
+        quantize(fp32, "peg", no_gelu, intermediate_groups=2)
+    for j in (0, 2 * HIDDEN + 1):
+        with pytest.raises(UsageError, match=f"--intermediate-groups {j} is out of range"):
+            quantize(fp32, "peg", ranges, intermediate_groups=j)

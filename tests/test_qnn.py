@@ -31,6 +31,7 @@ from qonnx_bert.targets import qnn
 from qonnx_bert.targets.cpu import check_cpu
 from qonnx_bert.targets.emulate import evaluate_emulated
 from qonnx_bert.targets.htp_check import check_htp, compile_htp
+from tests.conftest import plant_gelu_outlier
 
 def _has_qnn() -> bool:
     try:
@@ -113,9 +114,13 @@ def test_every_scheme_is_htp_clean(tiny_static, scheme):
 
 @needs_qnn
 @pytest.mark.slow
-def test_minilm_peg_runs_whole_and_quantized_on_htp(minilm_static):
-    """Issue 7's acceptance: the default PEG (K=6, outlier-aware) on MiniLM-L6 at 1x128, fallback disabled."""
-    report = check_htp(_w8a8(minilm_static, sequences=16, scheme="peg", permutation="model"), qnn.resolve_soc("sm8650"))
+@pytest.mark.parametrize("intermediate_groups", [1, 2])
+def test_minilm_peg_runs_whole_and_quantized_on_htp(minilm_static, intermediate_groups):
+    """Issue 7's acceptance: the default PEG (K=6, outlier-aware) on MiniLM-L6 at 1x128, fallback disabled;
+    also with the GELU outputs split (MiniLM's layers 0-3 have a wide unit, so the split is made)."""
+    peg = _w8a8(minilm_static, sequences=16, scheme="peg", permutation="model", intermediate_groups=intermediate_groups)
+    assert sum(n.name.endswith(".peg.h") for n in peg.graph.node) == (0 if intermediate_groups == 1 else 4)
+    report = check_htp(peg, qnn.resolve_soc("sm8650"))
     assert report.ok, _finding_text(report)
 
 
@@ -123,6 +128,18 @@ def test_minilm_peg_runs_whole_and_quantized_on_htp(minilm_static):
 @pytest.mark.parametrize("soc", SOCS)
 def test_peg_with_the_permutation_folded_is_htp_clean(tiny_static, soc):
     report = check_htp(_w8a8(tiny_static, scheme="peg", groups=3, permutation="model"), qnn.resolve_soc(soc))
+    assert report.ok, _finding_text(report)
+
+
+@needs_qnn
+@pytest.mark.parametrize("soc", SOCS)
+def test_peg_with_gelu_output_groups_is_htp_clean(tiny_static, soc):
+    """The split GELU output: uint16 Gelu (its input converted up), a Split into per-group uint8."""
+    fp32 = plant_gelu_outlier(onnx.load(str(tiny_static)))
+    ranges = calibrate(fp32, sample_sequences(shipped_sentences(), None, 8, 0, "shipped"), progress=False)
+    peg, _ = quantize(fp32, "peg", ranges, groups=2, intermediate_groups=2)
+    assert any(n.name == "layer0.peg.h" for n in peg.graph.node)
+    report = check_htp(peg, qnn.resolve_soc(soc))
     assert report.ok, _finding_text(report)
 
 

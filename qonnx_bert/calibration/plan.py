@@ -6,7 +6,8 @@ globs to estimator specs plus a default. Tensors that are pure data movement of 
 both get the same estimator the copy shares its source's range instead of being exposed
 and estimated again (ONNX Runtime's QDQ quantizer gives such outputs their input's scale
 anyway). The FFN residual-stream roles also get per-embedding-dimension min/max (PEG's
-permutation needs them), and roles asked for get per-group ranges.
+permutation needs them), the GELU output per-unit min/max (PEG's intermediate groups), and
+roles asked for get per-group ranges.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from qonnx_bert.calibration.tensors import TensorLayout, quantizable_tensors
 from qonnx_bert.errors import UsageError
 from qonnx_bert.roles import RoleMap, find_roles
 
-# Residual-stream roles whose per-embedding-dimension ranges are recorded (PEG's permutation needs them).
-PER_CHANNEL_ROLES = ("layer.*.ffn.input", "layer.*.ffn.output", "layer.*.ffn.residual_sum")
+# Roles whose per-channel ranges are recorded: the residual-stream roles (PEG's permutation
+# and groups need them) and the GELU output (PEG's --intermediate-groups).
+PER_CHANNEL_ROLES = ("layer.*.ffn.input", "layer.*.ffn.output", "layer.*.ffn.residual_sum", "layer.*.ffn.gelu")
 # Ops whose output holds exactly the input's values, rearranged.
 DATA_MOVEMENT_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity")
 

@@ -9,7 +9,8 @@ One JSON document::
      "per_channel": {"<role>": {"tensor": ..., "min": [...], "max": [...]}}}
 
 ``per_channel`` holds per-embedding-dimension statistics of residual-stream roles
-(PEG's range-based permutation needs them). The file can also be written in
+(PEG's range-based permutation needs them) and per-unit statistics of the GELU
+outputs (PEG's intermediate groups). The file can also be written in
 ONNX Runtime's calibration-cache format so users of its quantizer reuse our ranges.
 """
 

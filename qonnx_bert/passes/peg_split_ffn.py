@@ -14,7 +14,19 @@ is rewritten, exactly in FP32, as
     s   = Concat(s_1..s_K) P^T                          (Concat, then Gather)
 
 so that the FFN input, output and residual sum of each group are separate
-tensors, each quantized per-tensor with its own range. The permutation is
+tensors, each quantized per-tensor with its own range.
+
+With intermediate groups ``H_1..H_J`` (a partition of the FFN's intermediate
+units, contiguous after a permutation ``Q`` folded into W1's columns, b1 and W2's
+rows: exact, Gelu acts elementwise), the GELU output is split too:
+
+    h_j = Split(Gelu(... (W1 Q) + b1 Q))_j
+    y_g = sum_j h_j (Q^T W2 P)[H_j, G_g] + (b2 P)[G_g]   (K*J MatMuls)
+
+A single intermediate unit can carry a GELU output 4x wider than all others (the
+unit that writes the residual stream's outlier dimension, measured on MiniLM),
+and its row of W2 then sets the per-tensor weight scale of every split MatMul;
+groups of its own give it its own activation range and its own weight scale. The permutation is
 skipped when it is the identity, and Split/Concat when K = 1. ``x P`` is
 computed as ``LN1(r P; gamma P, beta P)``: the Gather moves in front of the first
 LayerNorm (exact, LayerNorm normalizes over the permuted axis), so the FFN input
@@ -107,47 +119,64 @@ class SplitResult:
     float_nodes: list[str]
 
 
-def split_ffn(graph: ir.Graph, roles: dict[str, str], layer: int, groups: list[np.ndarray]) -> SplitResult:
-    """Rewrite ``layer``'s FFN into groups in place."""
-    ffn = find_ffn(graph, roles, layer)
+def _partition(groups: list[np.ndarray], width: int, layer: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The permutation that makes ``groups`` contiguous, and the group boundaries in it."""
     perm = np.concatenate(groups).astype(np.int64)
-    if sorted(perm.tolist()) != list(range(len(perm))):
-        raise UsageError(f"layer {layer}: PEG groups must partition the {len(perm)} hidden dimensions")
+    if sorted(perm.tolist()) != list(range(width)):
+        raise UsageError(f"layer {layer}: PEG {what} groups must partition the {width} {what} dimensions")
+    return perm, np.cumsum([0, *(len(g) for g in groups)])
+
+
+def split_ffn(graph: ir.Graph, roles: dict[str, str], layer: int, groups: list[np.ndarray],
+              intermediate: list[np.ndarray] | None = None) -> SplitResult:
+    """Rewrite ``layer``'s FFN into groups of hidden dimensions (and of intermediate units) in place."""
+    ffn = find_ffn(graph, roles, layer)
+    w1, w2 = _const(ffn.matmul1.inputs[1], layer, "W1"), _const(ffn.matmul2.inputs[1], layer, "W2")
+    perm, cuts = _partition(groups, w1.shape[0], layer, "hidden")
     sizes = [len(g) for g in groups]
-    cuts = np.cumsum([0, *sizes])
     permuted = not np.array_equal(perm, np.arange(len(perm)))
-    w1, w2 = _const(ffn.matmul1.inputs[1], layer, "W1")[perm], _const(ffn.matmul2.inputs[1], layer, "W2")[:, perm]
+    inner, inner_cuts = _partition(intermediate or [np.arange(w1.shape[1])], w1.shape[1], layer, "intermediate")
+    w1, w2 = w1[perm][:, inner], w2[inner][:, perm]
     b2 = _const(_bias_input(ffn.bias2), layer, "b2")[perm]
-    if len(groups) == 1 and not permuted:
+    if len(groups) == 1 and not permuted and len(inner_cuts) == 2:
         return SplitResult([], [], [])
     b = _Builder(graph, ffn.matmul1, f"layer{layer}.peg")
     if permuted:
         _permute_layernorm(b, ffn, perm, layer)
     x = ffn.x
-    whole = [x]
+    whole = [x] if len(groups) > 1 else []
     xs = b.node("Split", [x, b.const("sizes", np.asarray(sizes, np.int64))], "x", {"axis": -1}, len(groups)) if len(groups) > 1 else [x]
     acc = None
     for g, xg in enumerate(xs):
         part = b.node("MatMul", [xg, b.const(f"w1.{g}", w1[cuts[g] : cuts[g + 1]])], f"partial.{g}")[0]
         acc = part if acc is None else b.node("Add", [acc, part], f"partial_sum.{g}")[0]
     ffn.bias1.replace_input_with(list(ffn.bias1.inputs).index(ffn.matmul1.outputs[0]), acc)
+    if len(inner_cuts) > 2:
+        b1 = _bias_input(ffn.bias1)
+        ffn.bias1.replace_input_with(list(ffn.bias1.inputs).index(b1), b.const("b1", _const(b1, layer, "b1")[inner]))
     b.anchor = ffn.residual
     h = ffn.matmul2.inputs[0]
+    hs = b.node("Split", [h, b.const("h_sizes", np.diff(inner_cuts))], "h", {"axis": -1}, len(inner_cuts) - 1) if len(inner_cuts) > 2 else [h]
     sums = []
     for g, xg in enumerate(xs):
-        yg = b.node("MatMul", [h, b.const(f"w2.{g}", w2[:, cuts[g] : cuts[g + 1]])], f"out_matmul.{g}")[0]
+        yg = None
+        for j, hj in enumerate(hs):
+            tag = f"{g}" if len(hs) == 1 else f"{g}.{j}"
+            part = b.node("MatMul", [hj, b.const(f"w2.{tag}", w2[inner_cuts[j] : inner_cuts[j + 1], cuts[g] : cuts[g + 1]])], f"out_matmul.{tag}")[0]
+            yg = part if yg is None else b.node("Add", [yg, part], f"out_partial_sum.{tag}")[0]
         yg = b.node("Add", [yg, b.const(f"b2.{g}", b2[cuts[g] : cuts[g + 1]])], f"output.{g}")[0]
         sums.append(b.node("Add", [yg, xg], f"residual_sum.{g}")[0])
     s = b.node("Concat", sums, "residual_sum_permuted", {"axis": -1})[0] if len(sums) > 1 else sums[0]
-    whole += [s] if len(sums) > 1 else []
     if permuted:
+        whole += [s] if len(sums) > 1 else []
         s = b.node("Gather", [s, b.const("inverse_perm", np.argsort(perm).astype(np.int64))], "residual_sum_unpermuted", {"axis": -1})[0]
-        whole += [s]
+    whole += [s] if len(sums) > 1 else []
     _replace(graph, ffn, s)
-    if len(groups) == 1:  # a permutation alone: no group tensors, nothing to keep apart
+    whole += [h] if len(hs) > 1 else []
+    split = [f"layer{layer}.peg.{t}" for t, parts in (("x", xs), ("h", hs)) if len(parts) > 1]
+    if not split:  # a permutation alone: no group tensors, nothing to keep apart
         return SplitResult([], [], [])
     touching = {v.producer() for v in whole} | {u.node for v in whole for u in v.uses()}
-    split = [f"layer{layer}.peg.x"]
     return SplitResult(split, [v.name for v in whole], sorted(n.name for n in touching if n is not None and n.name not in split))
 
 

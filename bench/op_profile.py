@@ -44,7 +44,7 @@ def profile(path: Path, feeds: dict, runs: int, tmp: Path) -> tuple[dict[str, fl
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["w8a8", "peg-outlier-k2-folded-cpu", "peg-outlier-k2-folded", "peg-outlier-k6-folded-cpu", "peg-outlier-k6-folded"])
+    p.add_argument("--models", nargs="+", default=["w8a8", "peg-outlier-k2-folded-cpu", "peg-outlier-k2-folded-gelu-cpu", "peg-outlier-k2-folded", "peg-outlier-k6-folded-cpu", "peg-outlier-k6-folded", "peg-outlier-k6-folded-gelu"])
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "op-profile-rte.md")
     args = p.parse_args()

@@ -84,6 +84,14 @@ def _loo(family: str, label: str) -> Variant:
     return Variant(f"loo-{family}", "w32a8", label=label, section=LEAVE_ONE_OUT, keep_float=(family_pattern(family),))
 
 
+def _folded(k: int, target: str, gelu: bool) -> Variant:
+    """A ``peg`` row: outlier-aware groups, the permutation folded, with or without GELU groups."""
+    name = f"peg-outlier-k{k}-folded" + ("-gelu" if gelu else "") + ("-cpu" if target == "cpu" else "")
+    label = ", ".join([f"PEG K={k}, outlier-aware, folded", *(["GELU output in 2 groups"] if gelu else []),
+                       *(["`--target cpu`"] if target == "cpu" else [])]) + " (ours)"
+    return Variant(name, "peg", {"groups": k, "permutation": "model", "target": target, "intermediate_groups": 2 if gelu else 1}, label, PEG)
+
+
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
@@ -100,24 +108,9 @@ VARIANTS: dict[str, Variant] = {
         # ``intermediate_groups`` is pinned so a row keeps its meaning if peg's default changes.
         Variant("peg-outlier-k6", "peg", {"groups": 6, "permutation": "layer", "intermediate_groups": 1}, "PEG K=6, outlier-aware groups (ours)", PEG),
         Variant("peg-outlier-k3", "peg", {"groups": 3, "permutation": "layer", "intermediate_groups": 1}, "PEG K=3, outlier-aware groups (ours)", PEG),
-        Variant("peg-outlier-k6-folded", "peg", {"groups": 6, "permutation": "model", "intermediate_groups": 1},
-                "PEG K=6, outlier-aware groups, one permutation folded into the weights (ours)", PEG),
-        Variant("peg-outlier-k3-folded", "peg", {"groups": 3, "permutation": "model", "intermediate_groups": 1},
-                "PEG K=3, outlier-aware groups, one permutation folded into the weights (ours)", PEG),
-        Variant("peg-outlier-k2-folded", "peg", {"groups": 2, "permutation": "model", "intermediate_groups": 1},
-                "PEG K=2, outlier-aware groups, one permutation folded into the weights (ours)", PEG),
-        Variant("peg-outlier-k6-folded-cpu", "peg", {"groups": 6, "permutation": "model", "target": "cpu", "intermediate_groups": 1},
-                "PEG K=6, outlier-aware, folded, `--target cpu` (ours)", PEG),
-        Variant("peg-outlier-k2-folded-cpu", "peg", {"groups": 2, "permutation": "model", "target": "cpu", "intermediate_groups": 1},
-                "PEG K=2, outlier-aware, folded, `--target cpu` (ours)", PEG),
-        Variant("peg-outlier-k6-folded-gelu", "peg", {"groups": 6, "permutation": "model", "intermediate_groups": 2},
-                "PEG K=6, outlier-aware, folded, GELU output in 2 groups (ours)", PEG),
-        Variant("peg-outlier-k2-folded-gelu", "peg", {"groups": 2, "permutation": "model", "intermediate_groups": 2},
-                "PEG K=2, outlier-aware, folded, GELU output in 2 groups (ours)", PEG),
-        Variant("peg-outlier-k6-folded-gelu-cpu", "peg", {"groups": 6, "permutation": "model", "target": "cpu", "intermediate_groups": 2},
-                "PEG K=6, outlier-aware, folded, GELU output in 2 groups, `--target cpu` (ours)", PEG),
-        Variant("peg-outlier-k2-folded-gelu-cpu", "peg", {"groups": 2, "permutation": "model", "target": "cpu", "intermediate_groups": 2},
-                "PEG K=2, outlier-aware, folded, GELU output in 2 groups, `--target cpu` (ours)", PEG),
+        *(_folded(k, target, gelu) for k, target, gelu in (
+            (6, "portable", False), (3, "portable", False), (2, "portable", False), (6, "cpu", False), (2, "cpu", False),
+            (6, "portable", True), (2, "portable", True), (6, "cpu", True), (2, "cpu", True))),
         *(_loo(f, label) for f, label in LOO_FAMILIES.items()),
     )
 }

@@ -42,31 +42,20 @@ def _logits(model, texts=TEXTS):
 
 @pytest.mark.parametrize("k", [1, 3, 6, HIDDEN])
 @pytest.mark.parametrize("permute", [False, True])
-def test_fp32_rewrite_is_exact(fp32, k, permute):
+@pytest.mark.parametrize("unit_groups", [1, 3])
+def test_fp32_rewrite_is_exact(fp32, k, permute, unit_groups):
     prepared = prepare(fp32)
     roles = find_roles(prepared)
     model = ir.from_proto(prepared)
     rng = np.random.default_rng(k)
     for layer in range(roles.num_layers):
-        split_ffn(model.graph, roles.roles, layer, equal_groups(rng.uniform(size=HIDDEN), k, permute))
+        units = np.array_split(rng.permutation(2 * HIDDEN), unit_groups) if unit_groups > 1 else None  # scattered GELU units
+        split_ffn(model.graph, roles.roles, layer, equal_groups(rng.uniform(size=HIDDEN), k, permute), units)
     rewritten = ir.to_proto(model)
     # Only float32 summation order changes (K partial MatMuls): the bound is 1e-4.
     assert np.abs(_logits(rewritten) - _logits(prepared)).max() <= 1e-4
-    assert sum(n.op_type == "MatMul" for n in rewritten.graph.node) == roles.num_layers * (6 + 2 * k)  # 6 attention MatMuls + 2K FFN MatMuls per layer
-
-
-@pytest.mark.parametrize("k, permute", [(1, False), (3, True)])
-def test_fp32_rewrite_with_gelu_output_groups_is_exact(fp32, k, permute):
-    prepared = prepare(fp32)
-    roles = find_roles(prepared)
-    model = ir.from_proto(prepared)
-    rng = np.random.default_rng(k)
-    for layer in range(roles.num_layers):
-        units = np.array_split(rng.permutation(2 * HIDDEN), 3)  # 3 groups of scattered intermediate units
-        split_ffn(model.graph, roles.roles, layer, equal_groups(rng.uniform(size=HIDDEN), k, permute), units)
-    rewritten = ir.to_proto(model)
-    assert np.abs(_logits(rewritten) - _logits(prepared)).max() <= 1e-4  # only float32 summation order changes
-    assert sum(n.op_type == "MatMul" for n in rewritten.graph.node) == roles.num_layers * (6 + k + 3 * k)
+    # 6 attention MatMuls, K for the first FFN dense layer and K * (GELU unit groups) for the second, per layer
+    assert sum(n.op_type == "MatMul" for n in rewritten.graph.node) == roles.num_layers * (6 + k + k * unit_groups)
 
 
 @pytest.fixture(scope="module")

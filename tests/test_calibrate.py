@@ -68,6 +68,26 @@ def test_per_channel_stats_match_per_tensor(tiny_onnx):
         assert min(entry["min"]) == pytest.approx(per_tensor["min"]) and max(entry["max"]) == pytest.approx(per_tensor["max"]), role
 
 
+def test_static_shape_masks_tokens_not_equally_sized_channels(tiny_onnx, tiny_bert_dir, tmp_path):
+    """At --static-shape 1,32 the tiny BERT's hidden size equals the sequence length: padding
+    must be excluded along the token axis only, so every range matches the dynamic export's."""
+    from qonnx_bert.export import export_model
+
+    static = tmp_path / "tiny_1x32.onnx"
+    export_model(str(tiny_bert_dir), static, static_shape=(1, 32))
+    sequences = sample_sequences(TEXTS, None, len(TEXTS), 0, "test")
+    dynamic = calibrate(onnx.load(str(tiny_onnx)), sequences, progress=False)
+    fixed = calibrate(onnx.load(str(static)), sequences, progress=False)
+    by_role = {e["role"]: e for e in fixed.tensors.values() if e.get("role")}
+    roles = [e["role"] for e in dynamic.tensors.values() if e.get("role")]
+    assert len(roles) > 30 and set(roles) == set(by_role)
+    for entry in dynamic.tensors.values():
+        if entry.get("role"):  # float32 sums over padded and unpadded rows differ in the last bits only
+            got = by_role[entry["role"]]
+            assert got["min"] == pytest.approx(entry["min"], rel=1e-4, abs=1e-5), entry["role"]
+            assert got["max"] == pytest.approx(entry["max"], rel=1e-4, abs=1e-5), entry["role"]
+
+
 def test_ranges_file_round_trip_and_mismatch(tiny_onnx, tmp_path, tiny_bert_dir):
     model = onnx.load(str(tiny_onnx))
     table = calibrate(model, sample_sequences(TEXTS, None, 4, 0, "test"), progress=False)

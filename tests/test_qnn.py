@@ -31,7 +31,7 @@ from qonnx_bert.targets import qnn
 from qonnx_bert.targets.cpu import check_cpu
 from qonnx_bert.targets.emulate import evaluate_emulated
 from qonnx_bert.targets.htp_check import check_htp, compile_htp
-from tests.conftest import plant_gelu_outlier
+from tests.conftest import SST2_SAMPLE, plant_gelu_outlier
 
 def _has_qnn() -> bool:
     try:
@@ -298,28 +298,6 @@ def test_minilm_emulated_eval_runs_through_cli(minilm_w8a8, glue_dir, tmp_path, 
     lines = capsys.readouterr().out.splitlines()
     assert "QNN HTP sm8650, emulated" in lines[0] and "ONNX Runtime CPU" in lines[1]
     assert "same prediction on" in lines[2] and "s/sequence" in lines[2]
-
-
-SST2_SAMPLE = Path(__file__).parent / "data" / "sst2-finetune"  # 512 train, 128 dev sentences of GLUE SST-2
-
-
-@pytest.fixture(scope="module")
-def minilm_sst2_static(tmp_path_factory):
-    """The packaged MiniLM-L6 fine-tuned here on 512 SST-2 sentences, exported at 1x64.
-
-    Agreement between two integer implementations only means something on a model whose
-    predictions have real margins: the packaged MiniLM's head is untrained. About a minute
-    on 2 cores; 1x64 holds every SST-2 sample sentence and halves the emulator's time.
-    """
-    from qonnx_bert.finetune import finetune
-
-    tmp = tmp_path_factory.mktemp("minilm_sst2")
-    recipe = {"base": "minilm-l6", "task": "sst2", "epochs": 2, "max_train_examples": 512, "batch_size": 16, "lr": 2e-4, "max_length": 64}
-    record = finetune(recipe, SST2_SAMPLE, tmp / "checkpoint", progress=False)
-    assert record["dev"]["accuracy"] > 0.7  # a trained head, well above chance (measured 0.75 on the 128 dev sentences)
-    path = tmp / "minilm_sst2_1x64.onnx"
-    export_model(str(tmp / "checkpoint"), path, static_shape=(1, 64))
-    return path
 
 
 # Measured on the 128 dev sentences (sm8650): w8a8 93.8%, mp 97.7%, peg 96.9%. W8A8 is the

@@ -64,7 +64,15 @@ def _mask_only_tensors(model: onnx.ModelProto) -> set[str]:
 
 
 def _seq_axes(shape: list, seq_dim) -> tuple[int, ...]:
-    return tuple(i for i, d in enumerate(shape) if i > 0 and d == seq_dim)
+    """Axes indexed by token position. With a symbolic sequence length the dimension's name
+    says which. With a static one (``--static-shape 1,64``) a channel axis can have the same
+    size (a 64-dimension PEG group, the 32-wide pooler output at 1x32), so the last axis
+    counts only as the key axis of a (B, H, T, T) attention matrix."""
+    if not isinstance(seq_dim, int):
+        return tuple(i for i, d in enumerate(shape) if i > 0 and d == seq_dim)
+    last = len(shape) - 1
+    return tuple(i for i, d in enumerate(shape)
+                 if 0 < i and d == seq_dim and (i < last or (len(shape) == 4 and shape[last - 1] == seq_dim)))
 
 
 def quantizable_tensors(model: onnx.ModelProto, op_types: tuple[str, ...] = QUANTIZED_OP_TYPES) -> list[TensorLayout]:

@@ -104,7 +104,7 @@ def layer_groups(lo: np.ndarray, hi: np.ndarray, k: int, grouping: str, permute:
 
 
 # Split a layer's GELU output only where groups cut its quantization noise this much
-# (MiniLM-L6 checkpoints, K=2: layers 0-3 gain 9.6-20x from one outlier unit and its
+# (MiniLM-L6 checkpoints, J=2: layers 0-3 gain 9.6-20x from one outlier unit and its
 # neighbours; layers 4-5, without one, 3-7x, not worth K more MatMuls).
 MIN_INTERMEDIATE_GAIN = 8.0
 

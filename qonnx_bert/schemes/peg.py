@@ -152,12 +152,13 @@ class PegScheme:
         stats = {layer: dimension_ranges(per_channel, layer) for layer in _selected_layers(opts, ctx.roles.num_layers)}
         order = _fold_model_order(model, ctx, opts, stats)
         position = None if order is None else np.argsort(order)  # graph dimension of each model dimension
-        exclude, notes, whole = [], [], []
+        exclude, notes, whole, split_units = [], [], [], 0
         for layer, (lo, hi) in stats.items():
             groups = layer_groups(lo, hi, opts.groups, opts.grouping, opts.permute, order)
             in_graph = groups if position is None else [np.sort(position[g]) for g in groups]
             units = intermediate_groups(*gelu_ranges(per_channel, layer), opts.intermediate_groups) if opts.intermediate_groups != 1 else None
             result = split_ffn(model.graph, ctx.roles.roles, layer, in_graph, units)
+            split_units += units is not None
             exclude += result.group_nodes + (result.float_nodes if opts.target == "cpu" else [])
             whole += result.whole
             notes.append(_group_note(layer, groups, lo, hi) + (f"; GELU output units in groups [{','.join(str(len(u)) for u in units)}]" if units else ""))
@@ -168,7 +169,9 @@ class PegScheme:
         how = "not permuted" if not opts.permute else ("one model-wide permutation folded into the weights" if order is not None else "permuted per layer")
         precision = "uint16" if opts.target == "portable" else "float (--target cpu)"
         notes.append(f"PEG K={opts.groups} ({opts.grouping} groups, {how}); FFN inputs before the split and residual sums after the concat in {precision}")
-        notes.append(_extra_parameters(opts, per_layer_order=opts.permute and order is None, hidden=len(next(iter(stats.values()))[0])))
+        notes.append(_extra_parameters(opts, per_layer_order=opts.permute and order is None, hidden=len(next(iter(stats.values()))[0]))
+                     + (f"; GELU groups add 2*J = {2 * opts.intermediate_groups} ranges in each of the {split_units} layers they split"
+                        " (their unit permutation is folded into the weights)" if split_units else ""))
         metadata = {TARGET_KEY: "cpu"} if opts.target == "cpu" else {}
         return Plan(rewritten, activation_ranges(entries), weights=True, overrides=overrides, exclude_nodes=exclude, notes=notes, metadata=metadata)
 

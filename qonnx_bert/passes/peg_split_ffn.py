@@ -41,7 +41,7 @@ their calibrated ranges still apply. Uses onnx_ir for the graph surgery.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
@@ -113,12 +113,20 @@ class SplitResult:
     permuted copies); quantized on one 8-bit grid they would undo PEG.
     ``float_nodes``: the nodes that read or write those tensors (the two
     LayerNorms, the permutation Gathers, the Concat), which a runtime computing
-    them in float can leave unquantized.
+    them in float can leave unquantized. ``partials``: the per-group partial
+    products of a dense layer and their running sums, and ``accumulate_nodes``,
+    the Adds that sum them: the original graph has one accumulator there, so
+    rounding each partial product to 8 bits would add noise PEG does not have.
+    ``permuted``: tensors that keep their name but now hold their FP32 values
+    permuted along the last axis (``{name: perm}``), for tools that compare them.
     """
 
     group_nodes: list[str]
     whole: list[str]
     float_nodes: list[str]
+    partials: list[str] = field(default_factory=list)
+    accumulate_nodes: list[str] = field(default_factory=list)
+    permuted: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _partition(groups: list[np.ndarray], width: int, layer: int, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -148,12 +156,13 @@ def split_ffn(graph: ir.Graph, roles: dict[str, str], layer: int, groups: list[n
     x = ffn.x
     whole = [x] if grouped else []
     xs = b.node("Split", [x, b.const("sizes", np.diff(cuts))], "x", {"axis": -1}, len(groups)) if grouped else [x]
-    acc = None
-    for g, xg in enumerate(xs):
-        part = b.node("MatMul", [xg, b.const(f"w1.{g}", w1[cuts[g] : cuts[g + 1]])], f"partial.{g}")[0]
-        acc = part if acc is None else b.node("Add", [acc, part], f"partial_sum.{g}")[0]
+    sum_of = _Accumulator(b)
+    acc = sum_of([b.node("MatMul", [xg, b.const(f"w1.{g}", w1[cuts[g] : cuts[g + 1]])], f"partial.{g}")[0]
+                  for g, xg in enumerate(xs)], "partial_sum")
     ffn.bias1.replace_input_with(list(ffn.bias1.inputs).index(ffn.matmul1.outputs[0]), acc)
+    moved = {ffn.x.name: perm} if permuted else {}
     if len(inner_cuts) > 2:
+        moved |= {ffn.bias1.outputs[0].name: inner, ffn.matmul2.inputs[0].name: inner}
         b1 = _bias_input(ffn.bias1)
         ffn.bias1.replace_input_with(list(ffn.bias1.inputs).index(b1), b.const("b1", _const(b1, layer, "b1")[inner]))
     b.anchor = ffn.residual
@@ -161,11 +170,9 @@ def split_ffn(graph: ir.Graph, roles: dict[str, str], layer: int, groups: list[n
     hs = b.node("Split", [h, b.const("h_sizes", np.diff(inner_cuts))], "h", {"axis": -1}, len(inner_cuts) - 1) if len(inner_cuts) > 2 else [h]
     sums = []
     for g, xg in enumerate(xs):
-        yg = None
-        for j, hj in enumerate(hs):
-            tag = f"{g}" if len(hs) == 1 else f"{g}.{j}"
-            part = b.node("MatMul", [hj, b.const(f"w2.{tag}", w2[inner_cuts[j] : inner_cuts[j + 1], cuts[g] : cuts[g + 1]])], f"out_matmul.{tag}")[0]
-            yg = part if yg is None else b.node("Add", [yg, part], f"out_partial_sum.{tag}")[0]
+        tags = [f"{g}" if len(hs) == 1 else f"{g}.{j}" for j in range(len(hs))]
+        yg = sum_of([b.node("MatMul", [hj, b.const(f"w2.{tag}", w2[inner_cuts[j] : inner_cuts[j + 1], cuts[g] : cuts[g + 1]])], f"out_matmul.{tag}")[0]
+                     for j, (hj, tag) in enumerate(zip(hs, tags))], f"out_partial_sum.{g}")
         yg = b.node("Add", [yg, b.const(f"b2.{g}", b2[cuts[g] : cuts[g + 1]])], f"output.{g}")[0]
         sums.append(b.node("Add", [yg, xg], f"residual_sum.{g}")[0])
     s = b.node("Concat", sums, "residual_sum_permuted", {"axis": -1})[0] if grouped else sums[0]
@@ -177,9 +184,25 @@ def split_ffn(graph: ir.Graph, roles: dict[str, str], layer: int, groups: list[n
     whole += [h] if len(hs) > 1 else []
     split = [f"layer{layer}.peg.{t}" for t, parts in (("x", xs), ("h", hs)) if len(parts) > 1]
     if not split:  # a permutation alone: no group tensors, nothing to keep apart
-        return SplitResult([], [], [])
+        return SplitResult([], [], [], permuted=moved)
     touching = {v.producer() for v in whole} | {u.node for v in whole for u in v.uses()}
-    return SplitResult(split, [v.name for v in whole], sorted(n.name for n in touching if n is not None and n.name not in split))
+    return SplitResult(split, [v.name for v in whole], sorted(n.name for n in touching if n is not None and n.name not in split),
+                       sum_of.partials, sum_of.nodes, moved)
+
+
+class _Accumulator:
+    """Sums partial products with a chain of Adds, recording the summands and the Adds."""
+
+    def __init__(self, b: _Builder):
+        self.b, self.partials, self.nodes = b, [], []
+
+    def __call__(self, parts: list[ir.Value], name: str) -> ir.Value:
+        acc = parts[0]
+        for j, part in enumerate(parts[1:], 1):
+            self.partials += [acc.name, part.name]
+            acc = self.b.node("Add", [acc, part], f"{name}.{j}")[0]
+            self.nodes.append(acc.producer().name)
+        return acc
 
 
 def _permute_layernorm(b: _Builder, ffn: FfnNodes, perm: np.ndarray, layer: int) -> None:

@@ -34,7 +34,7 @@ _ELEMENTWISE = {"Add", "Sub", "Mul", "Div"}
 class _Folder:
     def __init__(self, graph: ir.Graph, perm: np.ndarray) -> None:
         self.graph, self.perm, self.hidden = graph, perm, len(perm)
-        self.permuted: set[int] = set()  # ids of values now in permuted order
+        self.permuted: dict[int, ir.Value] = {}  # values now in permuted order, by id
         self.done: set[int] = set()      # ids of nodes handled
         self.copies: dict[tuple[str, str], ir.Value] = {}
         self.edits: list[tuple[ir.Node, int, ir.Value]] = []  # applied only if the whole fold succeeds
@@ -64,7 +64,7 @@ class _Folder:
         node = value.producer()
         if node is None:
             raise UsageError(f"cannot fold the PEG permutation into the weights: {value.name!r} joins the residual stream from outside the graph; use --permutation layer")
-        self.permuted.add(id(value))
+        self.permuted[id(value)] = value
         self.done.add(id(node))
         if node.op_type in _ELEMENTWISE:
             for i, x in enumerate(node.inputs):
@@ -81,7 +81,7 @@ class _Folder:
 
     def forward(self, value: ir.Value) -> None:
         """``value`` is permuted: adapt every consumer."""
-        self.permuted.add(id(value))
+        self.permuted[id(value)] = value
         if value.is_graph_output():
             raise UsageError(f"cannot fold the PEG permutation into the weights: the residual stream {value.name!r} is a graph output; use --permutation layer")
         for node in value.consumers():
@@ -137,10 +137,11 @@ def _rank(node: ir.Node) -> int:
     return len(shape) if shape is not None else 3  # exported encoders: (batch, sequence, hidden)
 
 
-def permute_stream(graph: ir.Graph, embeddings_output: ir.Value, perm: np.ndarray) -> None:
+def permute_stream(graph: ir.Graph, embeddings_output: ir.Value, perm: np.ndarray) -> list[str]:
     """Fold ``x -> x[..., perm]`` of the residual stream from ``embeddings_output`` on, in place.
 
     ``embeddings_output`` is the embedding LayerNorm's output, where the stream starts.
+    Returns the names of the tensors that now hold ``x[..., perm]`` of their FP32 values.
     """
     perm = np.asarray(perm, np.int64)
     if sorted(perm.tolist()) != list(range(len(perm))):
@@ -149,3 +150,4 @@ def permute_stream(graph: ir.Graph, embeddings_output: ir.Value, perm: np.ndarra
     folder.backward(embeddings_output)
     folder.forward(embeddings_output)
     folder.apply()
+    return [v.name for v in folder.permuted.values()]

@@ -119,6 +119,23 @@ def restore_float_weights(quantized: onnx.ModelProto, original: onnx.ModelProto)
     return quantized
 
 
+def remove_qdq(model: onnx.ModelProto, tensors: list[str]) -> None:
+    """Take ``tensors``' QuantizeLinear -> DequantizeLinear pairs out again, in place: readers get the float tensor.
+
+    ORT's QDQ quantizer quantizes every MatMul output and can leave outputs float only
+    per op type, not per node; a MatMul whose output must stay float is fixed up here.
+    """
+    wanted = set(tensors)
+    quantizers = {n.output[0]: n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in wanted}
+    dequantizers = {n.output[0]: quantizers[n.input[0]].input[0] for n in model.graph.node
+                    if n.op_type == "DequantizeLinear" and n.input[0] in quantizers}
+    nodes = [n for n in model.graph.node if n.output[0] not in quantizers and n.output[0] not in dequantizers]
+    for node in nodes:
+        node.input[:] = [dequantizers.get(i, i) for i in node.input]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
 def insert_qdq(plan: Plan) -> onnx.ModelProto:
     """The QDQ model of a plan: activations from ``plan.ranges`` (None: weights only)."""
     if plan.ranges is None:
@@ -126,9 +143,12 @@ def insert_qdq(plan: Plan) -> onnx.ModelProto:
     from dataclasses import replace
 
     from qonnx_bert.passes.htp_rules import htp_ready, quantize_where_constants
+    from qonnx_bert.passes.mixed_precision import widen_exactly
 
     model, htp = htp_ready(plan.model, plan.overrides, plan.ranges)  # measured HTP rules; the scheme's own overrides win
     plan = replace(plan, model=model, overrides={**htp, **plan.overrides})
     quantized = _ort_quantize(plan)
     quantize_where_constants(quantized)
+    remove_qdq(quantized, plan.float_tensors)
+    widen_exactly(quantized, plan.uint16_readers)
     return quantized if plan.weights else restore_float_weights(quantized, plan.model)

@@ -54,6 +54,7 @@ from qonnx_bert.calibration.calibrate import Sequences, estimate_ranges, per_ten
 from qonnx_bert.calibration.estimators import EstimatorSpec
 from qonnx_bert.calibration.tensors import quantizable_tensors
 from qonnx_bert.errors import UsageError
+from qonnx_bert.modelinfo import PERMUTED_KEY, permuted_record
 from qonnx_bert.passes.mixed_precision import int16_overrides
 from qonnx_bert.passes.peg_split_ffn import split_ffn
 from qonnx_bert.passes.permute_stream import permute_stream
@@ -137,6 +138,33 @@ def _selected_layers(opts: PegOptions, num_layers: int) -> list[int]:
 
 
 @dataclass(frozen=True)
+class PegGroups:
+    """Where PEG cuts each layer: groups of hidden dimensions and of GELU units, in FP32 indices.
+
+    ``order`` is the model-wide order of the hidden dimensions folded into the weights
+    (``--permutation model``); each layer's groups are then contiguous segments of it.
+    ``units[layer]`` is None where the layer's GELU output stays one tensor.
+    """
+
+    order: np.ndarray | None
+    stats: dict[int, tuple[np.ndarray, np.ndarray]]  # per-dimension (min, max) of each PEG layer
+    hidden: dict[int, list[np.ndarray]]
+    units: dict[int, list[np.ndarray] | None]
+
+
+def choose_groups(per_channel: dict, opts: PegOptions, num_layers: int) -> PegGroups:
+    """The groups of every selected layer from the per-channel calibration statistics."""
+    if opts.permutation not in PERMUTATIONS:
+        raise UsageError(f"unknown --permutation {opts.permutation!r}; choose one of: {', '.join(PERMUTATIONS)}")
+    stats = {layer: dimension_ranges(per_channel, layer) for layer in _selected_layers(opts, num_layers)}
+    order = model_order([hi - lo for lo, hi in stats.values()]) if opts.permutation == "model" and opts.permute else None
+    hidden = {layer: layer_groups(lo, hi, opts.groups, opts.grouping, opts.permute, order) for layer, (lo, hi) in stats.items()}
+    units = {layer: intermediate_groups(*gelu_ranges(per_channel, layer), opts.intermediate_groups)
+             if opts.intermediate_groups != 1 else None for layer in stats}
+    return PegGroups(order, stats, hidden, units)
+
+
+@dataclass(frozen=True)
 class PegScheme:
     name: str
     default_grouping: str
@@ -144,48 +172,51 @@ class PegScheme:
     default_intermediate_groups: int
     summary: str
 
+    def options(self, options: dict) -> PegOptions:
+        return PegOptions.from_options(options, self.default_grouping, self.default_permutation, self.default_intermediate_groups)
+
     def plan(self, ctx: SchemeContext) -> Plan:
-        opts = PegOptions.from_options(ctx.options, self.default_grouping, self.default_permutation, self.default_intermediate_groups)
+        opts = self.options(ctx.options)
         base = ctx.calibrated()
-        per_channel = ctx.require_ranges().per_channel
+        chosen = choose_groups(ctx.require_ranges().per_channel, opts, ctx.roles.num_layers)
         model = ir.from_proto(ctx.prepared)
-        stats = {layer: dimension_ranges(per_channel, layer) for layer in _selected_layers(opts, ctx.roles.num_layers)}
-        order = _fold_model_order(model, ctx, opts, stats)
-        position = None if order is None else np.argsort(order)  # graph dimension of each model dimension
-        exclude, notes, whole, split_units = [], [], [], 0
-        for layer, (lo, hi) in stats.items():
-            groups = layer_groups(lo, hi, opts.groups, opts.grouping, opts.permute, order)
+        permuted = {}
+        if chosen.order is not None:
+            values = {v.name: v for node in model.graph for v in node.outputs}
+            stream = permute_stream(model.graph, values[ctx.roles.tensor("embeddings.layernorm")], chosen.order)
+            permuted = dict.fromkeys(stream, chosen.order)
+        position = None if chosen.order is None else np.argsort(chosen.order)  # graph dimension of each model dimension
+        exclude, notes, whole, partials = [], [], [], []
+        for layer, groups in chosen.hidden.items():
             in_graph = groups if position is None else [np.sort(position[g]) for g in groups]
-            units = intermediate_groups(*gelu_ranges(per_channel, layer), opts.intermediate_groups) if opts.intermediate_groups != 1 else None
+            units = chosen.units[layer]
             result = split_ffn(model.graph, ctx.roles.roles, layer, in_graph, units)
-            split_units += units is not None
-            exclude += result.group_nodes + (result.float_nodes if opts.target == "cpu" else [])
+            exclude += result.group_nodes + (result.float_nodes + result.accumulate_nodes if opts.target == "cpu" else [])
             whole += result.whole
-            notes.append(_group_note(layer, groups, lo, hi) + (f"; GELU output units in groups [{','.join(str(len(u)) for u in units)}]" if units else ""))
+            partials += result.partials
+            permuted |= result.permuted
+            notes.append(_group_note(layer, groups, *chosen.stats[layer]) + (f"; GELU output units in groups [{','.join(str(len(u)) for u in units)}]" if units else ""))
         RemoveUnusedNodesPass()(model)
         rewritten = ir.to_proto(model)
         entries = {**base, **_replay(ctx, rewritten, set(base))}
-        overrides = int16_overrides(rewritten, whole) if whole and opts.target == "portable" else {}
-        how = "not permuted" if not opts.permute else ("one model-wide permutation folded into the weights" if order is not None else "permuted per layer")
+        readers = _partial_matmuls(rewritten, partials)
+        overrides = int16_overrides(rewritten, whole + partials, readers=readers) if whole and opts.target == "portable" else {}
+        how = "not permuted" if not opts.permute else ("one model-wide permutation folded into the weights" if chosen.order is not None else "permuted per layer")
         precision = "uint16" if opts.target == "portable" else "float (--target cpu)"
         notes.append(f"PEG K={opts.groups} ({opts.grouping} groups, {how}); FFN inputs before the split and residual sums after the concat in {precision}")
-        notes.append(_extra_parameters(opts, per_layer_order=opts.permute and order is None, hidden=len(next(iter(stats.values()))[0]))
+        split_units = sum(u is not None for u in chosen.units.values())
+        notes.append(_extra_parameters(opts, per_layer_order=opts.permute and chosen.order is None, hidden=len(next(iter(chosen.stats.values()))[0]))
                      + (f"; GELU groups add 2*J = {2 * opts.intermediate_groups} ranges in each of the {split_units} layers they split"
                         " (their unit permutation is folded into the weights)" if split_units else ""))
-        metadata = {TARGET_KEY: "cpu"} if opts.target == "cpu" else {}
-        return Plan(rewritten, activation_ranges(entries), weights=True, overrides=overrides, exclude_nodes=exclude, notes=notes, metadata=metadata)
+        metadata = ({TARGET_KEY: "cpu"} if opts.target == "cpu" else {}) | ({PERMUTED_KEY: permuted_record(permuted)} if permuted else {})
+        return Plan(rewritten, activation_ranges(entries), weights=True, overrides=overrides, exclude_nodes=exclude, notes=notes,
+                    metadata=metadata, float_tensors=partials if opts.target == "cpu" else [],
+                    uint16_readers=readers if opts.target == "portable" else [])
 
 
-def _fold_model_order(model: ir.Model, ctx: SchemeContext, opts: PegOptions, stats: dict) -> np.ndarray | None:
-    """``--permutation model``: one order of the hidden dimensions, folded into the weights."""
-    if opts.permutation not in PERMUTATIONS:
-        raise UsageError(f"unknown --permutation {opts.permutation!r}; choose one of: {', '.join(PERMUTATIONS)}")
-    if opts.permutation == "layer" or not opts.permute:
-        return None
-    order = model_order([hi - lo for lo, hi in stats.values()])
-    values = {v.name: v for node in model.graph for v in node.outputs}
-    permute_stream(model.graph, values[ctx.roles.tensor("embeddings.layernorm")], order)
-    return order
+def _partial_matmuls(model: onnx.ModelProto, partials: list[str]) -> list[str]:
+    """The MatMuls whose outputs are partial products: each reads one group of activations."""
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.output[0] in set(partials)]
 
 
 def _extra_parameters(opts: PegOptions, per_layer_order: bool, hidden: int) -> str:

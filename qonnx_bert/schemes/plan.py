@@ -26,6 +26,10 @@ class Plan:
     (16-bit types, converts, fixed scales) keyed by tensor name. ``exclude_nodes``
     are nodes ORT must leave alone because the plan places their Q/DQ itself
     (PEG's Split and Concat: ORT would force one scale on all their groups).
+    ``float_tensors`` lose the Q/DQ ORT gives them (ORT quantizes every MatMul
+    output; PEG's partial products are summed in float on the CPU provider).
+    ``uint16_readers`` are 16-bit nodes that read their activation on its uint8
+    grid, through an exact uint16 copy (PEG's partial-product MatMuls on HTP).
     ``metadata`` goes into the quantized model's ``metadata_props`` (e.g. the
     runtime a lowering was made for, which ``qonnx check`` reads).
     """
@@ -37,6 +41,8 @@ class Plan:
     exclude_nodes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    float_tensors: list[str] = field(default_factory=list)
+    uint16_readers: list[str] = field(default_factory=list)
 
 
 def activation_ranges(tensors: dict[str, dict]) -> dict[str, tuple[float, float]]:

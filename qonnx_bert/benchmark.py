@@ -302,7 +302,7 @@ def render_peg(scores: dict[str, dict[str, float]], tasks: list[str], variants: 
 
 
 def render_perf(perf: dict[str, dict]) -> str:
-    """Size, CPU latency and 16-bit share per variant, relative to FP32 (measured side by side)."""
+    """Size, CPU latency and 16-bit share per variant, relative to FP32 (timed in interleaved rounds)."""
     base = perf.get("fp32", next(iter(perf.values())))
     lines = ["| model | size MB | × FP32 size | latency ms (b=1, T=128) | × FP32 latency | activation quantizers | 16-bit |",
              "|---|---:|---:|---:|---:|---:|---:|"]

@@ -25,15 +25,29 @@ def full_length_feeds(encoder: Encoder, text: str, seq_len: int = 128) -> dict[s
 
 def median_latency_ms(model: onnx.ModelProto, feeds: dict[str, np.ndarray], *, runs: int = 30, warmup: int = 5, threads: int | None = None) -> float:
     """Median wall time of one ``session.run`` in milliseconds."""
-    session = cpu_session(model, threads)
-    for _ in range(warmup):
-        session.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
+    return side_by_side_latency_ms({"model": model}, feeds, runs=runs, warmup=warmup, threads=threads)["model"]
+
+
+def side_by_side_latency_ms(models: dict[str, onnx.ModelProto], feeds: dict[str, np.ndarray], *, runs: int = 30,
+                            warmup: int = 5, threads: int | None = None) -> dict[str, float]:
+    """Median wall time of one ``session.run`` of each model, in milliseconds, timed in interleaved rounds.
+
+    Each round runs every model once (in a rotating order), so a change in the machine's
+    load during the measurement (a shared 2-core box) falls on all models alike and the
+    ratios between them stay comparable; timing one model after another does not.
+    """
+    sessions = {name: cpu_session(model, threads) for name, model in models.items()}
+    for session in sessions.values():
+        for _ in range(warmup):
+            session.run(None, feeds)
+    names = list(sessions)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(runs):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            start = time.perf_counter()
+            sessions[name].run(None, feeds)
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t) * 1e3) for name, t in times.items()}
 
 
 def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:

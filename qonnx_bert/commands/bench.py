@@ -191,21 +191,19 @@ class _RayPool:
 
 
 def _perf(cfg, variants: list[str], runs: int) -> dict:
-    """File size and CPU latency (batch 1, T=128) of each variant's model, measured side by side."""
+    """File size and CPU latency (batch 1, T=128) of each variant's model, timed in interleaved rounds."""
     import onnx
 
     from qonnx_bert.benchmark import fp32_path, seed0_model
     from qonnx_bert.calibration.sources import shipped_sentences
     from qonnx_bert.encode import Encoder
-    from qonnx_bert.latency import full_length_feeds, median_latency_ms
+    from qonnx_bert.latency import full_length_feeds, side_by_side_latency_ms
 
     paths = {v: seed0_model(cfg, v) for v in variants}  # all built before any is timed
     feeds = full_length_feeds(Encoder.from_model(onnx.load(str(fp32_path(cfg)))), shipped_sentences()[0])
-    perf = {}
-    for v, path in paths.items():
-        model = onnx.load(str(path))
-        perf[v] = {"size_mb": path.stat().st_size / 1e6, "latency_ms": median_latency_ms(model, feeds, runs=runs), **_bit_counts(model)}
-    return perf
+    models = {v: onnx.load(str(path)) for v, path in paths.items()}
+    latency = side_by_side_latency_ms(models, feeds, runs=runs)
+    return {v: {"size_mb": path.stat().st_size / 1e6, "latency_ms": latency[v], **_bit_counts(models[v])} for v, path in paths.items()}
 
 
 def _bit_counts(model) -> dict:

@@ -22,6 +22,9 @@ from qonnx_bert.targets.htp_fixes import QdqView, is_qdq
 from qonnx_bert.targets.report import CheckReport, Finding
 
 HEAVY = ("MatMul", "Gemm", "Conv")
+# A MatMul whose int8 weight ORT folded into a block-quantized kernel that still computes on float
+# activations (its fusion of DQ(weight) -> MatMul when the activation is not 8-bit): a float MatMul unit.
+_FLOAT_FORMS = {"MatMulNBits": "MatMul"}
 UNVERIFIED = "speed on another CPU (kernels depend on its instruction set: AVX2, AVX512-VNNI, Arm); measure latency there"
 
 
@@ -62,9 +65,10 @@ def check_cpu(model: onnx.ModelProto, *, path: str = "model") -> CheckReport:
     report.summary.extend(_per_op_lines(before, floats))
     view = QdqView(optimized)
     for node in floats:
+        op = _FLOAT_FORMS.get(node.op_type, node.op_type)
         report.summary.append(f"float: {node.name} ({node.op_type}), inputs {_types(view, node)}")
-        if node.op_type in HEAVY and "uint16" not in _types(view, node) and "int16" not in _types(view, node):
-            report.findings.append(Finding(node.name, node.op_type, f"8-bit {node.op_type} runs in float ({_types(view, node)})",
+        if op in HEAVY and "uint16" not in _types(view, node) and "int16" not in _types(view, node):
+            report.findings.append(Finding(node.name, node.op_type, f"8-bit {op} runs in float ({_types(view, node)})",
                                            "use int8 symmetric weights and uint8 activations (per-tensor) so the CPU provider fuses it"))
     if not kernels:
         report.findings.append(Finding("(graph)", "-", "no integer kernel at all", "quantize activations too (e.g. --scheme w8a8)"))
@@ -76,5 +80,5 @@ def _types(view: QdqView, node: onnx.NodeProto) -> str:
 
 
 def _per_op_lines(before: list[onnx.NodeProto], floats: list[onnx.NodeProto]) -> list[str]:
-    total, left = Counter(n.op_type for n in before), Counter(n.op_type for n in floats)
+    total, left = Counter(n.op_type for n in before), Counter(_FLOAT_FORMS.get(n.op_type, n.op_type) for n in floats)
     return [f"{op}: {k - left[op]} of {k} QDQ units fused into integer kernels" for op, k in sorted(total.items())]

@@ -6,7 +6,6 @@ fine-tuned in a fixture on an SST-2 sample at 1x64 (for prediction agreement).
 Tests that need the plugin skip, with the install hint, when it is missing.
 """
 
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -298,12 +297,16 @@ def test_minilm_emulated_eval_runs_through_cli(minilm_w8a8, glue_dir, tmp_path, 
     lines = capsys.readouterr().out.splitlines()
     assert "QNN HTP sm8650, emulated" in lines[0] and "ONNX Runtime CPU" in lines[1]
     assert "same prediction on" in lines[2] and "s/sequence" in lines[2]
+    assert lines[3].startswith("CPU provider's integer kernels vs the same QDQ graph computed in float: ")
 
 
-# Measured on the 128 dev sentences (sm8650): w8a8 93.8%, mp 97.7%, peg 96.9%. W8A8 is the
-# fragile one: with the outliers' coarse grids, HTP's fixed-point LayerNorm and Softmax drift
-# from the CPU provider's float ones by several uint8 steps per layer, and near-boundary
-# sentences flip; the 16-bit (mp) and per-group (peg) residual streams keep the two together.
+# Two correct implementations of one quantized model never agree bit for bit: a value they round
+# to neighbouring steps is one step off, and six layers of requantization grow that to about the
+# model's quantization noise. The CPU provider's own integer kernels against the same QDQ graph
+# computed in float set that floor. Measured on the 128 dev sentences (sm8650), HTP vs CPU / CPU
+# integer vs float: w8a8 93.8% / 94.5%, mp 97.7% / 98.4%, peg 98.4% / 98.4%. W8A8 is fragile on both
+# runtimes (MiniLM's outliers stretch its per-tensor grids), so the issue's 95% is not reachable for it
+# by any implementation that is not bit-exact with ORT's kernels; HTP drifts no more than the floor.
 @needs_qnn
 @pytest.mark.slow
 @pytest.mark.parametrize("scheme, floor", [("w8a8", 0.90), ("mp", 0.95), ("peg", 0.95)])
@@ -315,6 +318,7 @@ def test_fine_tuned_minilm_predicts_the_same_on_htp_and_cpu(minilm_sst2_static, 
     model, _ = quantize(fp32, scheme, ranges)
     result = evaluate_emulated(model, load_task("sst2", "dev", SST2_SAMPLE), qnn.resolve_soc("sm8650"), progress=False)
     assert result.agreement >= floor
+    assert result.agreement >= result.cpu_self_agreement - 0.02
 
 
 # --- the CPU check -----------------------------------------------------------------------------

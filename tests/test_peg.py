@@ -155,8 +155,8 @@ def test_lowered_peg_matches_per_channel_reference(fp32, ranges, scheme, options
     got, want, exact = _fp32_order(peg, last), _fp32_order(ref, last), _fp32_order(fp32, last)
     # Same tensors, same group ranges: the lowering differs from the reference by the rounding of
     # values its float summation order moves across a rounding boundary, far less than the
-    # quantization noise both carry vs FP32 (measured 8-13 dB less on the tiny BERT).
-    assert sqnr_db(want, got) > sqnr_db(exact, got) + 5
+    # quantization noise both carry vs FP32 (measured 15-22 dB less on the tiny BERT).
+    assert sqnr_db(want, got) > sqnr_db(exact, got) + 10
 
 
 @pytest.mark.slow

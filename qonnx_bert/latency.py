@@ -29,12 +29,16 @@ def median_latency_ms(model: onnx.ModelProto, feeds: dict[str, np.ndarray], *, r
 
 
 def side_by_side_latency_ms(models: dict[str, onnx.ModelProto], feeds: dict[str, np.ndarray], *, runs: int = 30,
-                            warmup: int = 5, threads: int | None = None) -> dict[str, float]:
+                            warmup: int = 5, threads: int | None = None, block: int = 10) -> dict[str, float]:
     """Median wall time of one ``session.run`` of each model, in milliseconds, timed in interleaved rounds.
 
-    Each round runs every model once (in a rotating order), so a change in the machine's
-    load during the measurement (a shared 2-core box) falls on all models alike and the
-    ratios between them stay comparable; timing one model after another does not.
+    Each round runs every model for a block of ``block`` timed runs (in a rotating order),
+    so a change in the machine's load during the measurement (a shared 2-core box) falls
+    on all models alike and the ratios between them stay comparable; timing one model
+    after another does not. Each block starts with one untimed run: ONNX Runtime's
+    worker threads spin for a while after a run, and the previous model's spinning
+    threads would otherwise be timed against the next model (on 2 cores that doubled
+    the times of single interleaved runs, measured).
     """
     sessions = {name: cpu_session(model, threads) for name, model in models.items()}
     for session in sessions.values():
@@ -42,11 +46,14 @@ def side_by_side_latency_ms(models: dict[str, onnx.ModelProto], feeds: dict[str,
             session.run(None, feeds)
     names = list(sessions)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(runs):
+    block = max(1, min(block, runs))
+    for r in range(-(-runs // block)):
         for name in names[r % len(names):] + names[: r % len(names)]:
-            start = time.perf_counter()
             sessions[name].run(None, feeds)
-            times[name].append(time.perf_counter() - start)
+            for _ in range(block):
+                start = time.perf_counter()
+                sessions[name].run(None, feeds)
+                times[name].append(time.perf_counter() - start)
     return {name: float(np.median(t) * 1e3) for name, t in times.items()}
 
 

@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes (with --ray on a new local instance: its CPUs)")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run cells as Ray tasks: on a new local Ray instance (no ADDRESS) or on a cluster ('auto', 'ray://HOST:10001'); pip install 'qonnx-bert[ray]'")
-    p.add_argument("--latency-runs", type=int, default=30, help="timed runs per model for the latency column (0: skip)")
+    p.add_argument("--latency-runs", type=int, default=200, help="timed runs per model for the latency column, in interleaved blocks of 10 (0: skip)")
     p.set_defaults(func=run)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import onnx
 
 from qonnx_bert.calibration.calibrate import calibrate
-from qonnx_bert.calibration.ranges import RangeTable
+from qonnx_bert.calibration.ranges import RangeTable, model_fingerprint
 from qonnx_bert.calibration.sources import glue_train_sequences
 from qonnx_bert.errors import UsageError
 from qonnx_bert.evaluate import evaluate
@@ -151,6 +151,24 @@ def fp32_path(cfg: BenchConfig) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         export_model(cfg.model, path)
     return path
+
+
+def check_same_model(cfg: BenchConfig) -> None:
+    """Refuse a results directory whose cached ranges (and so cells) came from another build of the model.
+
+    Fine-tuning is not bit-reproducible across machines, so a checkpoint rebuilt from the same
+    recipe exports with other weights; cells cached for the old build would be mixed silently
+    with new ones, and its ranges do not fit the new export.
+    """
+    exported = fp32_path(cfg)
+    cached = sorted((cfg.out_dir / "ranges").glob("seed*.json"))
+    if not cached:
+        return
+    mine = model_fingerprint(onnx.load(str(exported)))
+    theirs = RangeTable.load(cached[0]).model.get("fingerprint")
+    if theirs != mine:
+        raise UsageError(f"{cfg.out_dir} holds results for another build of {cfg.model} (fingerprint {theirs}, "
+                         f"this export {mine}); pass a new -o directory, or delete {cfg.out_dir} to re-run this task")
 
 
 def ranges_path(cfg: BenchConfig, seed: int) -> Path:

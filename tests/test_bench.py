@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
 
 from qonnx_bert import benchmark
 from qonnx_bert.benchmark import expand_variants, render_leave_one_out, render_peg, render_perf, render_results, render_table
@@ -176,6 +178,21 @@ def test_resume_after_a_killed_cell_recomputes_nothing_done(tmp_path, tiny_onnx,
 
     calls.clear()
     assert main(argv) == 0 and calls == []  # a finished run is all cached
+
+
+def test_results_of_another_build_of_the_model_are_refused(tmp_path, tiny_onnx, tiny_bert_dir, glue_dir, capsys):
+    out = _bench_dir(tmp_path, tiny_onnx)
+    argv = _argv(out, tiny_bert_dir, glue_dir, "w8a8")
+    assert main(argv) == 0
+    rebuilt = onnx.load(str(tiny_onnx))  # the same recipe fine-tuned again: other weights, same graph
+    weight = next(i for i in rebuilt.graph.initializer if i.dims and len(i.dims) == 2)
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * np.float32(1.001), weight.name))
+    onnx.save(rebuilt, str(out / "rte" / "models" / "fp32.onnx"))
+    cells = sorted((out / "rte" / "cells").iterdir())
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds results for another build" in err and "pass a new -o directory" in err and "Traceback" not in err
+    assert sorted((out / "rte" / "cells").iterdir()) == cells  # nothing written or removed
 
 
 def test_ray_missing_is_a_usage_error(tmp_path, tiny_onnx, tiny_bert_dir, glue_dir, monkeypatch, capsys):

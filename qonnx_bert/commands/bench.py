@@ -78,7 +78,7 @@ def _command(args) -> str:
 
 
 def run(args) -> int:
-    from qonnx_bert.benchmark import VARIANTS, expand_variants, fp32_path, render_results, save_record
+    from qonnx_bert.benchmark import VARIANTS, check_same_model, expand_variants, render_results, save_record
     from qonnx_bert.errors import UsageError
     from qonnx_bert.files import atomic_output
 
@@ -92,8 +92,8 @@ def run(args) -> int:
     calibrations = [(cfg, s) for cfg in configs for s in range(args.seeds)] if any(VARIANTS[v].scheme for v in variants) else []
     records = []
     with _executor(args) as pool:  # enters first: a missing Ray fails before any work
-        for cfg in configs:  # export once per task, here, before fanning out
-            fp32_path(cfg)
+        for cfg in configs:  # export once per task (and refuse another build's cache), here, before fanning out
+            check_same_model(cfg)
         for done in pool.map(_calibrate_one, calibrations):
             logger.debug("calibrated %s", done)
         for record in pool.map(_run_one, jobs):

@@ -48,8 +48,7 @@ def _logits(model, texts=TEXTS):
 @pytest.mark.parametrize("k", [1, 3, 6, HIDDEN])
 @pytest.mark.parametrize("permute", [False, True])
 @pytest.mark.parametrize("unit_groups", [1, 3])
-@pytest.mark.parametrize("merge", [False, True])
-def test_fp32_rewrite_is_exact(fp32, k, permute, unit_groups, merge):
+def test_fp32_rewrite_is_exact(fp32, k, permute, unit_groups):
     prepared = prepare(fp32)
     roles = find_roles(prepared)
     model = ir.from_proto(prepared)
@@ -57,7 +56,7 @@ def test_fp32_rewrite_is_exact(fp32, k, permute, unit_groups, merge):
     moved = {}
     for layer in range(roles.num_layers):
         units = np.array_split(rng.permutation(2 * HIDDEN), unit_groups) if unit_groups > 1 else None  # scattered GELU units
-        moved |= split_ffn(model.graph, roles.roles, layer, equal_groups(rng.uniform(size=HIDDEN), k, permute), units, merge_output=merge).permuted
+        moved |= split_ffn(model.graph, roles.roles, layer, equal_groups(rng.uniform(size=HIDDEN), k, permute), units).permuted
     rewritten = ir.to_proto(model)
     # Only float32 summation order changes (K partial MatMuls): the issue's bound is 1e-4.
     assert np.abs(_logits(rewritten) - _logits(prepared)).max() <= 1e-4
@@ -69,9 +68,7 @@ def test_fp32_rewrite_is_exact(fp32, k, permute, unit_groups, merge):
     for name, got, want in zip(names, _tensors(rewritten, names), _tensors(prepared, names), strict=True):
         np.testing.assert_allclose(got, want[..., moved[name]] if name in moved else want, atol=1e-4)
     # 6 attention MatMuls, K for the first FFN dense layer and K * (GELU unit groups) for the second, per layer
-    # (merged: one per GELU unit group, over all hidden dimensions, split into the K groups after it)
-    second = unit_groups if merge and k > 1 else k * unit_groups
-    assert sum(n.op_type == "MatMul" for n in rewritten.graph.node) == roles.num_layers * (6 + k + second)
+    assert sum(n.op_type == "MatMul" for n in rewritten.graph.node) == roles.num_layers * (6 + k + k * unit_groups)
 
 
 @pytest.fixture(scope="module")
@@ -215,39 +212,19 @@ def test_group_matmuls_use_integer_kernels(fp32, ranges, tmp_path, target):
     options.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(peg.SerializeToString(), options, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
-    # The first dense layer's 3 partial products are summed unrounded: cpu, an integer MatMul with a float
+    # per layer: 6 attention MatMuls and the 3 group MatMuls of the second dense layer, uint8 in and out
+    assert ops.count("QLinearMatMul") == 2 * (6 + 3)
+    # the first dense layer's 3 partial products are summed unrounded: cpu, an integer MatMul with a float
     # output (the CPU provider's MatMulIntegerToFloat); portable, in uint16 (HTP runs a16w8 natively;
     # the CPU provider, with no 16-bit kernels, on float activations: MatMulNBits with the int8 weights).
-    # The second: portable, 3 group MatMuls, uint8 in and out; cpu, one MatMulIntegerToFloat split after it.
-    # FFN inputs and residual sums: float / uint16. Per layer, 6 attention MatMuls besides.
+    # FFN inputs and residual sums: float / uint16.
     if target == "cpu":
-        second = 1
-        assert ops.count("QLinearMatMul") == 2 * 6 and ops.count("MatMulIntegerToFloat") == 2 * (3 + second)
-        assert "MatMul" not in ops and 16 not in report.activation_bits
+        assert ops.count("MatMulIntegerToFloat") == 2 * 3 and "MatMul" not in ops and 16 not in report.activation_bits
     else:
-        second = 3
-        assert ops.count("QLinearMatMul") == 2 * (6 + second) and ops.count("MatMulNBits") == 2 * 3
-        assert "MatMul" not in ops and report.activation_bits.get(16, 0) >= 4 + 2 * 3
+        assert ops.count("MatMulNBits") == 2 * 3 and "MatMul" not in ops and report.activation_bits.get(16, 0) >= 4 + 2 * 3
     # `qonnx check --ep cpu` says so: the uint16 partial products are MatMuls on float activations
-    fused = 2 * (6 + second) + (2 * 3 if target == "cpu" else 0)
-    assert f"MatMul: {fused} of {2 * (6 + 3 + second)} QDQ units fused into integer kernels" in check_cpu(peg).summary
-
-
-def test_cpu_merged_second_dense_layer_keeps_each_groups_weight_scale(fp32, ranges):
-    """NumPy reference: ``--target cpu`` runs the second dense layer as one MatMul over all groups;
-    each group's columns keep the symmetric int8 grid of their own largest weight, as K split MatMuls would."""
-    peg, _ = quantize(fp32, "peg", ranges, groups=3, target="cpu", intermediate_groups=1)
-    rewritten = _rewritten_fp32(fp32, ranges, groups=3, target="cpu", intermediate_groups=1)
-    inits = {i.name: numpy_helper.to_array(i) for i in peg.graph.initializer}
-    split = next(n for n in rewritten.graph.node if n.name == "layer0.peg.output")  # the FFN output, split after the MatMul
-    sizes = {i.name: numpy_helper.to_array(i) for i in rewritten.graph.initializer}[split.input[1]]
-    w = {i.name: numpy_helper.to_array(i) for i in rewritten.graph.initializer}["layer0.peg.w2.0"]
-    dq = next(n for n in peg.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "layer0.peg.w2.0_quantized")
-    scale, q = inits[dq.input[1]], inits[dq.input[0]]
-    want = np.concatenate([np.full(len(c), np.abs(w[:, c]).max() / 127) for c in np.split(np.arange(w.shape[1]), np.cumsum(sizes)[:-1])])
-    assert len(sizes) == 3 and len(np.unique(scale)) == 3
-    np.testing.assert_allclose(scale, want, rtol=1e-6)
-    np.testing.assert_array_equal(q, np.clip(np.round(w / want), -127, 127))
+    fused = 2 * (6 + 3) + (2 * 3 if target == "cpu" else 0)
+    assert f"MatMul: {fused} of {2 * (6 + 3 + 3)} QDQ units fused into integer kernels" in check_cpu(peg).summary
 
 
 def test_each_group_has_its_own_scale(fp32, ranges):
@@ -281,7 +258,7 @@ def test_each_ffn_input_group_is_rounded_once_on_its_own_grid(fp32, ranges, targ
     peg, _ = quantize(fp32, "peg-equal", ranges, groups=4, no_permute=True, target=target)
     producers = {o: n for n in peg.graph.node for o in n.output}
     inits = {i.name: numpy_helper.to_array(i) for i in peg.graph.initializer}
-    splits = [n for n in peg.graph.node if n.op_type == "Split" and n.name.endswith(".peg.x")]  # the FFN inputs' Splits
+    splits = [n for n in peg.graph.node if n.op_type == "Split"]
     assert len(splits) == find_roles(fp32).num_layers
     for split in splits:
         source = _float_source(producers, split.input[0])

@@ -16,15 +16,6 @@ is rewritten, exactly in FP32, as
 so that the FFN input, output and residual sum of each group are separate
 tensors, each quantized per-tensor with its own range.
 
-With ``merge_output`` (for runtimes that sum partial products in float: ``--target cpu``)
-the second dense layer stays one MatMul and its output is split instead, also exact:
-
-    y   = h (W2 P) + b2 P;   y_g = Split(y)_g
-
-K MatMuls of a few output columns each cost more than one of all of them (each re-reads
-``h``); the caller quantizes each column group of ``W2 P`` with its own scale, so the
-integer products are those of the K split MatMuls.
-
 With intermediate groups ``H_1..H_J`` (a partition of the FFN's intermediate
 units, contiguous after a permutation ``Q`` folded into W1's columns, b1 and W2's
 rows: exact, Gelu acts elementwise), the GELU output is split too:
@@ -119,8 +110,7 @@ class SplitResult:
     ``group_nodes``: the Split, whose per-group Q/DQ ONNX Runtime's quantizer
     must not unify. ``whole``: the tensors that carry every group at once (the
     FFN input before the Split, the residual sum after the Concat, and their
-    permuted copies; merged, the FFN output before its Split); quantized on one
-    8-bit grid they would undo PEG.
+    permuted copies); quantized on one 8-bit grid they would undo PEG.
     ``float_nodes``: the nodes that read or write those tensors (the two
     LayerNorms, the permutation Gathers, the Concat), which a runtime computing
     them in float can leave unquantized. ``partials``: the per-group partial
@@ -129,9 +119,6 @@ class SplitResult:
     rounding each partial product to 8 bits would add noise PEG does not have.
     ``permuted``: tensors that keep their name but now hold their FP32 values
     permuted along the last axis (``{name: perm}``), for tools that compare them.
-    ``column_groups``: merged second-layer weights and the sizes of their column groups
-    (``merge_output``), each group to be quantized with its own per-tensor scale, as the
-    K split weights would be.
     """
 
     group_nodes: list[str]
@@ -140,7 +127,6 @@ class SplitResult:
     partials: list[str] = field(default_factory=list)
     accumulate_nodes: list[str] = field(default_factory=list)
     permuted: dict[str, np.ndarray] = field(default_factory=dict)
-    column_groups: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _partition(groups: list[np.ndarray], width: int, layer: int, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -152,12 +138,8 @@ def _partition(groups: list[np.ndarray], width: int, layer: int, what: str) -> t
 
 
 def split_ffn(graph: ir.Graph, roles: dict[str, str], layer: int, groups: list[np.ndarray],
-              intermediate: list[np.ndarray] | None = None, *, merge_output: bool = False) -> SplitResult:
-    """Rewrite ``layer``'s FFN into groups of hidden dimensions (and of intermediate units) in place.
-
-    ``merge_output``: the second dense layer as one MatMul per group of intermediate units over
-    all hidden dimensions, its output split into the groups after the bias (see the module docstring).
-    """
+              intermediate: list[np.ndarray] | None = None) -> SplitResult:
+    """Rewrite ``layer``'s FFN into groups of hidden dimensions (and of intermediate units) in place."""
     ffn = find_ffn(graph, roles, layer)
     w1, w2 = _const(ffn.matmul1.inputs[1], layer, "W1"), _const(ffn.matmul2.inputs[1], layer, "W2")
     perm, cuts = _partition(groups, w1.shape[0], layer, "hidden")
@@ -186,22 +168,13 @@ def split_ffn(graph: ir.Graph, roles: dict[str, str], layer: int, groups: list[n
     b.anchor = ffn.residual
     h = ffn.matmul2.inputs[0]
     hs = b.node("Split", [h, b.const("h_sizes", np.diff(inner_cuts))], "h", {"axis": -1}, len(inner_cuts) - 1) if len(inner_cuts) > 2 else [h]
-    if merge_output and grouped:
-        weights = [b.const(f"w2.{j}", w2[inner_cuts[j] : inner_cuts[j + 1]]) for j in range(len(hs))]
-        column_groups = dict.fromkeys((w.name for w in weights), np.diff(cuts))
-        y = sum_of([b.node("MatMul", [hj, w], f"out_matmul.{j}")[0] for j, (hj, w) in enumerate(zip(hs, weights))], "out_partial_sum")
-        sum_of.partials.append(y.name)  # the dense layer's one accumulator, unrounded like its summands
-        y = b.node("Add", [y, b.const("b2", b2)], "output_all")[0]
-        whole.append(y)
-        ys = b.node("Split", [y, b.const("sizes_output", np.diff(cuts))], "output", {"axis": -1}, len(groups))
-    else:
-        ys, column_groups = [], {}
-        for g in range(len(xs)):
-            tags = [f"{g}" if len(hs) == 1 else f"{g}.{j}" for j in range(len(hs))]
-            yg = sum_of([b.node("MatMul", [hj, b.const(f"w2.{tag}", w2[inner_cuts[j] : inner_cuts[j + 1], cuts[g] : cuts[g + 1]])], f"out_matmul.{tag}")[0]
-                         for j, (hj, tag) in enumerate(zip(hs, tags))], f"out_partial_sum.{g}")
-            ys.append(b.node("Add", [yg, b.const(f"b2.{g}", b2[cuts[g] : cuts[g + 1]])], f"output.{g}")[0])
-    sums = [b.node("Add", [yg, xg], f"residual_sum.{g}")[0] for g, (yg, xg) in enumerate(zip(ys, xs))]
+    sums = []
+    for g, xg in enumerate(xs):
+        tags = [f"{g}" if len(hs) == 1 else f"{g}.{j}" for j in range(len(hs))]
+        yg = sum_of([b.node("MatMul", [hj, b.const(f"w2.{tag}", w2[inner_cuts[j] : inner_cuts[j + 1], cuts[g] : cuts[g + 1]])], f"out_matmul.{tag}")[0]
+                     for j, (hj, tag) in enumerate(zip(hs, tags))], f"out_partial_sum.{g}")
+        yg = b.node("Add", [yg, b.const(f"b2.{g}", b2[cuts[g] : cuts[g + 1]])], f"output.{g}")[0]
+        sums.append(b.node("Add", [yg, xg], f"residual_sum.{g}")[0])
     s = b.node("Concat", sums, "residual_sum_permuted", {"axis": -1})[0] if grouped else sums[0]
     whole += [s] if grouped else []
     if permuted:
@@ -209,12 +182,12 @@ def split_ffn(graph: ir.Graph, roles: dict[str, str], layer: int, groups: list[n
         whole += [s] if grouped else []
     _replace(graph, ffn, s)
     whole += [h] if len(hs) > 1 else []
-    split = [f"layer{layer}.peg.{t}" for t, parts in (("x", xs), ("h", hs), ("output", ys if merge_output else [])) if len(parts) > 1]
+    split = [f"layer{layer}.peg.{t}" for t, parts in (("x", xs), ("h", hs)) if len(parts) > 1]
     if not split:  # a permutation alone: no group tensors, nothing to keep apart
         return SplitResult([], [], [], permuted=moved)
     touching = {v.producer() for v in whole} | {u.node for v in whole for u in v.uses()}
     return SplitResult(split, [v.name for v in whole], sorted(n.name for n in touching if n is not None and n.name not in split),
-                       sum_of.partials, sum_of.nodes, moved, column_groups)
+                       sum_of.partials, sum_of.nodes, moved)
 
 
 class _Accumulator:

@@ -27,11 +27,7 @@ the Split, the residual sum after the Concat) depends on ``--target``:
   anyway, so these tensors are left unquantized: the groups go straight from
   their own uint8 grids into the LayerNorms, with no 16-bit detour (measured on
   MiniLM-L6 at K=2: 175 -> 55 Q/DQ nodes in the graph the CPU provider runs,
-  1.21x -> 1.10x W8A8 latency; ``bench/results/``). The second dense layer stays
-  one MatMul per group of GELU units (``split_ffn(merge_output=True)``), split into
-  the groups after its bias; each group's columns keep the int8 scale of their own
-  weights (per-channel weight overrides holding one scale per group), so its integer
-  products are those of the K split MatMuls. Not for QNN HTP.
+  1.21x -> 1.10x W8A8 latency; ``bench/results/``). Not for QNN HTP.
 
 Split gets one Q/DQ per group output (ORT's Split handler would force its
 input's scale on every output, so Split is excluded from ORT's quantizer).
@@ -197,7 +193,7 @@ class PegScheme:
         results = []
         for layer, groups in chosen.hidden.items():
             in_graph = groups if position is None else [np.sort(position[g]) for g in groups]
-            results.append(split_ffn(model.graph, ctx.roles.roles, layer, in_graph, chosen.units[layer], merge_output=opts.target == "cpu"))
+            results.append(split_ffn(model.graph, ctx.roles.roles, layer, in_graph, chosen.units[layer]))
             permuted |= results[-1].permuted
         RemoveUnusedNodesPass()(model)
         rewritten = ir.to_proto(model)
@@ -227,23 +223,10 @@ def _precision(target: str, model: onnx.ModelProto, results: list) -> dict:
     partials = [t for r in results for t in r.partials]
     exclude = [n for r in results for n in r.group_nodes]
     if target == "cpu":
-        return {"exclude_nodes": exclude + [n for r in results for n in r.float_nodes + r.accumulate_nodes], "float_tensors": partials,
-                "overrides": _group_weight_scales(model, {k: v for r in results for k, v in r.column_groups.items()})}
+        return {"exclude_nodes": exclude + [n for r in results for n in r.float_nodes + r.accumulate_nodes], "float_tensors": partials}
     readers = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.output[0] in set(partials)]
     overrides = int16_overrides(model, whole + partials, readers=readers) if whole else {}
     return {"exclude_nodes": exclude, "overrides": overrides, "uint16_readers": readers}
-
-
-def _group_weight_scales(model: onnx.ModelProto, column_groups: dict[str, np.ndarray]) -> dict[str, list[dict]]:
-    """ORT per-channel weight overrides (axis 1) that give each column group of a merged weight
-    the symmetric int8 scale of its own largest magnitude: the int8 weights of the split MatMuls."""
-    weights = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.name in column_groups}
-    overrides = {}
-    for name, sizes in column_groups.items():
-        overrides[name] = [{"axis": 1, "rmin": -float(peak), "rmax": float(peak)}
-                           for part in np.split(weights[name], np.cumsum(sizes)[:-1], axis=1)
-                           for peak in [np.abs(part).max()] * part.shape[1]]
-    return overrides
 
 
 def _notes(opts: PegOptions, chosen: PegGroups) -> list[str]:

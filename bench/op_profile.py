@@ -17,9 +17,9 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from qonnx_bert.calibration.sources import shipped_sentences
-from qonnx_bert.encode import Encoder
-from qonnx_bert.latency import full_length_feeds
+from qonnx_bert.benchmarks.latency import full_length_feeds
+from qonnx_bert.inputs.encode import Encoder
+from qonnx_bert.inputs.sequences import shipped_sentences
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "bench" / "results" / "glue-minilm-l6" / "rte" / "models"
@@ -44,7 +44,19 @@ def profile(path: Path, feeds: dict, runs: int, tmp: Path) -> tuple[dict[str, fl
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["w8a8", "peg-outlier-k2-folded-cpu", "peg-outlier-k2-folded-gelu-cpu", "peg-outlier-k2-folded", "peg-outlier-k6-folded-cpu", "peg-outlier-k6-folded", "peg-outlier-k6-folded-gelu"])
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=[
+            "w8a8",
+            "peg-outlier-k2-folded-cpu",
+            "peg-outlier-k2-folded-gelu-cpu",
+            "peg-outlier-k2-folded",
+            "peg-outlier-k6-folded-cpu",
+            "peg-outlier-k6-folded",
+            "peg-outlier-k6-folded-gelu",
+        ],
+    )
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "op-profile-rte.md")
     args = p.parse_args()
@@ -55,13 +67,26 @@ def main() -> int:
     for f in tmp.iterdir():
         f.unlink()
     tmp.rmdir()
-    ops = sorted({op for t, _ in results.values() for op in t}, key=lambda op: -max(r[0].get(op, 0) for r in results.values()))
-    lines = ["# Kernel time per op type (RTE models, CPU provider, b=1, T=128)", "",
-             f"ms per run, summed over nodes, mean of {args.runs} runs (`bench/op_profile.py`); nodes in brackets.", "",
-             "| op | " + " | ".join(args.models) + " |", "|---|" + "---:|" * len(args.models)]
+    ops = sorted(
+        {op for t, _ in results.values() for op in t}, key=lambda op: -max(r[0].get(op, 0) for r in results.values())
+    )
+    lines = [
+        "# Kernel time per op type (RTE models, CPU provider, b=1, T=128)",
+        "",
+        f"ms per run, summed over nodes, mean of {args.runs} runs (`bench/op_profile.py`); nodes in brackets.",
+        "",
+        "| op | " + " | ".join(args.models) + " |",
+        "|---|" + "---:|" * len(args.models),
+    ]
     for op in ops:
-        lines.append(f"| {op} | " + " | ".join(f"{results[m][0].get(op, 0):.2f} ({results[m][1].get(op, 0)})" for m in args.models) + " |")
-    lines.append("| **all kernels** | " + " | ".join(f"**{sum(results[m][0].values()):.2f}**" for m in args.models) + " |")
+        lines.append(
+            f"| {op} | "
+            + " | ".join(f"{results[m][0].get(op, 0):.2f} ({results[m][1].get(op, 0)})" for m in args.models)
+            + " |"
+        )
+    lines.append(
+        "| **all kernels** | " + " | ".join(f"**{sum(results[m][0].values()):.2f}**" for m in args.models) + " |"
+    )
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -23,17 +23,17 @@ from pathlib import Path
 import onnx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # tests.peg_reference
+sys.path.insert(0, str(ROOT))  # qonnx_bert.analysis.peg_reference
 
+from qonnx_bert.analysis.evaluate import evaluate  # noqa: E402
+from qonnx_bert.analysis.peg_reference import per_channel_reference  # noqa: E402
 from qonnx_bert.calibration.calibrate import calibrate  # noqa: E402
-from qonnx_bert.calibration.sources import glue_train_sequences  # noqa: E402
-from qonnx_bert.evaluate import evaluate  # noqa: E402
-from qonnx_bert.export import export_model  # noqa: E402
-from qonnx_bert.files import atomic_output  # noqa: E402
-from qonnx_bert.glue import load_task  # noqa: E402
-from qonnx_bert.latency import agreement, sqnr_db  # noqa: E402
-from qonnx_bert.quantize import quantize  # noqa: E402
-from tests.peg_reference import per_channel_reference  # noqa: E402
+from qonnx_bert.core.files import atomic_output  # noqa: E402
+from qonnx_bert.core.metrics import argmax_agreement, sqnr_db  # noqa: E402
+from qonnx_bert.inputs.export import export_model  # noqa: E402
+from qonnx_bert.inputs.glue import load_task  # noqa: E402
+from qonnx_bert.inputs.sequences import glue_train_sequences  # noqa: E402
+from qonnx_bert.quantize.api import quantize  # noqa: E402
 
 CONFIGS = {
     "peg (K=6, outlier-aware, folded, GELU groups), portable": ("peg", {"target": "portable"}),
@@ -61,22 +61,36 @@ def main() -> int:
         lowered, _ = quantize(fp32, scheme, ranges, **options)
         got = evaluate(lowered, dev, progress=False)
         want = evaluate(per_channel_reference(fp32, ranges, scheme, **options), dev, progress=False)
-        rows.append({"configuration": label, "scheme": scheme, "options": options,
-                     "lowered_score": got.metrics["score"], "reference_score": want.metrics["score"],
-                     "agreement": agreement(want.logits, got.logits),
-                     "sqnr_lowered_vs_reference_db": sqnr_db(want.logits, got.logits),
-                     "sqnr_reference_vs_fp32_db": sqnr_db(exact.logits, want.logits),
-                     "sqnr_lowered_vs_fp32_db": sqnr_db(exact.logits, got.logits)})
+        rows.append(
+            {
+                "configuration": label,
+                "scheme": scheme,
+                "options": options,
+                "lowered_score": got.metrics["score"],
+                "reference_score": want.metrics["score"],
+                "agreement": argmax_agreement(want.logits, got.logits),
+                "sqnr_lowered_vs_reference_db": sqnr_db(want.logits, got.logits),
+                "sqnr_reference_vs_fp32_db": sqnr_db(exact.logits, want.logits),
+                "sqnr_lowered_vs_fp32_db": sqnr_db(exact.logits, got.logits),
+            }
+        )
         print(rows[-1], flush=True)
     record = {"task": args.task, "num_examples": exact.num_examples, "fp32_score": exact.metrics["score"], "rows": rows}
     with atomic_output(out.with_suffix(".json")) as tmp_json:
         tmp_json.write_text(json.dumps(record, indent=1))
-    lines = [f"# Lowered PEG vs its per-channel reference ({args.task}, {exact.num_examples} dev examples, FP32 {exact.metrics['score']:.2f})", "",
-             "`bench/peg_reference.py`; logit SQNR in dB, CPU provider.", "",
-             "| configuration | lowered | reference | same prediction | SQNR lowered vs reference | SQNR reference vs FP32 | SQNR lowered vs FP32 |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['configuration']} | {r['lowered_score']:.2f} | {r['reference_score']:.2f} | {100 * r['agreement']:.1f}% | "
-              f"{r['sqnr_lowered_vs_reference_db']:.1f} | {r['sqnr_reference_vs_fp32_db']:.1f} | {r['sqnr_lowered_vs_fp32_db']:.1f} |" for r in rows]
+    lines = [
+        f"# Lowered PEG vs its per-channel reference ({args.task}, {exact.num_examples} dev examples, FP32 {exact.metrics['score']:.2f})",
+        "",
+        "`bench/peg_reference.py`; logit SQNR in dB, CPU provider.",
+        "",
+        "| configuration | lowered | reference | same prediction | SQNR lowered vs reference | SQNR reference vs FP32 | SQNR lowered vs FP32 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['configuration']} | {r['lowered_score']:.2f} | {r['reference_score']:.2f} | {100 * r['agreement']:.1f}% | "
+        f"{r['sqnr_lowered_vs_reference_db']:.1f} | {r['sqnr_reference_vs_fp32_db']:.1f} | {r['sqnr_lowered_vs_fp32_db']:.1f} |"
+        for r in rows
+    ]
     with atomic_output(out.with_suffix(".md")) as tmp_md:
         tmp_md.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

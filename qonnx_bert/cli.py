@@ -14,9 +14,23 @@ import os
 import sys
 
 from qonnx_bert import __version__
-from qonnx_bert.errors import UsageError
+from qonnx_bert.core.errors import UsageError
 
-COMMANDS = ("export", "calibrate", "quantize", "eval", "check", "compile", "demo", "models", "estimators", "bench", "debug", "outliers", "report")
+COMMANDS = (
+    "export",
+    "calibrate",
+    "quantize",
+    "eval",
+    "check",
+    "compile",
+    "demo",
+    "models",
+    "estimators",
+    "bench",
+    "debug",
+    "outliers",
+    "report",
+)
 
 
 class _Parser(argparse.ArgumentParser):

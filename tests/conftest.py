@@ -29,7 +29,7 @@ def tensor_values(model, tensor: str, texts: list[str]):
     import onnx
     import onnxruntime as ort
 
-    from qonnx_bert.encode import Encoder
+    from qonnx_bert.inputs.encode import Encoder
 
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
@@ -48,8 +48,8 @@ def plant_gelu_outlier(model, layer: int = 0, unit: int = 5, dim: int = 7, facto
     import onnx
     from onnx import numpy_helper
 
-    from qonnx_bert.passes.prepare import prepare
-    from qonnx_bert.roles import find_roles
+    from qonnx_bert.graph.prepare import prepare
+    from qonnx_bert.graph.roles import find_roles
 
     prepared = prepare(model)
     roles = find_roles(prepared)
@@ -84,8 +84,13 @@ def build_tiny_bert(out_dir: Path, *, num_labels: int = 2, layers: int = 2, seed
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     config = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=512, num_labels=num_labels,
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=num_labels,
     )
     torch.manual_seed(seed)
     BertForSequenceClassification(config).eval().save_pretrained(out_dir)
@@ -106,7 +111,7 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_bert_dir, tmp_path_factory) -> Path:
-    from qonnx_bert.export import export_model
+    from qonnx_bert.inputs.export import export_model
 
     out = tmp_path_factory.mktemp("tiny_onnx") / "tiny.onnx"
     export_model(str(tiny_bert_dir), out)
@@ -116,7 +121,7 @@ def tiny_onnx(tiny_bert_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def minilm_onnx(tmp_path_factory) -> Path:
     """The packaged MiniLM-L6 (6 layers, hidden 384) exported with a seeded 2-label head."""
-    from qonnx_bert.export import export_model
+    from qonnx_bert.inputs.export import export_model
 
     out = tmp_path_factory.mktemp("minilm") / "minilm.onnx"
     export_model("minilm-l6", out)
@@ -131,11 +136,19 @@ def minilm_sst2_static(tmp_path_factory) -> Path:
     predictions have real margins: the packaged MiniLM's head is untrained. About a minute
     on 2 cores; 1x64 holds every SST-2 sample sentence and halves the emulator's time.
     """
-    from qonnx_bert.export import export_model
-    from qonnx_bert.finetune import finetune
+    from qonnx_bert.inputs.export import export_model
+    from qonnx_bert.inputs.finetune import finetune
 
     tmp = tmp_path_factory.mktemp("minilm_sst2")
-    recipe = {"base": "minilm-l6", "task": "sst2", "epochs": 2, "max_train_examples": 512, "batch_size": 16, "lr": 2e-4, "max_length": 64}
+    recipe = {
+        "base": "minilm-l6",
+        "task": "sst2",
+        "epochs": 2,
+        "max_train_examples": 512,
+        "batch_size": 16,
+        "lr": 2e-4,
+        "max_length": 64,
+    }
     record = finetune(recipe, SST2_SAMPLE, tmp / "checkpoint", progress=False)
     assert record["dev"]["accuracy"] > 0.7  # a trained head, well above chance (measured 0.75 on the 128 dev sentences)
     path = tmp / "minilm_sst2_1x64.onnx"

@@ -11,9 +11,16 @@ import pytest
 from onnx import numpy_helper
 
 from qonnx_bert import benchmark
-from qonnx_bert.benchmark import expand_variants, render_leave_one_out, render_peg, render_perf, render_results, render_table
+from qonnx_bert.benchmarks.glue_bench import (
+    expand_variants,
+    render_leave_one_out,
+    render_peg,
+    render_perf,
+    render_results,
+    render_table,
+)
 from qonnx_bert.cli import main
-from qonnx_bert.errors import UsageError
+from qonnx_bert.core.errors import UsageError
 
 # The paper's numbers (BERT-base) for a few rows, as a run's results.json would hold them.
 RESULTS = {
@@ -78,7 +85,12 @@ def test_results_page_has_each_section_once_and_loo_rows_only_in_table2():
     page = render_results(RESULTS)
     heads = [line for line in page.splitlines() if line.startswith("## ")]
     assert [h.split(" (")[0].split(":")[0] for h in heads] == [
-        "## GLUE dev scores", "## Leave-one-out", "## Per-embedding-group quantization", "## Size and latency", "## Run"]
+        "## GLUE dev scores",
+        "## Leave-one-out",
+        "## Per-embedding-group quantization",
+        "## Size and latency",
+        "## Run",
+    ]
     main_table = page.split("## Leave-one-out")[0]
     assert "| W32A8 | 53.07 | 82.87 | 67.97 |" in main_table and "FFN output" not in main_table
     assert TABLE2 in page and TABLE5 in page
@@ -96,7 +108,7 @@ def test_aliases_expand_and_unknown_rows_are_refused():
 @pytest.fixture(scope="module")
 def tiny_ranges(tiny_onnx, glue_dir):
     from qonnx_bert.calibration.calibrate import calibrate
-    from qonnx_bert.calibration.sources import glue_train_sequences
+    from qonnx_bert.inputs.sequences import glue_train_sequences
 
     return calibrate(onnx.load(str(tiny_onnx)), glue_train_sequences("rte", glue_dir, 16, 0), progress=False)
 
@@ -106,10 +118,10 @@ def _quantizer_inputs(model: onnx.ModelProto) -> set[str]:
 
 
 def test_leave_one_out_removes_exactly_the_family_quantizers(tiny_onnx, tiny_ranges):
-    from qonnx_bert.passes.prepare import prepare
-    from qonnx_bert.quantize import quantize
-    from qonnx_bert.roles import find_roles
-    from qonnx_bert.schemes.leave_one_out import quantize_leave_one_out
+    from qonnx_bert.analysis.leave_one_out import quantize_leave_one_out
+    from qonnx_bert.graph.prepare import prepare
+    from qonnx_bert.graph.roles import find_roles
+    from qonnx_bert.quantize.api import quantize
 
     fp32 = onnx.load(str(tiny_onnx))
     roles = find_roles(prepare(fp32)).roles
@@ -131,7 +143,7 @@ def test_leave_one_out_removes_exactly_the_family_quantizers(tiny_onnx, tiny_ran
 
 
 def test_leave_one_out_pattern_must_match(tiny_onnx, tiny_ranges):
-    from qonnx_bert.schemes.leave_one_out import quantize_leave_one_out
+    from qonnx_bert.analysis.leave_one_out import quantize_leave_one_out
 
     with pytest.raises(UsageError, match="matches no role"):
         quantize_leave_one_out(onnx.load(str(tiny_onnx)), tiny_ranges, ["layer.*.ffn.nothing"])
@@ -145,8 +157,25 @@ def _bench_dir(tmp_path, tiny_onnx):
 
 
 def _argv(out, tiny_bert_dir, glue_dir, schemes, *extra):
-    return ["bench", "glue", "--model", str(tiny_bert_dir), "--tasks", "rte", "--schemes", schemes, "--data-dir", str(glue_dir),
-            "-o", str(out), "--limit", "8", "--latency-runs", "0", *extra]
+    return [
+        "bench",
+        "glue",
+        "--model",
+        str(tiny_bert_dir),
+        "--tasks",
+        "rte",
+        "--schemes",
+        schemes,
+        "--data-dir",
+        str(glue_dir),
+        "-o",
+        str(out),
+        "--limit",
+        "8",
+        "--latency-runs",
+        "0",
+        *extra,
+    ]
 
 
 def test_resume_after_a_killed_cell_recomputes_nothing_done(tmp_path, tiny_onnx, tiny_bert_dir, glue_dir, monkeypatch):
@@ -215,7 +244,7 @@ def test_ray_local_instance_runs_the_cells(tmp_path, tiny_onnx, tiny_bert_dir, g
 
 
 def test_report_gathers_tables_and_plots(tmp_path):
-    from qonnx_bert.report import build_report
+    from qonnx_bert.benchmarks.report import build_report
 
     root = tmp_path / "run"
     (root / "plots").mkdir(parents=True)

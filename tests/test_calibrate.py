@@ -7,17 +7,23 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from qonnx_bert.calibration.calibrate import calibrate, sample_sequences
+from qonnx_bert.calibration.calibrate import calibrate
 from qonnx_bert.calibration.ranges import RangeTable
 from qonnx_bert.calibration.tensors import quantizable_tensors
-from qonnx_bert.encode import Encoder
-from qonnx_bert.errors import UsageError
-from qonnx_bert.passes.prepare import MASK_FILL, prepare
+from qonnx_bert.core.errors import UsageError
+from qonnx_bert.graph.prepare import MASK_FILL, prepare
+from qonnx_bert.inputs.encode import Encoder
+from qonnx_bert.inputs.sequences import sample_sequences
 
 TEXTS = [
-    "a b", "the quick brown fox jumps over the lazy dog again and again",
-    "short", "one two three four five six", "lorem ipsum dolor sit amet consectetur",
-    "x y z", "it was the best of times, it was the worst of times", "hello",
+    "a b",
+    "the quick brown fox jumps over the lazy dog again and again",
+    "short",
+    "one two three four five six",
+    "lorem ipsum dolor sit amet consectetur",
+    "x y z",
+    "it was the best of times, it was the worst of times",
+    "hello",
 ]
 
 
@@ -61,17 +67,24 @@ def test_mask_path_keeps_its_fill_value(tiny_onnx):
 def test_per_channel_stats_match_per_tensor(tiny_onnx):
     model = onnx.load(str(tiny_onnx))
     table = calibrate(model, sample_sequences(TEXTS, None, len(TEXTS), 0, "test"), batch_size=4, progress=False)
-    assert {r.split(".", 2)[2] for r in table.per_channel} == {"ffn.input", "ffn.output", "ffn.residual_sum", "ffn.gelu"}
+    assert {r.split(".", 2)[2] for r in table.per_channel} == {
+        "ffn.input",
+        "ffn.output",
+        "ffn.residual_sum",
+        "ffn.gelu",
+    }
     for role, entry in table.per_channel.items():
         assert len(entry["min"]) == (64 if role.endswith("gelu") else 32)  # tiny BERT: hidden 32, intermediate 64
         per_tensor = table.tensors[entry["tensor"]]
-        assert min(entry["min"]) == pytest.approx(per_tensor["min"]) and max(entry["max"]) == pytest.approx(per_tensor["max"]), role
+        assert min(entry["min"]) == pytest.approx(per_tensor["min"]) and max(entry["max"]) == pytest.approx(
+            per_tensor["max"]
+        ), role
 
 
 def test_static_shape_masks_tokens_not_equally_sized_channels(tiny_onnx, tiny_bert_dir, tmp_path):
     """At --static-shape 1,32 the tiny BERT's hidden size equals the sequence length: padding
     must be excluded along the token axis only, so every range matches the dynamic export's."""
-    from qonnx_bert.export import export_model
+    from qonnx_bert.inputs.export import export_model
 
     static = tmp_path / "tiny_1x32.onnx"
     export_model(str(tiny_bert_dir), static, static_shape=(1, 32))
@@ -115,13 +128,15 @@ def test_ort_cache_is_readable_by_onnxruntime(tiny_onnx, tmp_path):
 
 def test_nan_activation_names_tensor_and_role(tiny_onnx):
     """A NaN bias in layer 0's FFN: the first tensor it reaches is named, with its role."""
-    from qonnx_bert.roles import find_roles
+    from qonnx_bert.graph.roles import find_roles
 
     model = onnx.load(str(tiny_onnx))
     target = find_roles(prepare(model)).tensor("layer.0.ffn.intermediate")
     add = next(n for n in model.graph.node if target in n.output)
     bias = next(i for i in model.graph.initializer if i.name in add.input)
-    poisoned = onnx.numpy_helper.from_array(np.full(onnx.numpy_helper.to_array(bias).shape, np.nan, np.float32), "poisoned_bias")
+    poisoned = onnx.numpy_helper.from_array(
+        np.full(onnx.numpy_helper.to_array(bias).shape, np.nan, np.float32), "poisoned_bias"
+    )
     model.graph.initializer.append(poisoned)
     add.input[list(add.input).index(bias.name)] = poisoned.name  # only this Add sees the NaN
     with pytest.raises(UsageError) as err:
@@ -142,7 +157,9 @@ def test_segments_reproduce_the_whole_graph(tiny_onnx):
     whole = dict(zip(names, ort.InferenceSession(exposed.SerializeToString()).run(names, feeds), strict=True))
     chunks = [names[i : i + 7] for i in range(0, len(names), 7)]
     pipeline = Pipeline(SplitModel.from_proto(model), chunks)
-    assert len(pipeline.segments) == len(chunks) and sum(len(s.nodes) for s in pipeline.segments) <= len(model.graph.node)
+    assert len(pipeline.segments) == len(chunks) and sum(len(s.nodes) for s in pipeline.segments) <= len(
+        model.graph.node
+    )
     got = {}
     for values in pipeline.run(feeds):
         got.update({n: v.copy() for n, v in values.items()})

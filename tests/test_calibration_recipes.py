@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from qonnx_bert.calibration.calibrate import calibrate, estimate_ranges, sample_sequences
+from qonnx_bert.calibration.calibrate import calibrate, estimate_ranges
 from qonnx_bert.calibration.collector import Target, plan_chunks
 from qonnx_bert.calibration.estimators import PerTensor, make_estimator
 from qonnx_bert.calibration.grouped import GroupedRangeTable
@@ -15,20 +15,30 @@ from qonnx_bert.calibration.memory import pack, tensor_bytes
 from qonnx_bert.calibration.plan import plan_calibration, shared_ranges
 from qonnx_bert.calibration.recipes import load_recipe, parse_recipe
 from qonnx_bert.cli import main
-from qonnx_bert.errors import UsageError
-from qonnx_bert.passes.prepare import prepare
-from qonnx_bert.roles import find_roles
+from qonnx_bert.core.errors import UsageError
+from qonnx_bert.graph.prepare import prepare
+from qonnx_bert.graph.roles import find_roles
+from qonnx_bert.inputs.sequences import sample_sequences
 
 SHIPPED = sorted((Path(__file__).parent.parent / "calibration").glob("*.json"))
 TEXTS = [
-    "a b", "the quick brown fox jumps over the lazy dog again and again", "short",
-    "one two three four five six", "lorem ipsum dolor sit amet consectetur", "x y z",
-    "it was the best of times, it was the worst of times", "hello",
+    "a b",
+    "the quick brown fox jumps over the lazy dog again and again",
+    "short",
+    "one two three four five six",
+    "lorem ipsum dolor sit amet consectetur",
+    "x y z",
+    "it was the best of times, it was the worst of times",
+    "hello",
 ]
 MIXED = {  # later entries override earlier ones
     "default": "running_minmax:momentum=0.8",
-    "roles": {"layer.*.ffn.residual_sum": "percentile:percentile=99.9", "layer.1.ffn.residual_sum": "mse:bits=8",
-              "layer.0.attention.layernorm": "allminmax", "output": "mse"},
+    "roles": {
+        "layer.*.ffn.residual_sum": "percentile:percentile=99.9",
+        "layer.1.ffn.residual_sum": "mse:bits=8",
+        "layer.0.attention.layernorm": "allminmax",
+        "output": "mse",
+    },
 }
 
 
@@ -61,15 +71,26 @@ def test_every_problem_reported_at_once(roles):
     bad = {
         "default": "current_minmax",
         "extra": 1,
-        "roles": {"layer.*.ffn.no_such_role": "current_minmax", "output": "nope",
-                  "layer.0.ffn.output": "percentile:percentile=120", "layer.1.*": "mse:bitz=8", "layer.0.ffn.gelu": 3},
+        "roles": {
+            "layer.*.ffn.no_such_role": "current_minmax",
+            "output": "nope",
+            "layer.0.ffn.output": "percentile:percentile=120",
+            "layer.1.*": "mse:bitz=8",
+            "layer.0.ffn.gelu": 3,
+        },
     }
     with pytest.raises(UsageError) as err:
         parse_recipe(bad, source="bad.json", roles=roles)
     message = str(err.value)
     assert "\n" not in message and message.startswith("recipe bad.json: 6 problem(s)")
-    for part in ("unknown key 'extra'", "'layer.*.ffn.no_such_role' matches no role", "unknown estimator 'nope'",
-                 "percentile must be in [50, 100]", "no parameter 'bitz'", "role 'layer.0.ffn.gelu': expected"):
+    for part in (
+        "unknown key 'extra'",
+        "'layer.*.ffn.no_such_role' matches no role",
+        "unknown estimator 'nope'",
+        "percentile must be in [50, 100]",
+        "no parameter 'bitz'",
+        "role 'layer.0.ffn.gelu': expected",
+    ):
         assert part in message, part
 
 
@@ -113,7 +134,10 @@ def test_calibrate_records_estimator_per_tensor_and_recipe(model, roles):
     assert table.calibration["estimator"] == "running_minmax"
     # The recipe's output range is what the same estimator gives when it calibrates everything.
     alone = calibrate(model, sequences(), estimator="mse", batch_size=4, progress=False)
-    assert table.tensors[out]["min"] == alone.tensors[out]["min"] and table.tensors[out]["max"] == alone.tensors[out]["max"]
+    assert (
+        table.tensors[out]["min"] == alone.tensors[out]["min"]
+        and table.tensors[out]["max"] == alone.tensors[out]["max"]
+    )
 
 
 def test_estimator_flag_replaces_recipe_default(model):
@@ -163,7 +187,9 @@ class _ColumnsOf:
         self.inner, self.columns = make_estimator(spec, PerTensor()), list(columns)
 
     def update(self, x, valid=None):
-        self.inner.update(x[:, self.columns].reshape(-1, 1), None if valid is None else np.repeat(valid, len(self.columns)))
+        self.inner.update(
+            x[:, self.columns].reshape(-1, 1), None if valid is None else np.repeat(valid, len(self.columns))
+        )
 
     def range(self):
         return self.inner.range()
@@ -173,8 +199,10 @@ class _ColumnsOf:
 
 
 def test_per_group_ranges_equal_per_tensor_ranges_of_each_group(model, roles):
-    groups = {"layer.0.ffn.output": [[0, 5, 31], list(range(1, 5)), list(range(6, 31))],
-              "layer.1.ffn.residual_sum": [list(range(16)), list(range(16, 32))]}
+    groups = {
+        "layer.0.ffn.output": [[0, 5, 31], list(range(1, 5)), list(range(6, 31))],
+        "layer.1.ffn.residual_sum": [list(range(16)), list(range(16, 32))],
+    }
     recipe = {"default": "current_minmax", "roles": {"layer.0.ffn.output": "percentile:percentile=99"}}
     table = calibrate(model, sequences(), recipe=recipe, groups=groups, batch_size=4, progress=False)
     prepared = prepare(model)
@@ -183,8 +211,10 @@ def test_per_group_ranges_equal_per_tensor_ranges_of_each_group(model, roles):
         entry = table.per_group[role]
         assert entry["groups"] == index_sets and entry["tensor"] == roles.tensor(role)
         spec = table.tensors[entry["tensor"]]["estimator"]
-        targets = [Target(layouts[entry["tensor"]], lambda g=g: _ColumnsOf(spec, g), True, key=str(k))
-                   for k, g in enumerate(index_sets)]
+        targets = [
+            Target(layouts[entry["tensor"]], lambda g=g: _ColumnsOf(spec, g), True, key=str(k))
+            for k, g in enumerate(index_sets)
+        ]
         ref = estimate_ranges(prepared, targets, sequences(), batch_size=4, progress=False)
         for k in range(len(index_sets)):
             lo, hi = ref[str(k)].range()
@@ -209,7 +239,9 @@ def test_per_group_section_round_trips(model, tmp_path):
 def test_cli_recipe_and_max_memory(tiny_onnx, tmp_path, capsys):
     out = tmp_path / "r.json"
     recipe = next(p for p in SHIPPED if p.name == "mse-output.json")
-    code = main(["calibrate", str(tiny_onnx), "-o", str(out), "-n", "8", "--recipe", str(recipe), "--max-memory", "0.5"])
+    code = main(
+        ["calibrate", str(tiny_onnx), "-o", str(out), "-n", "8", "--recipe", str(recipe), "--max-memory", "0.5"]
+    )
     assert code == 0
     data = json.loads(out.read_text())
     assert data["calibration"]["recipe"]["source"] == str(recipe)

@@ -20,8 +20,38 @@ def run(capsys, *argv):
 def pipeline(tiny_onnx, tmp_path_factory, glue_dir):
     """calibrate -> quantize through the CLI, once for the module."""
     work = tmp_path_factory.mktemp("cli")
-    assert main(["calibrate", str(tiny_onnx), "--task", "rte", "--data-dir", str(glue_dir), "-n", "16", "-o", str(work / "ranges.json")]) == 0
-    assert main(["quantize", str(tiny_onnx), "--scheme", "w8a8", "--ranges", str(work / "ranges.json"), "-o", str(work / "q.onnx")]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                str(tiny_onnx),
+                "--task",
+                "rte",
+                "--data-dir",
+                str(glue_dir),
+                "-n",
+                "16",
+                "-o",
+                str(work / "ranges.json"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "quantize",
+                str(tiny_onnx),
+                "--scheme",
+                "w8a8",
+                "--ranges",
+                str(work / "ranges.json"),
+                "-o",
+                str(work / "q.onnx"),
+            ]
+        )
+        == 0
+    )
     return work
 
 
@@ -44,8 +74,24 @@ def test_quantize_and_eval(pipeline, glue_dir, capsys):
 
 def test_quantize_peg_flags_reach_the_scheme(pipeline, tiny_onnx, capsys):
     out = pipeline / "peg.onnx"
-    argv = ["quantize", str(tiny_onnx), "--scheme", "peg", "--groups", "3", "--grouping", "equal", "--permutation", "model",
-            "--layers", "0-1", "--ranges", str(pipeline / "ranges.json"), "-o", str(out)]
+    argv = [
+        "quantize",
+        str(tiny_onnx),
+        "--scheme",
+        "peg",
+        "--groups",
+        "3",
+        "--grouping",
+        "equal",
+        "--permutation",
+        "model",
+        "--layers",
+        "0-1",
+        "--ranges",
+        str(pipeline / "ranges.json"),
+        "-o",
+        str(out),
+    ]
     code, _, err = run(capsys, *argv)
     assert code == 0 and "PEG K=3 (equal groups, one model-wide permutation folded into the weights)" in err
     assert sum(n.op_type == "Split" for n in onnx.load(str(out)).graph.node) == 2
@@ -54,7 +100,10 @@ def test_quantize_peg_flags_reach_the_scheme(pipeline, tiny_onnx, capsys):
 def test_export_command(tiny_bert_dir, tmp_path, capsys):
     code, _, err = run(capsys, "export", str(tiny_bert_dir), "-o", str(tmp_path / "m.onnx"), "--static-shape", "1,16")
     assert code == 0 and "max |logit difference| vs PyTorch" in err
-    assert [d.dim_value for d in onnx.load(str(tmp_path / "m.onnx")).graph.input[0].type.tensor_type.shape.dim] == [1, 16]
+    assert [d.dim_value for d in onnx.load(str(tmp_path / "m.onnx")).graph.input[0].type.tensor_type.shape.dim] == [
+        1,
+        16,
+    ]
 
 
 def test_estimators_lists_builtins(capsys):
@@ -68,7 +117,10 @@ def _non_bert(tmp_path):
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
     path = tmp_path / "relu.onnx"
-    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])), str(path))
+    onnx.save(
+        onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])),
+        str(path),
+    )
     return path
 
 
@@ -83,11 +135,16 @@ def _non_bert(tmp_path):
         (["quantize", "{tiny}", "-o", "{tmp}/o.onnx", "--ranges", "{tmp}/other.json"], "another model"),
         (["quantize", "{tiny}", "-o", "{tiny}", "--scheme", "w8a32"], "is the input file"),
         (["calibrate", "{tiny}", "-o", "{tmp}/r.json", "--estimator", "bogus"], "unknown estimator 'bogus'"),
-        (["quantize", "{tiny}", "-o", "{tmp}/o.onnx", "--scheme", "w8a8", "--groups", "3"], "--groups applies to --scheme peg or peg-equal"),
+        (
+            ["quantize", "{tiny}", "-o", "{tmp}/o.onnx", "--scheme", "w8a8", "--groups", "3"],
+            "--groups applies to --scheme peg or peg-equal",
+        ),
         (["quantize", "{tiny}", "-o", "{tmp}/o.onnx", "--scheme", "peg", "--layers", "x"], "is not a layer list"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, message, tiny_onnx, glue_dir, pipeline, tmp_path, capsys):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    argv, message, tiny_onnx, glue_dir, pipeline, tmp_path, capsys
+):
     (tmp_path / "garbage.onnx").write_bytes(b"not a model")
     ranges = json.loads((pipeline / "ranges.json").read_text())
     ranges["model"]["fingerprint"] = "0" * 16
@@ -105,7 +162,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, message, tiny_onn
 def test_console_script_exit_code_without_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "qonnx_bert", "quantize", str(tmp_path / "nope.onnx"), "-o", str(tmp_path / "o.onnx")],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "not found" in proc.stderr
 

@@ -7,19 +7,19 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from qonnx_bert.analysis.debug import ABSENT, FLOAT, QUANTIZED, compare, first_sequences
 from qonnx_bert.cli import main
-from qonnx_bert.debug import ABSENT, FLOAT, QUANTIZED, compare, first_sequences
-from qonnx_bert.encode import Encoder
-from qonnx_bert.modelinfo import PERMUTED_KEY, permuted_record
-from qonnx_bert.passes.prepare import prepare
-from qonnx_bert.roles import find_roles
+from qonnx_bert.core.modelinfo import PERMUTED_KEY, permuted_record
+from qonnx_bert.graph.prepare import prepare
+from qonnx_bert.graph.roles import find_roles
+from qonnx_bert.inputs.encode import Encoder
 
 
 @pytest.fixture(scope="module")
 def models(tiny_onnx, glue_dir):
     from qonnx_bert.calibration.calibrate import calibrate
-    from qonnx_bert.calibration.sources import glue_train_sequences
-    from qonnx_bert.quantize import quantize
+    from qonnx_bert.inputs.sequences import glue_train_sequences
+    from qonnx_bert.quantize.api import quantize
 
     fp32 = onnx.load(str(tiny_onnx))
     ranges = calibrate(fp32, glue_train_sequences("rte", glue_dir, 16, 0), progress=False)
@@ -46,12 +46,16 @@ def test_sqnr_and_mse_equal_a_numpy_computation(models):
         tensor = find_roles(prepare(fp32)).roles[role]
         ref = _run(prepare(fp32), tensor, feeds)
         before = _run(quantized["w8a8"], tensor if role != "output" else tensor + "_QuantizeLinear_Input", feeds)
-        after = _run(quantized["w8a8"], tensor if role == "output" else tensor + "_DequantizeLinear_Output", feeds)  # ORT's names
+        after = _run(
+            quantized["w8a8"], tensor if role == "output" else tensor + "_DequantizeLinear_Output", feeds
+        )  # ORT's names
         e = errors[role]
         assert e.status == QUANTIZED and e.bits == 8
         assert e.sqnr_db == pytest.approx(10 * np.log10(np.sum(ref**2) / np.sum((ref - after) ** 2)), rel=1e-9)
         assert e.mse == pytest.approx(np.mean((ref - after) ** 2), rel=1e-9)
-        assert e.quantizer_sqnr_db == pytest.approx(10 * np.log10(np.sum(before**2) / np.sum((before - after) ** 2)), rel=1e-9)
+        assert e.quantizer_sqnr_db == pytest.approx(
+            10 * np.log10(np.sum(before**2) / np.sum((before - after) ** 2)), rel=1e-9
+        )
 
 
 def test_rows_are_worst_first_float_and_absent_roles_marked(models):
@@ -82,7 +86,9 @@ def test_permuted_tensors_are_compared_in_the_models_order(fp32_and_folded):
     assert blind["layer.0.ffn.residual_sum"] < 3  # the same values in another order: about -3 dB
     folded.metadata_props.add(key=PERMUTED_KEY, value=permuted_record(record))
     errors = compare(fp32, folded, sequences)
-    assert all(e.status == FLOAT and e.sqnr_db > 60 for e in errors), [(e.role, e.sqnr_db) for e in errors if e.sqnr_db <= 60]
+    assert all(e.status == FLOAT and e.sqnr_db > 60 for e in errors), [
+        (e.role, e.sqnr_db) for e in errors if e.sqnr_db <= 60
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from qonnx_bert.encode import Encoder
-from qonnx_bert.errors import UsageError
-from qonnx_bert.export import OPSET, export_model, parse_static_shape
-from qonnx_bert.modelinfo import read_info
+from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.modelinfo import read_info
+from qonnx_bert.inputs.encode import Encoder
+from qonnx_bert.inputs.export import OPSET, export_model, parse_static_shape
 
 
 def _dims(model):

@@ -9,20 +9,25 @@ import onnxruntime as ort
 import pytest
 from onnxruntime.quantization import QuantType
 
-from qonnx_bert.calibration.calibrate import calibrate, sample_sequences
+from qonnx_bert.calibration.calibrate import calibrate
 from qonnx_bert.calibration.estimators import PerTensor, make_estimator
-from qonnx_bert.calibration.sources import shipped_sentences
 from qonnx_bert.cli import main
-from qonnx_bert.encode import Encoder
-from qonnx_bert.errors import UsageError
-from qonnx_bert.latency import sqnr_db
+from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.metrics import sqnr_db
+from qonnx_bert.graph.prepare import prepare
+from qonnx_bert.graph.roles import find_roles
+from qonnx_bert.inputs.encode import Encoder
+from qonnx_bert.inputs.sequences import sample_sequences, shipped_sentences
 from qonnx_bert.passes.mixed_precision import with_quantizer_bits
-from qonnx_bert.passes.prepare import prepare
 from qonnx_bert.passes.qdq import insert_qdq
-from qonnx_bert.quantize import quantize
-from qonnx_bert.roles import find_roles
-from qonnx_bert.schemes import Plan, SchemeContext, activation_ranges, get_scheme
-from qonnx_bert.schemes.mixed import CPU_NOTE, calibration_feeds, logits_on
+from qonnx_bert.quantize.api import quantize
+from qonnx_bert.quantize.schemes import (
+    Plan,
+    SchemeContext,
+    activation_ranges,
+    get_scheme,
+)
+from qonnx_bert.quantize.schemes.mixed import CPU_NOTE, calibration_feeds, logits_on
 
 BITS = {onnx.TensorProto.UINT8: 8, onnx.TensorProto.UINT16: 16}
 QDQ = ("QuantizeLinear", "DequantizeLinear")
@@ -91,12 +96,18 @@ def mixed_nodes(model) -> list[str]:
 def requantizations(model) -> int:
     """QuantizeLinear nodes fed by a DequantizeLinear: the DQ->Q converts between 8 and 16 bits."""
     _, producers, _ = _graph(model)
-    return sum(n.op_type == "QuantizeLinear" and getattr(producers.get(n.input[0]), "op_type", "") == "DequantizeLinear" for n in model.graph.node)
+    return sum(
+        n.op_type == "QuantizeLinear" and getattr(producers.get(n.input[0]), "op_type", "") == "DequantizeLinear"
+        for n in model.graph.node
+    )
 
 
 def _run(model):
     """Output 0 on the CPU provider, one sequence at a time (no padding), flattened."""
-    enc, sess = Encoder.from_model(model), ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    enc, sess = (
+        Encoder.from_model(model),
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]),
+    )
     return np.concatenate([sess.run(None, enc.feeds([t]))[0].reshape(-1) for t in TEXTS])
 
 
@@ -127,7 +138,9 @@ def test_pattern_selects_exactly_its_tensors(fp32, roles, ranges):
     assert np.isfinite(_run(model)).all()
 
 
-@pytest.mark.parametrize("patterns", [["layer.*.ffn.residual_sum"], ["layer.0.attention.*"], ["layer.1.ffn.gelu", "pooler.output"], ["*"]])
+@pytest.mark.parametrize(
+    "patterns", [["layer.*.ffn.residual_sum"], ["layer.0.attention.*"], ["layer.1.ffn.gelu", "pooler.output"], ["*"]]
+)
 def test_every_boundary_is_requantized(fp32, ranges, patterns):
     model, report = quantize(fp32, "w8a8", ranges, int16=patterns)
     assert mixed_nodes(model) == []
@@ -180,7 +193,9 @@ def test_mp_keeps_the_papers_roles_and_reestimates_the_output(fp32, roles, range
     estimator.update(logits_on(prepare(fp32), calibration_feeds(fp32, ranges)).reshape(-1, 1))
     lo, hi = estimator.range()
     assert type(entry["rmin"]) is np.float32 and type(entry["rmax"]) is np.float32  # ORT crashes on Python floats
-    np.testing.assert_allclose([entry["rmin"], entry["rmax"]], [lo[0], hi[0]], rtol=1e-6)  # batched vs one-shot histogram
+    np.testing.assert_allclose(
+        [entry["rmin"], entry["rmax"]], [lo[0], hi[0]], rtol=1e-6
+    )  # batched vs one-shot histogram
 
 
 def test_auto_mp_budget_zero_is_w8a8(fp32, ranges):
@@ -227,7 +242,9 @@ def test_regridded_quantizer_scores_like_the_real_16bit_model(fp32, roles, range
 
 
 def test_pattern_matching_nothing_lists_the_roles(fp32, ranges):
-    with pytest.raises(UsageError, match=r"'layer\.7\.ffn\.\*' matches no role; known roles: .*layer\.0-1\.ffn\.residual_sum"):
+    with pytest.raises(
+        UsageError, match=r"'layer\.7\.ffn\.\*' matches no role; known roles: .*layer\.0-1\.ffn\.residual_sum"
+    ):
         quantize(fp32, "w8a8", ranges, int16=["layer.7.ffn.*"])
 
 

@@ -14,19 +14,36 @@ from pathlib import Path
 import pytest
 
 from qonnx_bert import models
-from qonnx_bert.errors import UsageError
-from qonnx_bert.glue.tasks import TASKS
+from qonnx_bert.core.errors import UsageError
+from qonnx_bert.inputs.glue.tasks import TASKS
 
-RECIPE_KEYS = {"base", "task", "epochs", "lr", "batch_size", "max_length", "seed",
-               "max_train_examples", "weight_decay", "warmup_ratio"}
+RECIPE_KEYS = {
+    "base",
+    "task",
+    "epochs",
+    "lr",
+    "batch_size",
+    "max_length",
+    "seed",
+    "max_train_examples",
+    "weight_decay",
+    "warmup_ratio",
+}
 
 
 def _tiny_bert(out_dir: Path, *, head: bool = True) -> Path:
     """A seeded 2-layer hidden-32 BERT (with or without a classifier) and the MiniLM vocabulary."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizer
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        BertModel,
+        BertTokenizer,
+    )
 
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
     torch.manual_seed(0)
     (BertForSequenceClassification if head else BertModel)(config).save_pretrained(out_dir)
     BertTokenizer(vocab_file=str(models.packaged_model_path() / "vocab.txt")).save_pretrained(out_dir)
@@ -44,7 +61,14 @@ def recipes(tmp_path, monkeypatch, tiny_base) -> Path:
     folder = tmp_path / "recipes"
     folder.mkdir()
     for task in ("rte", "stsb"):
-        recipe = {"base": str(tiny_base), "task": task, "epochs": 1, "batch_size": 8, "max_train_examples": 24, "lr": 1e-3}
+        recipe = {
+            "base": str(tiny_base),
+            "task": task,
+            "epochs": 1,
+            "batch_size": 8,
+            "max_train_examples": 24,
+            "lr": 1e-3,
+        }
         (folder / f"tiny-{task}.json").write_text(json.dumps(recipe))
     monkeypatch.setenv(models.MODELS_DIR_VARIABLE, str(folder))
     monkeypatch.setenv(models.CACHE_DIR_VARIABLE, str(tmp_path / "cache"))
@@ -56,7 +80,7 @@ def _recipe(base: Path, task: str = "rte") -> dict:
 
 
 def _finetune(recipe: dict, data_dir: Path, out: Path) -> dict:
-    from qonnx_bert.finetune import finetune
+    from qonnx_bert.inputs.finetune import finetune
 
     return finetune(recipe, data_dir, out, progress=False)
 
@@ -101,7 +125,7 @@ def test_unknown_name_lists_known_names():
 
 
 def test_shipped_recipes_cover_every_glue_task():
-    from qonnx_bert.finetune import complete_recipe
+    from qonnx_bert.inputs.finetune import complete_recipe
 
     assert models.recipe_names() == sorted(f"minilm-l6-{task}" for task in TASKS)
     for name in models.recipe_names():
@@ -111,7 +135,7 @@ def test_shipped_recipes_cover_every_glue_task():
 
 
 def test_recipe_with_a_typo_is_refused():
-    from qonnx_bert.finetune import complete_recipe
+    from qonnx_bert.inputs.finetune import complete_recipe
 
     with pytest.raises(UsageError, match="unknown keys"):
         complete_recipe({"base": "minilm-l6", "task": "rte", "epoch": 3})
@@ -131,12 +155,14 @@ def test_load_for_export_is_deterministic_and_in_eval_mode(tiny_base):
 
 
 def test_finetune_writes_a_checkpoint_that_loads_back(tiny_base, glue_dir, tmp_path):
-    from qonnx_bert.finetune import evaluate_torch
-    from qonnx_bert.glue import load_task
+    from qonnx_bert.inputs.finetune import evaluate_torch
+    from qonnx_bert.inputs.glue import load_task
 
     out = tmp_path / "ckpt"
     record = _finetune(_recipe(tiny_base), glue_dir, out)
-    assert {"config.json", "model.safetensors", "tokenizer_config.json", models.RECIPE_FILE} <= {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer_config.json", models.RECIPE_FILE} <= {
+        p.name for p in out.iterdir()
+    }
     saved = json.loads((out / models.RECIPE_FILE).read_text())
     assert saved["recipe"]["task"] == "rte" and saved["train_examples"] == 24
     assert set(saved["versions"]) >= {"torch", "transformers"} and "score" in saved["dev"]

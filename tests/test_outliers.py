@@ -7,12 +7,12 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from qonnx_bert.analysis.debug import exposing_session, first_sequences
+from qonnx_bert.analysis.outliers import render, scan
 from qonnx_bert.cli import main
-from qonnx_bert.debug import exposing_session, first_sequences
-from qonnx_bert.encode import Encoder
-from qonnx_bert.outliers import render, scan
-from qonnx_bert.passes.prepare import prepare
-from qonnx_bert.roles import find_roles
+from qonnx_bert.graph.prepare import prepare
+from qonnx_bert.graph.roles import find_roles
+from qonnx_bert.inputs.encode import Encoder
 
 LAYER, DIM, NEURON = 1, 7, 3
 
@@ -47,7 +47,9 @@ def test_planted_dim_is_the_top_outlier_dim_with_numpy_counts(planted, tiny_onnx
     # NumPy: |x - mean| > 6 std over all values of the residual sum (one sequence per run: no padding)
     tensor = find_roles(prepare(model)).roles[f"layer.{LAYER}.ffn.residual_sum"]
     session = exposing_session(prepare(model), [tensor])
-    x = np.concatenate([session.run([tensor], Encoder.from_model(model).feeds([t]))[0][0] for t in sequences.texts_a]).astype(np.float64)
+    x = np.concatenate(
+        [session.run([tensor], Encoder.from_model(model).feeds([t]))[0][0] for t in sequences.texts_a]
+    ).astype(np.float64)
     counts = (np.abs(x - x.mean()) > 6 * x.std()).sum(axis=0)
     assert res.dims[0].count == counts[DIM] > 0 and counts.sum() == counts[DIM]
     assert res.dims[0].max_abs == pytest.approx(np.abs(x[:, DIM]).max())

@@ -7,12 +7,12 @@ import onnx_ir as ir
 import pytest
 from onnx import helper
 
-from qonnx_bert.errors import UsageError
+from qonnx_bert.core.errors import UsageError
+from qonnx_bert.graph.prepare import prepare
+from qonnx_bert.graph.roles import find_roles
 from qonnx_bert.passes.permute_stream import permute_stream
-from qonnx_bert.passes.prepare import prepare
-from qonnx_bert.quantize import quantize
-from qonnx_bert.roles import find_roles
-from qonnx_bert.schemes.peg_groups import model_order, segment_groups
+from qonnx_bert.quantize.api import quantize
+from qonnx_bert.quantize.schemes.peg_groups import model_order, segment_groups
 from tests.test_peg import HIDDEN, _logits, fp32, ranges  # noqa: F401  (module fixtures)
 
 
@@ -50,8 +50,8 @@ def test_fold_is_exact_and_leaves_shared_constants_alone(fp32):
 def test_reported_tensors_are_exactly_the_permuted_ones(fp32):
     """What ``permute_stream`` returns (recorded in the model for ``qonnx debug``) against the graphs' own values:
     each listed tensor is the FP32 one permuted; every other role tensor kept its order."""
-    from qonnx_bert.debug import exposing_session
-    from qonnx_bert.encode import Encoder
+    from qonnx_bert.analysis.debug import exposing_session
+    from qonnx_bert.inputs.encode import Encoder
     from tests.test_peg import TEXTS
 
     prepared = prepare(fp32)
@@ -59,8 +59,16 @@ def test_reported_tensors_are_exactly_the_permuted_ones(fp32):
     moved: list[str] = []
     folded = _permuted(prepared, perm, moved)
     roles = find_roles(prepared)
-    stream = {roles.tensor(r) for r in ("embeddings.layernorm", "layer.0.attention.residual_sum", "layer.1.ffn.residual_sum",
-                                         "layer.1.ffn.output", "layer.1.ffn.layernorm")}
+    stream = {
+        roles.tensor(r)
+        for r in (
+            "embeddings.layernorm",
+            "layer.0.attention.residual_sum",
+            "layer.1.ffn.residual_sum",
+            "layer.1.ffn.output",
+            "layer.1.ffn.layernorm",
+        )
+    }
     assert stream <= set(moved)
     names = sorted(set(roles.roles.values()))
     sessions = [exposing_session(m, names) for m in (folded, prepared)]
@@ -91,7 +99,8 @@ def test_peg_with_model_permutation_has_no_gather_and_is_exact_in_fp32(fp32, ran
     assert _hidden_gathers(peg) == 0 and _hidden_gathers(layer_peg) == 2 * 2  # 2 per layer, 2 layers
     assert any("folded into the weights" in line for line in report.lines())
     exact = _logits(fp32)
-    from qonnx_bert.latency import sqnr_db
+    from qonnx_bert.core.metrics import sqnr_db
+
     # a different grouping of the same ranges: as good as per-layer PEG within a few dB on the tiny model
     assert sqnr_db(exact, _logits(peg)) > sqnr_db(exact, _logits(layer_peg)) - 3
 

@@ -6,31 +6,36 @@ fine-tuned in a fixture on an SST-2 sample at 1x64 (for prediction agreement).
 Tests that need the plugin skip, with the install hint, when it is missing.
 """
 
-
 import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType
 
-from qonnx_bert.calibration.calibrate import calibrate, sample_sequences
-from qonnx_bert.calibration.sources import shipped_sentences
+from qonnx_bert.analysis.emulate import evaluate_emulated
+from qonnx_bert.calibration.calibrate import calibrate
 from qonnx_bert.cli import main
-from qonnx_bert.errors import UsageError
-from qonnx_bert.export import export_model
-from qonnx_bert.glue import load_task
-from qonnx_bert.latency import sqnr_db
-from qonnx_bert.modelinfo import read_info
-from qonnx_bert.passes.htp_rules import constant_gather_nd, htp_overrides, htp_ready, mask_overrides
-from qonnx_bert.passes.prepare import prepare
+from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.metrics import sqnr_db
+from qonnx_bert.core.modelinfo import read_info
+from qonnx_bert.graph.prepare import prepare
+from qonnx_bert.inputs.export import export_model
+from qonnx_bert.inputs.glue import load_task
+from qonnx_bert.inputs.sequences import sample_sequences, shipped_sentences
+from qonnx_bert.passes.htp_rules import (
+    constant_gather_nd,
+    htp_overrides,
+    htp_ready,
+    mask_overrides,
+)
 from qonnx_bert.passes.qdq import insert_qdq
-from qonnx_bert.quantize import quantize
-from qonnx_bert.schemes import SCHEMES, Plan, activation_ranges
+from qonnx_bert.quantize.api import quantize
+from qonnx_bert.quantize.schemes import SCHEMES, Plan, activation_ranges
 from qonnx_bert.targets import qnn
 from qonnx_bert.targets.cpu import check_cpu
-from qonnx_bert.targets.emulate import evaluate_emulated
 from qonnx_bert.targets.htp_check import check_htp, compile_htp
 from tests.conftest import SST2_SAMPLE, plant_gelu_outlier
+
 
 def _has_qnn() -> bool:
     try:
@@ -40,12 +45,16 @@ def _has_qnn() -> bool:
     return True
 
 
-_SKIP_WITHOUT_QNN = pytest.mark.skipif(not _has_qnn(), reason='onnxruntime-qnn not installed: pip install "qonnx-bert[qnn]"')
+_SKIP_WITHOUT_QNN = pytest.mark.skipif(
+    not _has_qnn(), reason='onnxruntime-qnn not installed: pip install "qonnx-bert[qnn]"'
+)
 
 
 def needs_qnn(test):
     """Marked ``qnn`` (``-m "not qnn"`` deselects it) and skipped, with the install hint, without the plugin."""
     return pytest.mark.qnn(_SKIP_WITHOUT_QNN(test))
+
+
 SOCS = ("sm8650", "sa8295")  # HTP v75 and v68
 SCHEME_OPTIONS = {"auto-mp": {"budget": 4}, "peg": {"groups": 3}, "peg-equal": {"groups": 4}}
 
@@ -167,7 +176,10 @@ def unfuse_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
     """Each Gelu of a QDQ model as Div/Erf/Add/Mul/Mul with a Q/DQ pair after every op: an unfused GELU."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    out.graph.initializer.extend(numpy_helper.from_array(np.array(v, np.float32), k) for k, v in (("c_sqrt2", 2**0.5), ("c_one", 1.0), ("c_half", 0.5)))
+    out.graph.initializer.extend(
+        numpy_helper.from_array(np.array(v, np.float32), k)
+        for k, v in (("c_sqrt2", 2**0.5), ("c_one", 1.0), ("c_half", 0.5))
+    )
     quantizer = {n.input[0]: n for n in out.graph.node if n.op_type == "QuantizeLinear"}
     nodes = []
     for node in out.graph.node:
@@ -178,11 +190,17 @@ def unfuse_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
         scale, zp = quantizer[y].input[1:3]
 
         def op(kind, inputs, name):
-            return [helper.make_node(kind, inputs, [name], name=f"{s}_{kind}_{name}"),
-                    helper.make_node("QuantizeLinear", [name, scale, zp], [name + "_q"]),
-                    helper.make_node("DequantizeLinear", [name + "_q", scale, zp], [name + "_dq"])]
+            return [
+                helper.make_node(kind, inputs, [name], name=f"{s}_{kind}_{name}"),
+                helper.make_node("QuantizeLinear", [name, scale, zp], [name + "_q"]),
+                helper.make_node("DequantizeLinear", [name + "_q", scale, zp], [name + "_dq"]),
+            ]
 
-        nodes += op("Div", [x, "c_sqrt2"], s + "_d") + op("Erf", [s + "_d_dq"], s + "_e") + op("Add", [s + "_e_dq", "c_one"], s + "_a")
+        nodes += (
+            op("Div", [x, "c_sqrt2"], s + "_d")
+            + op("Erf", [s + "_d_dq"], s + "_e")
+            + op("Add", [s + "_e_dq", "c_one"], s + "_a")
+        )
         nodes += op("Mul", [x, s + "_a_dq"], s + "_m")
         nodes.append(helper.make_node("Mul", [s + "_m_dq", "c_half"], [y], name=f"{s}_half"))
     del out.graph.node[:]
@@ -207,10 +225,18 @@ def test_int8_add_constant_runs_in_float_and_is_caught(tiny_static):
     model = _w8a8(tiny_static)  # reference: clean
     fp32 = prepare(onnx.load(str(tiny_static)))
     ranges = calibrate(fp32, sample_sequences(shipped_sentences(), None, 8, 0, "shipped"), progress=False)
-    bad = insert_qdq(Plan(fp32, activation_ranges(ranges.tensors), overrides={bias: [{"quant_type": QuantType.QInt8, "symmetric": True}]}))
+    bad = insert_qdq(
+        Plan(
+            fp32,
+            activation_ranges(ranges.tensors),
+            overrides={bias: [{"quant_type": QuantType.QInt8, "symmetric": True}]},
+        )
+    )
     assert check_htp(model, qnn.resolve_soc("sm8650")).ok
     report = check_htp(bad, qnn.resolve_soc("sm8650"))
-    assert report.findings and all("runs in float" in f.problem and "activation type (uint8" in f.fix for f in report.findings)
+    assert report.findings and all(
+        "runs in float" in f.problem and "activation type (uint8" in f.fix for f in report.findings
+    )
 
 
 @needs_qnn
@@ -220,10 +246,12 @@ def test_per_channel_activation_is_a_graph_failure_with_fix(tiny_w8a8):
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "layer_norm")
     width = 32  # hidden size: one scale per embedding dimension
-    model.graph.initializer.extend([
-        numpy_helper.from_array(np.full(width, inits[q.input[1]], np.float32), "pc_scale"),
-        numpy_helper.from_array(np.full(width, inits[q.input[2]], np.uint8), "pc_zero_point"),
-    ])
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.full(width, inits[q.input[1]], np.float32), "pc_scale"),
+            numpy_helper.from_array(np.full(width, inits[q.input[2]], np.uint8), "pc_zero_point"),
+        ]
+    )
     for node in model.graph.node:
         if node is q or (node.op_type == "DequantizeLinear" and node.input[0] == q.output[0]):
             node.input[1:3] = ["pc_scale", "pc_zero_point"]
@@ -274,8 +302,15 @@ def test_compile_writes_nothing_when_the_check_fails(tiny_w8a8, tmp_path, capsys
 
 
 @needs_qnn
-@pytest.mark.parametrize("scheme, options", [("w8a8", {}), ("peg", {"groups": 3}), ("peg", {"groups": 3, "permutation": "layer"}),
-                                             ("peg-equal", {"groups": 4})])
+@pytest.mark.parametrize(
+    "scheme, options",
+    [
+        ("w8a8", {}),
+        ("peg", {"groups": 3}),
+        ("peg", {"groups": 3, "permutation": "layer"}),
+        ("peg-equal", {"groups": 4}),
+    ],
+)
 def test_emulated_eval_agrees_with_cpu_provider(tiny_static, tiny_w8a8, glue_dir, scheme, options):
     model = tiny_w8a8 if scheme == "w8a8" else _w8a8(tiny_static, scheme=scheme, **options)
     split = load_task("rte", "dev", glue_dir)
@@ -292,7 +327,20 @@ def test_emulated_eval_agrees_with_cpu_provider(tiny_static, tiny_w8a8, glue_dir
 def test_minilm_emulated_eval_runs_through_cli(minilm_w8a8, glue_dir, tmp_path, capsys):
     path = tmp_path / "minilm.w8a8.onnx"
     onnx.save(minilm_w8a8, str(path))
-    args = ["eval", str(path), "--task", "rte", "--data-dir", str(glue_dir), "--ep", "qnn-htp", "--soc", "sm8650", "--limit", "4"]
+    args = [
+        "eval",
+        str(path),
+        "--task",
+        "rte",
+        "--data-dir",
+        str(glue_dir),
+        "--ep",
+        "qnn-htp",
+        "--soc",
+        "sm8650",
+        "--limit",
+        "4",
+    ]
     assert main(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "QNN HTP sm8650, emulated" in lines[0] and "ONNX Runtime CPU" in lines[1]
@@ -311,7 +359,7 @@ def test_minilm_emulated_eval_runs_through_cli(minilm_w8a8, glue_dir, tmp_path, 
 @pytest.mark.slow
 @pytest.mark.parametrize("scheme, floor", [("w8a8", 0.90), ("mp", 0.95), ("peg", 0.95)])
 def test_fine_tuned_minilm_predicts_the_same_on_htp_and_cpu(minilm_sst2_static, scheme, floor):
-    from qonnx_bert.calibration.sources import glue_train_sequences
+    from qonnx_bert.inputs.sequences import glue_train_sequences
 
     fp32 = onnx.load(str(minilm_sst2_static))
     ranges = calibrate(fp32, glue_train_sequences("sst2", SST2_SAMPLE, 32, 0), progress=False)
@@ -337,9 +385,13 @@ def test_cpu_check_reports_integer_kernels_and_float_units(tiny_w8a8):
 
 def test_htp_rules_gamma_uint8_and_bias_in_activation_type(tiny_static):
     model, rules = htp_ready(prepare(onnx.load(str(tiny_static))))  # unshares the exporter's deduplicated zero biases
-    add = next(n for n in model.graph.node if n.op_type == "Add" and n.input[1] in {i.name for i in model.graph.initializer})
+    add = next(
+        n for n in model.graph.node if n.op_type == "Add" and n.input[1] in {i.name for i in model.graph.initializer}
+    )
     gamma = next(n.input[1] for n in model.graph.node if n.op_type == "LayerNormalization")
-    assert rules[gamma][0]["quant_type"] == QuantType.QUInt8 and rules[add.input[1]][0]["quant_type"] == QuantType.QUInt8
+    assert (
+        rules[gamma][0]["quant_type"] == QuantType.QUInt8 and rules[add.input[1]][0]["quant_type"] == QuantType.QUInt8
+    )
     wide = htp_overrides(model, {add.output[0]: [{"quant_type": QuantType.QUInt16}]})
     assert wide[add.input[1]][0]["quant_type"] == QuantType.QUInt16  # a bias under 16-bit activations is 16-bit
     assert wide[gamma][0]["quant_type"] == QuantType.QUInt8  # gamma stays uint8 (u16 gamma: error 3110)
@@ -349,9 +401,11 @@ def test_htp_rules_gamma_uint8_and_bias_in_activation_type(tiny_static):
 def test_constant_gather_nd_rewrite_is_exact(indices):
     idx = numpy_helper.from_array(np.array([indices], np.int64), "idx")
     graph = helper.make_graph(
-        [helper.make_node("GatherND", ["x", "idx"], ["y"], name="g")], "g",
+        [helper.make_node("GatherND", ["x", "idx"], ["y"], name="g")],
+        "g",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [idx],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [idx],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     rewritten = onnx.ModelProto()
@@ -360,16 +414,21 @@ def test_constant_gather_nd_rewrite_is_exact(indices):
     import onnxruntime as ort
 
     x = {"x": np.array([[1.0, 2.0, 3.0]], np.float32)}
-    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0] for m in (model, rewritten)]
+    run = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
+        for m in (model, rewritten)
+    ]
     np.testing.assert_array_equal(run[0], run[1])
 
 
 def test_mask_range_still_clamps_masked_scores(tiny_static):
     model = prepare(onnx.load(str(tiny_static)))
-    ranges = activation_ranges(calibrate(model, sample_sequences(shipped_sentences(), None, 8, 0, "shipped"), progress=False).tensors)
+    ranges = activation_ranges(
+        calibrate(model, sample_sequences(shipped_sentences(), None, 8, 0, "shipped"), progress=False).tensors
+    )
     narrowed = mask_overrides(model, ranges)
     assert len(narrowed) == 1
-    (mask, [entry]), = narrowed.items()
+    ((mask, [entry]),) = narrowed.items()
     for node in (n for n in model.graph.node if n.op_type == "Add" and mask in n.input):
         scores = next(i for i in node.input if i != mask)
         assert ranges[scores][1] + entry["rmin"] <= ranges[node.output[0]][0]  # a masked score lands below the grid

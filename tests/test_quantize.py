@@ -5,13 +5,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from qonnx_bert.calibration.calibrate import calibrate, sample_sequences
-from qonnx_bert.calibration.sources import shipped_sentences
-from qonnx_bert.encode import Encoder
-from qonnx_bert.errors import UsageError
-from qonnx_bert.latency import sqnr_db
-from qonnx_bert.quantize import quantize
-from qonnx_bert.roles import find_roles
+from qonnx_bert.calibration.calibrate import calibrate
+from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.metrics import sqnr_db
+from qonnx_bert.graph.roles import find_roles
+from qonnx_bert.inputs.encode import Encoder
+from qonnx_bert.inputs.sequences import sample_sequences, shipped_sentences
+from qonnx_bert.quantize.api import quantize
 from tests.conftest import tensor_values
 
 U8, I8 = onnx.TensorProto.UINT8, onnx.TensorProto.INT8

@@ -3,57 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from qonnx_bert.calibration.collector import Target, collect
-from qonnx_bert.calibration.estimators import EstimatorSpec, PerTensor, RangeEstimator, make_estimator
+from qonnx_bert.calibration.estimators import (
+    EstimatorSpec,
+    PerTensor,
+    RangeEstimator,
+    make_estimator,
+)
 from qonnx_bert.calibration.grouped import GroupedRangeTable
 from qonnx_bert.calibration.memory import DEFAULT_MAX_MEMORY_MB
 from qonnx_bert.calibration.plan import CalibrationPlan, group_key, plan_calibration
 from qonnx_bert.calibration.recipes import Recipe, spec_text
 from qonnx_bert.calibration.segments import SplitModel
 from qonnx_bert.calibration.tensors import TensorLayout
-from qonnx_bert.encode import Encoder, length_batches
-from qonnx_bert.modelinfo import read_info
-from qonnx_bert.passes.prepare import prepare
+from qonnx_bert.core.modelinfo import read_info
+from qonnx_bert.graph.prepare import prepare
+from qonnx_bert.inputs.encode import Encoder, length_batches
+from qonnx_bert.inputs.sequences import Sequences
 
 
-@dataclass(frozen=True)
-class Sequences:
-    """The calibration sentences (pairs) and where they came from."""
-
-    texts_a: list[str]
-    texts_b: list[str] | None
-    source: str
-    seed: int
-
-    def __len__(self) -> int:
-        return len(self.texts_a)
-
-    def pairs(self) -> list[list[str | None]]:
-        """The sequences as [text_a, text_b or None] rows: stored in the ranges file for replay."""
-        b = self.texts_b or [None] * len(self.texts_a)
-        return [[a, bb] for a, bb in zip(self.texts_a, b, strict=True)]
-
-    @classmethod
-    def from_pairs(cls, pairs: list, source: str, seed: int) -> Sequences:
-        texts_b = [p[1] for p in pairs] if pairs and pairs[0][1] is not None else None
-        return cls([p[0] for p in pairs], texts_b, source, seed)
-
-
-def sample_sequences(texts_a: Sequence[str], texts_b: Sequence[str] | None, n: int, seed: int, source: str) -> Sequences:
-    """``n`` sequences drawn without replacement with a seeded generator."""
-    pick = np.random.default_rng(seed).permutation(len(texts_a))[: min(n, len(texts_a))]
-    return Sequences(
-        [texts_a[i] for i in pick], None if texts_b is None else [texts_b[i] for i in pick], source, seed
-    )
-
-
-def sequence_batches(encoder: Encoder, sequences: Sequences, batch_size: int) -> tuple[Callable[[], Iterator[dict]], int]:
+def sequence_batches(
+    encoder: Encoder, sequences: Sequences, batch_size: int
+) -> tuple[Callable[[], Iterator[dict]], int]:
     """A re-iterable source of length-bucketed feeds over ``sequences``, and its batch count."""
     lengths = encoder.lengths(sequences.texts_a, sequences.texts_b)
     order = list(length_batches(lengths, encoder.static_batch or batch_size))
@@ -75,8 +50,14 @@ def batch_shape(encoder: Encoder, sequences: Sequences, batch_size: int) -> tupl
 
 
 def estimate_ranges(
-    model: onnx.ModelProto | SplitModel, targets: list[Target], sequences: Sequences, *, batch_size: int = 8,
-    tensors_per_pass: int | None = None, max_memory: float | None = DEFAULT_MAX_MEMORY_MB, progress: bool = True,
+    model: onnx.ModelProto | SplitModel,
+    targets: list[Target],
+    sequences: Sequences,
+    *,
+    batch_size: int = 8,
+    tensors_per_pass: int | None = None,
+    max_memory: float | None = DEFAULT_MAX_MEMORY_MB,
+    progress: bool = True,
 ) -> dict[str, RangeEstimator]:
     """Run ``model`` (prepared FP32) over ``sequences`` and return each target's filled estimator.
 
@@ -86,12 +67,22 @@ def estimate_ranges(
     graph = model.graph if isinstance(model, SplitModel) else model
     encoder = Encoder.from_model(graph)
     batches, count = sequence_batches(encoder, sequences, batch_size)
-    return collect(model, targets, batches, num_batches=count, tensors_per_pass=tensors_per_pass, max_memory=max_memory,
-                   batch_shape=batch_shape(encoder, sequences, batch_size), progress=progress)
+    return collect(
+        model,
+        targets,
+        batches,
+        num_batches=count,
+        tensors_per_pass=tensors_per_pass,
+        max_memory=max_memory,
+        batch_shape=batch_shape(encoder, sequences, batch_size),
+        progress=progress,
+    )
 
 
 def per_tensor_targets(layouts: list[TensorLayout], spec: EstimatorSpec, labels: dict[str, str]) -> list[Target]:
-    return [Target(lay, lambda: make_estimator(spec, PerTensor()), label=labels.get(lay.name, lay.name)) for lay in layouts]
+    return [
+        Target(lay, lambda: make_estimator(spec, PerTensor()), label=labels.get(lay.name, lay.name)) for lay in layouts
+    ]
 
 
 def calibrate(
@@ -115,18 +106,31 @@ def calibrate(
     split = model if isinstance(model, SplitModel) else SplitModel.from_proto(model)
     prepared = split.edit_small(prepare)
     plan = plan_calibration(prepared.graph, estimator=estimator, recipe=recipe, groups=groups)
-    est = estimate_ranges(prepared, plan.targets(), sequences, batch_size=batch_size,
-                          tensors_per_pass=tensors_per_pass, max_memory=max_memory, progress=progress)
+    est = estimate_ranges(
+        prepared,
+        plan.targets(),
+        sequences,
+        batch_size=batch_size,
+        tensors_per_pass=tensors_per_pass,
+        max_memory=max_memory,
+        progress=progress,
+    )
     return _table(split, plan, est, sequences, batch_size)
 
 
-def _table(split: SplitModel, plan: CalibrationPlan, est: dict[str, RangeEstimator], sequences: Sequences, batch_size: int) -> GroupedRangeTable:
+def _table(
+    split: SplitModel, plan: CalibrationPlan, est: dict[str, RangeEstimator], sequences: Sequences, batch_size: int
+) -> GroupedRangeTable:
     role_of = plan.roles.role_of()
     tensors = {}
     for lay in plan.layouts:
         lo, hi = est[plan.shared.get(lay.name, lay.name)].range()
-        tensors[lay.name] = {"role": role_of.get(lay.name), "min": float(lo[0]), "max": float(hi[0]),
-                             "estimator": spec_text(plan.specs[lay.name])}
+        tensors[lay.name] = {
+            "role": role_of.get(lay.name),
+            "min": float(lo[0]),
+            "max": float(hi[0]),
+            "estimator": spec_text(plan.specs[lay.name]),
+        }
     per_channel = {}
     for role in plan.channel_roles:
         tensor = plan.roles.tensor(role)
@@ -136,16 +140,33 @@ def _table(split: SplitModel, plan: CalibrationPlan, est: dict[str, RangeEstimat
     for role, granularity in plan.groups.items():
         tensor = plan.roles.tensor(role)
         lo, hi = est[group_key(role)].range()
-        per_group[role] = {"tensor": tensor, "estimator": spec_text(plan.specs[tensor]),
-                           "groups": [list(g) for g in granularity.groups], "min": lo.tolist(), "max": hi.tolist()}
+        per_group[role] = {
+            "tensor": tensor,
+            "estimator": spec_text(plan.specs[tensor]),
+            "groups": [list(g) for g in granularity.groups],
+            "min": lo.tolist(),
+            "max": hi.tolist(),
+        }
     info = read_info(split.graph)
     default = plan.recipe.default
     return GroupedRangeTable(
-        model={"fingerprint": split.fingerprint, "source": info.source, "num_layers": plan.roles.num_layers,
-               "roles": plan.roles.roles},
-        calibration={"estimator": default.name, "params": dict(default.params), "recipe": plan.recipe.to_json(),
-                     "num_sequences": len(sequences), "source": sequences.source, "seed": sequences.seed,
-                     "batch_size": batch_size, "padding": "excluded", "sequences": sequences.pairs()},
+        model={
+            "fingerprint": split.fingerprint,
+            "source": info.source,
+            "num_layers": plan.roles.num_layers,
+            "roles": plan.roles.roles,
+        },
+        calibration={
+            "estimator": default.name,
+            "params": dict(default.params),
+            "recipe": plan.recipe.to_json(),
+            "num_sequences": len(sequences),
+            "source": sequences.source,
+            "seed": sequences.seed,
+            "batch_size": batch_size,
+            "padding": "excluded",
+            "sequences": sequences.pairs(),
+        },
         tensors=tensors,
         per_channel=per_channel,
         per_group=per_group,

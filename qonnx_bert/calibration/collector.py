@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +31,7 @@ from qonnx_bert.calibration.estimators import NonFiniteError, RangeEstimator
 from qonnx_bert.calibration.memory import MB, pack, tensor_bytes
 from qonnx_bert.calibration.segments import Pipeline, SplitModel
 from qonnx_bert.calibration.tensors import MASK_INPUT, TensorLayout
-from qonnx_bert.errors import UsageError
+from qonnx_bert.core.errors import UsageError
 
 logger = logging.getLogger(__name__)
 _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="qonnx-estimate")
@@ -88,8 +88,12 @@ def graph_order(model: onnx.ModelProto, names: Iterable[str]) -> list[str]:
 
 
 def plan_chunks(
-    model: onnx.ModelProto, names: Sequence[str], *, tensors_per_pass: int | None = None,
-    max_memory: float | None = None, batch_shape: tuple[int, int] | None = None,
+    model: onnx.ModelProto,
+    names: Sequence[str],
+    *,
+    tensors_per_pass: int | None = None,
+    max_memory: float | None = None,
+    batch_shape: tuple[int, int] | None = None,
 ) -> list[list[str]]:
     """Tensors in graph order, cut so each chunk has at most ``tensors_per_pass`` tensors and,
     for one batch of ``batch_shape`` (sequences, tokens), at most ``max_memory`` MB."""
@@ -120,8 +124,13 @@ def collect(
     ``max_memory`` (MB) bounds the activations one segment exposes for one batch.
     """
     split = model if isinstance(model, SplitModel) else SplitModel.from_proto(model)
-    chunks = plan_chunks(split.graph, [t.layout.name for t in targets], tensors_per_pass=tensors_per_pass,
-                         max_memory=max_memory, batch_shape=batch_shape)
+    chunks = plan_chunks(
+        split.graph,
+        [t.layout.name for t in targets],
+        tensors_per_pass=tensors_per_pass,
+        max_memory=max_memory,
+        batch_shape=batch_shape,
+    )
     _log_plan(split.graph, chunks, batch_shape)
     pipeline = Pipeline(split, chunks)
     estimators = {t.result_key: t.make() for t in targets}
@@ -149,8 +158,13 @@ def _log_plan(model: onnx.ModelProto, chunks: list[list[str]], batch_shape: tupl
         return
     sizes = tensor_bytes(model, [n for c in chunks for n in c], *batch_shape)
     peak = max(sum(sizes[n] for n in c) for c in chunks) / MB
-    logger.info("exposing %d tensors in %d segment(s) of at most %.0f MB (batches of %d x %d tokens)",
-                len(sizes), len(chunks), peak, *batch_shape)
+    logger.info(
+        "exposing %d tensors in %d segment(s) of at most %.0f MB (batches of %d x %d tokens)",
+        len(sizes),
+        len(chunks),
+        peak,
+        *batch_shape,
+    )
 
 
 def _update(estimator: RangeEstimator, target: Target, x: np.ndarray, mask: np.ndarray | None) -> None:
@@ -161,4 +175,6 @@ def _update(estimator: RangeEstimator, target: Target, x: np.ndarray, mask: np.n
     except NonFiniteError:
         name = target.layout.name
         role = f" (role {target.label})" if target.label and target.label != name else ""
-        raise UsageError(f"tensor {name}{role} holds NaN or Inf on the calibration data; check the model and its inputs") from None
+        raise UsageError(
+            f"tensor {name}{role} holds NaN or Inf on the calibration data; check the model and its inputs"
+        ) from None

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
-from qonnx_bert.errors import UsageError
+from qonnx_bert.core.errors import UsageError
 
 MB = 2**20
 DEFAULT_MAX_MEMORY_MB = 512.0  # BERT-base, 8 x 128 tokens: three segments, peak RSS about 1.3 GB
@@ -29,7 +29,10 @@ def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, list]]:
         t = v.type.tensor_type
         if t.elem_type and t.HasField("shape"):
             itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
-            out[v.name] = (itemsize, [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim])
+            out[v.name] = (
+                itemsize,
+                [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim],
+            )
     return out
 
 
@@ -54,7 +57,9 @@ def tensor_bytes(model: onnx.ModelProto, names: Sequence[str], batch: int, lengt
     return {n: sizes.get(n, largest) for n in names}
 
 
-def pack(names: Sequence[str], sizes: dict[str, int], budget_mb: float, *, max_count: int | None = None) -> list[list[str]]:
+def pack(
+    names: Sequence[str], sizes: dict[str, int], budget_mb: float, *, max_count: int | None = None
+) -> list[list[str]]:
     """Consecutive chunks of ``names`` whose summed sizes stay within ``budget_mb`` (and count within ``max_count``)."""
     budget = budget_mb * MB
     too_big = [n for n in names if sizes[n] > budget]

@@ -20,12 +20,18 @@ from pathlib import Path
 import onnx
 
 from qonnx_bert.calibration.collector import Target
-from qonnx_bert.calibration.estimators import EstimatorSpec, PerChannel, PerGroup, PerTensor, make_estimator
+from qonnx_bert.calibration.estimators import (
+    EstimatorSpec,
+    PerChannel,
+    PerGroup,
+    PerTensor,
+    make_estimator,
+)
 from qonnx_bert.calibration.memory import tensor_shapes
 from qonnx_bert.calibration.recipes import Recipe, load_recipe, parse_recipe
 from qonnx_bert.calibration.tensors import TensorLayout, quantizable_tensors
-from qonnx_bert.errors import UsageError
-from qonnx_bert.roles import RoleMap, find_roles
+from qonnx_bert.core.errors import UsageError
+from qonnx_bert.graph.roles import RoleMap, find_roles
 
 # Roles whose per-channel ranges are recorded: the residual-stream roles (PEG's permutation
 # and groups need them) and the GELU output (PEG's --intermediate-groups).
@@ -49,7 +55,9 @@ def resolve_recipe(recipe: Recipe | Mapping | str | Path | None, estimator: str 
     return recipe
 
 
-def shared_ranges(model: onnx.ModelProto, layouts: list[TensorLayout], specs: dict[str, EstimatorSpec]) -> dict[str, str]:
+def shared_ranges(
+    model: onnx.ModelProto, layouts: list[TensorLayout], specs: dict[str, EstimatorSpec]
+) -> dict[str, str]:
     """tensor -> the tensor whose range it takes: it is a data-movement copy of it, with the same
     estimator and masking (so the estimate over its values would be the same)."""
     by_name = {lay.name: lay for lay in layouts}
@@ -58,13 +66,21 @@ def shared_ranges(model: onnx.ModelProto, layouts: list[TensorLayout], specs: di
         if node.op_type not in DATA_MOVEMENT_OPS or not node.input or not node.output:
             continue
         src, out = source.get(node.input[0], node.input[0]), node.output[0]
-        if src in by_name and out in by_name and specs[src] == specs[out] and by_name[src].mask_path == by_name[out].mask_path:
+        if (
+            src in by_name
+            and out in by_name
+            and specs[src] == specs[out]
+            and by_name[src].mask_path == by_name[out].mask_path
+        ):
             source[out] = src
     return source
 
 
 def check_groups(
-    model: onnx.ModelProto, groups: Mapping[str, Sequence[Sequence[int]]], roles: RoleMap, layouts: dict[str, TensorLayout],
+    model: onnx.ModelProto,
+    groups: Mapping[str, Sequence[Sequence[int]]],
+    roles: RoleMap,
+    layouts: dict[str, TensorLayout],
 ) -> dict[str, PerGroup]:
     """role -> its ``PerGroup`` granularity; UsageError for unknown roles or bad index sets."""
     shapes = tensor_shapes(model)
@@ -98,16 +114,24 @@ class CalibrationPlan:
     def targets(self) -> list[Target]:
         role_of, by_name = self.roles.role_of(), {lay.name: lay for lay in self.layouts}
         out = [
-            Target(lay, partial(make_estimator, self.specs[lay.name], PerTensor()), label=role_of.get(lay.name, lay.name))
-            for lay in self.layouts if lay.name not in self.shared
+            Target(
+                lay, partial(make_estimator, self.specs[lay.name], PerTensor()), label=role_of.get(lay.name, lay.name)
+            )
+            for lay in self.layouts
+            if lay.name not in self.shared
         ]
         out += [
             Target(by_name[self.roles.tensor(r)], partial(make_estimator, "current_minmax", PerChannel()), True, r)
             for r in self.channel_roles
         ]
         out += [
-            Target(by_name[self.roles.tensor(r)], partial(make_estimator, self.specs[self.roles.tensor(r)], g), True, r,
-                   key=group_key(r))
+            Target(
+                by_name[self.roles.tensor(r)],
+                partial(make_estimator, self.specs[self.roles.tensor(r)], g),
+                True,
+                r,
+                key=group_key(r),
+            )
             for r, g in self.groups.items()
         ]
         return out
@@ -118,7 +142,10 @@ def group_key(role: str) -> str:
 
 
 def plan_calibration(
-    model: onnx.ModelProto, *, estimator: str | None = None, recipe: Recipe | Mapping | str | Path | None = None,
+    model: onnx.ModelProto,
+    *,
+    estimator: str | None = None,
+    recipe: Recipe | Mapping | str | Path | None = None,
     groups: Mapping[str, Sequence[Sequence[int]]] | None = None,
 ) -> CalibrationPlan:
     """Roles, quantized tensors and the estimator of each, for a prepared model; bad input raises UsageError."""
@@ -128,7 +155,11 @@ def plan_calibration(
     specs = resolved.specs(roles, [lay.name for lay in layouts])
     by_name = {lay.name: lay for lay in layouts}
     return CalibrationPlan(
-        roles, layouts, resolved, specs, shared_ranges(model, layouts, specs),
+        roles,
+        layouts,
+        resolved,
+        specs,
+        shared_ranges(model, layouts, specs),
         [r for p in PER_CHANNEL_ROLES for r in roles.select(p)],
         check_groups(model, groups or {}, roles, by_name),
     )

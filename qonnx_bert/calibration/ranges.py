@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from qonnx_bert.errors import UsageError
-from qonnx_bert.files import atomic_output, read_json_object
+from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.files import atomic_output, read_json_object
 
 FORMAT = "qonnx.ranges"
 VERSION = 1
@@ -56,8 +56,14 @@ class RangeTable:
         return entry["min"], entry["max"]
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "model": self.model, "calibration": self.calibration,
-                "tensors": self.tensors, "per_channel": self.per_channel}
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "model": self.model,
+            "calibration": self.calibration,
+            "tensors": self.tensors,
+            "per_channel": self.per_channel,
+        }
 
     def save(self, path: str | Path, *, inputs: tuple = ()) -> None:
         with atomic_output(path, inputs=inputs) as tmp:
@@ -69,7 +75,9 @@ class RangeTable:
         if data.get("format") != FORMAT:
             raise UsageError(f"{path} is not a qonnx ranges file; create one with `qonnx calibrate`")
         if data.get("version") != VERSION:
-            raise UsageError(f"{path} has ranges format version {data.get('version')}, this qonnx reads {VERSION}; re-run `qonnx calibrate`")
+            raise UsageError(
+                f"{path} has ranges format version {data.get('version')}, this qonnx reads {VERSION}; re-run `qonnx calibrate`"
+            )
         return cls(data["model"], data["calibration"], data["tensors"], data.get("per_channel", {}))
 
     def fits(self, model: onnx.ModelProto) -> bool:
@@ -79,14 +87,22 @@ class RangeTable:
     def check_fits(self, model: onnx.ModelProto, needed: list[str], path: str | Path = "ranges") -> None:
         """Refuse ranges from another model, or ranges that lack tensors the scheme quantizes."""
         if not self.fits(model):
-            raise UsageError(f"{path} was calibrated on another model ({self.model.get('source')}); re-run `qonnx calibrate` on this one")
+            raise UsageError(
+                f"{path} was calibrated on another model ({self.model.get('source')}); re-run `qonnx calibrate` on this one"
+            )
         missing = [t for t in needed if t not in self.tensors]
         if missing:
-            raise UsageError(f"{path} lacks ranges for {len(missing)} tensors (e.g. {missing[0]}); re-run `qonnx calibrate` with this qonnx version")
+            raise UsageError(
+                f"{path} lacks ranges for {len(missing)} tensors (e.g. {missing[0]}); re-run `qonnx calibrate` with this qonnx version"
+            )
 
     def save_ort_cache(self, path: str | Path) -> None:
         """Write ONNX Runtime's calibration-cache JSON (``quantize_static(calibration_cache_path=...)``)."""
-        from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
+        from onnxruntime.quantization.calibrate import (
+            CalibrationMethod,
+            TensorsData,
+            save_tensors_data,
+        )
 
         data = {t: (np.float32(e["min"]), np.float32(e["max"])) for t, e in self.tensors.items()}
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), path)

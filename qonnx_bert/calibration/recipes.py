@@ -24,9 +24,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from qonnx_bert.calibration.estimators import EstimatorSpec, PerTensor, make_estimator, parse_estimator_spec
-from qonnx_bert.errors import UsageError
-from qonnx_bert.roles import RoleMap
+from qonnx_bert.calibration.estimators import (
+    EstimatorSpec,
+    PerTensor,
+    make_estimator,
+    parse_estimator_spec,
+)
+from qonnx_bert.core.errors import UsageError
+from qonnx_bert.graph.roles import RoleMap
 
 FORMAT = "qonnx.recipe"
 VERSION = 1
@@ -77,8 +82,12 @@ class Recipe:
 
     def to_json(self) -> dict:
         """The recipe as recorded in a ranges file's ``calibration`` section."""
-        return {"source": self.source, "description": self.description, "default": spec_text(self.default),
-                "roles": {glob: spec_text(spec) for glob, spec in self.rules}}
+        return {
+            "source": self.source,
+            "description": self.description,
+            "default": spec_text(self.default),
+            "roles": {glob: spec_text(spec) for glob, spec in self.rules},
+        }
 
 
 def _checked_spec(text: str) -> EstimatorSpec:
@@ -99,7 +108,7 @@ def _problems_message(source: str | None, problems: list[str]) -> str:
 
 def _spec_or_problem(text, where: str, problems: list[str]) -> EstimatorSpec | None:
     if not isinstance(text, str):
-        problems.append(f"{where}: expected an estimator spec string such as \"mse:bits=8\", got {json.dumps(text)}")
+        problems.append(f'{where}: expected an estimator spec string such as "mse:bits=8", got {json.dumps(text)}')
         return None
     try:
         return _checked_spec(text)
@@ -121,15 +130,16 @@ def _header_problems(data: dict) -> list[str]:
     return problems
 
 
-def parse_recipe(data, *, source: str | None = None, roles: RoleMap | None = None,
-                 default: str | None = None) -> Recipe:
+def parse_recipe(
+    data, *, source: str | None = None, roles: RoleMap | None = None, default: str | None = None
+) -> Recipe:
     """A validated ``Recipe`` from parsed JSON; one ``UsageError`` lists every problem.
 
     ``default`` (``--estimator``), when given, replaces the recipe's own default;
     ``roles`` (the model's) lets globs that match nothing be reported too.
     """
     if not isinstance(data, dict):
-        raise UsageError(_problems_message(source, ["expected a JSON object with \"default\" and \"roles\""]))
+        raise UsageError(_problems_message(source, ['expected a JSON object with "default" and "roles"']))
     problems = _header_problems(data)
     base = _spec_or_problem(default or data.get("default", DEFAULT_ESTIMATOR), "default", problems)
     entries = data.get("roles", {})
@@ -153,7 +163,9 @@ def load_recipe(path: str | Path, *, roles: RoleMap | None = None, default: str 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UsageError(f"recipe {path} not found; see the examples in calibration/ (e.g. calibration/paper-ptq.json)") from None
+        raise UsageError(
+            f"recipe {path} not found; see the examples in calibration/ (e.g. calibration/paper-ptq.json)"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"recipe {path} is not valid JSON ({err}); see calibration/README.md") from None
     return parse_recipe(data, source=str(path), roles=roles, default=default)

@@ -27,7 +27,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from qonnx_bert.calibration.ranges import model_fingerprint
-from qonnx_bert.errors import UsageError
+from qonnx_bert.core.errors import UsageError
 
 LARGE_INITIALIZER_BYTES = 1024  # smaller initializers (shape constants, mask fills) stay in the graph
 _SHARED_LOCATION = "qonnx-shared-weights"  # stubs' external-data location: never read, segments feed the arrays
@@ -93,7 +93,7 @@ class SplitModel:
     @classmethod
     def load(cls, path: str | Path) -> SplitModel:
         """Read an ONNX file; the full protobuf is dropped once split (weights held once)."""
-        from qonnx_bert.modelinfo import load_onnx
+        from qonnx_bert.core.modelinfo import load_onnx
 
         return cls.from_proto(load_onnx(path))
 
@@ -196,7 +196,9 @@ class Pipeline:
         model = split.graph
         self.segments = plan_segments(model, chunks)
         types = _value_types(model)
-        self.sessions = [self._session(model, seg, types, split.weights) if seg.nodes else None for seg in self.segments]
+        self.sessions = [
+            self._session(model, seg, types, split.weights) if seg.nodes else None for seg in self.segments
+        ]
         fed = [[i.name for i in s.get_inputs()] if s else [] for s in self.sessions]
         self._inputs = [[n for n in names if n not in split.weights] for names in fed]
         self._weights = [{n: split.weights[n] for n in names if n in split.weights} for names in fed]
@@ -208,11 +210,16 @@ class Pipeline:
         inits = [t for t in model.graph.initializer if t.name in used]
         missing = [n for n in seg.inputs if n in used and n not in types]
         if missing:
-            raise UsageError(f"cannot cut the graph at tensor {missing[0]}: its type is unknown; run `qonnx export` again")
+            raise UsageError(
+                f"cannot cut the graph at tensor {missing[0]}: its type is unknown; run `qonnx export` again"
+            )
         inputs = [onnx.helper.make_tensor_value_info(n, types[n], None) for n in seg.inputs if n in used]
         inputs += [onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in inits if t.name in weights]
         graph = onnx.helper.make_graph(
-            nodes, "segment", inputs, [onnx.helper.make_empty_tensor_value_info(n) for n in seg.outputs],
+            nodes,
+            "segment",
+            inputs,
+            [onnx.helper.make_empty_tensor_value_info(n) for n in seg.outputs],
             [t for t in inits if t.name not in weights],
         )
         part = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
@@ -230,7 +237,9 @@ class Pipeline:
         for seg, session, names, weights in zip(self.segments, self.sessions, self._inputs, self._weights, strict=True):
             if session is not None:
                 fed = {**{n: values[n] for n in names}, **weights}
-                values.update(zip(seg.outputs, session.run(list(seg.outputs), fed), strict=True))  # no other reference kept
+                values.update(
+                    zip(seg.outputs, session.run(list(seg.outputs), fed), strict=True)
+                )  # no other reference kept
             yield {n: values[n] for n in seg.exposed}
             values = {n: v for n, v in values.items() if n in seg.keep}
 

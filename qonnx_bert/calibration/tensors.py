@@ -71,8 +71,11 @@ def _seq_axes(shape: list, seq_dim) -> tuple[int, ...]:
     if not isinstance(seq_dim, int):
         return tuple(i for i, d in enumerate(shape) if i > 0 and d == seq_dim)
     last = len(shape) - 1
-    return tuple(i for i, d in enumerate(shape)
-                 if 0 < i and d == seq_dim and (i < last or (len(shape) == 4 and shape[last - 1] == seq_dim)))
+    return tuple(
+        i
+        for i, d in enumerate(shape)
+        if 0 < i and d == seq_dim and (i < last or (len(shape) == 4 and shape[last - 1] == seq_dim))
+    )
 
 
 def quantizable_tensors(model: onnx.ModelProto, op_types: tuple[str, ...] = QUANTIZED_OP_TYPES) -> list[TensorLayout]:

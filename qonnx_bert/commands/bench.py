@@ -23,32 +23,56 @@ DEFAULT_VARIANTS = "fp32,w8a32,w32a8,w8a8,mp,auto-mp,peg-k6-noperm,peg-k6,peg-k3
 def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks (glue: the paper's GLUE table on your model)")
     p.add_argument("suite", choices=["glue"])
-    p.add_argument("--model", default="minilm-l6", help="a checkpoint dir, or a name NAME whose recipes NAME-<task> exist (default minilm-l6)")
+    p.add_argument(
+        "--model",
+        default="minilm-l6",
+        help="a checkpoint dir, or a name NAME whose recipes NAME-<task> exist (default minilm-l6)",
+    )
     p.add_argument("--tasks", default="rte", help="comma-separated GLUE tasks (default rte)")
-    p.add_argument("--schemes", default=DEFAULT_VARIANTS,
-                   help=f"comma-separated table rows; 'loo' adds the leave-one-out rows (Table 2), 'table5' the PEG K/permutation rows (default {DEFAULT_VARIANTS})")
+    p.add_argument(
+        "--schemes",
+        default=DEFAULT_VARIANTS,
+        help=f"comma-separated table rows; 'loo' adds the leave-one-out rows (Table 2), 'table5' the PEG K/permutation rows (default {DEFAULT_VARIANTS})",
+    )
     p.add_argument("--seeds", type=int, default=1, help="calibration seeds per cell; the table shows the median")
     p.add_argument("--data-dir", help="GLUE TSV directory (default: $QONNX_GLUE_DIR)")
-    p.add_argument("-o", "--output", required=True, help="results directory (cells are cached here; re-running resumes)")
+    p.add_argument(
+        "-o", "--output", required=True, help="results directory (cells are cached here; re-running resumes)"
+    )
     p.add_argument("--limit", type=int, help="first N dev examples only")
-    p.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes (with --ray on a new local instance: its CPUs)")
-    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="run cells as Ray tasks: on a new local Ray instance (no ADDRESS) or on a cluster ('auto', 'ray://HOST:10001'); pip install 'qonnx-bert[ray]'")
-    p.add_argument("--latency-runs", type=int, default=200, help="timed runs per model for the latency column, in interleaved blocks of 10 (0: skip)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="cells run in parallel processes (with --ray on a new local instance: its CPUs)",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run cells as Ray tasks: on a new local Ray instance (no ADDRESS) or on a cluster ('auto', 'ray://HOST:10001'); pip install 'qonnx-bert[ray]'",
+    )
+    p.add_argument(
+        "--latency-runs",
+        type=int,
+        default=200,
+        help="timed runs per model for the latency column, in interleaved blocks of 10 (0: skip)",
+    )
     p.set_defaults(func=run)
 
 
 def _model_for(model: str, task: str) -> str:
-    from qonnx_bert.glue.tasks import get_task
-    from qonnx_bert.models import recipe_names
+    from qonnx_bert.inputs.glue.tasks import get_task
+    from qonnx_bert.inputs.models import recipe_names
 
     name = f"{model}-{get_task(task).name}"
     return name if name in recipe_names() else model
 
 
 def _configs(args):
-    from qonnx_bert.benchmark import BenchConfig
-    from qonnx_bert.glue.tasks import get_task, resolve_data_dir
+    from qonnx_bert.benchmarks.glue_bench import BenchConfig
+    from qonnx_bert.inputs.glue.tasks import get_task, resolve_data_dir
 
     data_dir = resolve_data_dir(args.data_dir)
     tasks = [get_task(t).name for t in args.tasks.split(",")]
@@ -57,14 +81,14 @@ def _configs(args):
 
 
 def _run_one(job) -> dict:
-    from qonnx_bert.benchmark import get_variant, run_cell
+    from qonnx_bert.benchmarks.glue_bench import get_variant, run_cell
 
     cfg, variant, seed = job
     return run_cell(cfg, get_variant(variant), seed)
 
 
 def _calibrate_one(job) -> str:
-    from qonnx_bert.benchmark import ranges_for
+    from qonnx_bert.benchmarks.glue_bench import ranges_for
 
     cfg, seed = job
     ranges_for(cfg, seed)
@@ -72,15 +96,27 @@ def _calibrate_one(job) -> str:
 
 
 def _command(args) -> str:
-    parts = ["qonnx bench glue", f"--model {args.model}", f"--tasks {args.tasks}", f"--schemes {args.schemes}", f"--seeds {args.seeds}"]
+    parts = [
+        "qonnx bench glue",
+        f"--model {args.model}",
+        f"--tasks {args.tasks}",
+        f"--schemes {args.schemes}",
+        f"--seeds {args.seeds}",
+    ]
     parts += [f"--limit {args.limit}"] if args.limit else []
     return " ".join(parts + ["--data-dir GLUE_DIR", f"-o {args.output}"])
 
 
 def run(args) -> int:
-    from qonnx_bert.benchmark import VARIANTS, check_same_model, expand_variants, render_results, save_record
-    from qonnx_bert.errors import UsageError
-    from qonnx_bert.files import atomic_output
+    from qonnx_bert.benchmarks.glue_bench import (
+        VARIANTS,
+        check_same_model,
+        expand_variants,
+        render_results,
+        save_record,
+    )
+    from qonnx_bert.core.errors import UsageError
+    from qonnx_bert.core.files import atomic_output
 
     if args.seeds < 1:
         raise UsageError("--seeds must be at least 1")
@@ -89,7 +125,9 @@ def run(args) -> int:
     by_task = {cfg.task: cfg for cfg in configs}
     seeds = {v: range(args.seeds if VARIANTS[v].scheme is not None else 1) for v in variants}
     jobs = [(cfg, v, s) for cfg in configs for v in variants for s in seeds[v]]
-    calibrations = [(cfg, s) for cfg in configs for s in range(args.seeds)] if any(VARIANTS[v].scheme for v in variants) else []
+    calibrations = (
+        [(cfg, s) for cfg in configs for s in range(args.seeds)] if any(VARIANTS[v].scheme for v in variants) else []
+    )
     records = []
     with _executor(args) as pool:  # enters first: a missing Ray fails before any work
         for cfg in configs:  # export once per task (and refuse another build's cache), here, before fanning out
@@ -112,17 +150,27 @@ def run(args) -> int:
 
 def _results(args, configs, variants: list[str], records: list[dict]) -> dict:
     """What ``results.json`` holds: median scores (and each seed's), size/latency, the command and manifest."""
-    from qonnx_bert.benchmark import LEAVE_ONE_OUT, VARIANTS, manifest, median_score
+    from qonnx_bert.benchmarks.glue_bench import (
+        LEAVE_ONE_OUT,
+        VARIANTS,
+        manifest,
+        median_score,
+    )
 
     tasks = [c.task for c in configs]
     mine = {(v, t): [r for r in records if r["variant"] == v and r["task"] == t] for v in variants for t in tasks}
     deployable = [v for v in variants if VARIANTS[v].section != LEAVE_ONE_OUT]  # leave-one-out rows are analysis only
     return {
-        "command": _command(args), "tasks": tasks, "variants": variants,
+        "command": _command(args),
+        "tasks": tasks,
+        "variants": variants,
         "scores": {v: {t: median_score(mine[v, t]) for t in tasks} for v in variants},
         "seed_scores": {v: {t: [r["metrics"]["score"] for r in mine[v, t]] for t in tasks} for v in variants},
-        "perf": _perf(configs[0], deployable, args.latency_runs) if args.latency_runs else None, "perf_task": configs[0].task,
-        "seeds": args.seeds, "models": {c.task: c.model for c in configs}, "manifest": manifest(),
+        "perf": _perf(configs[0], deployable, args.latency_runs) if args.latency_runs else None,
+        "perf_task": configs[0].task,
+        "seeds": args.seeds,
+        "models": {c.task: c.model for c in configs},
+        "manifest": manifest(),
     }
 
 
@@ -156,7 +204,7 @@ class _RayPool:
         self.address, self.num_cpus, self.started = address, num_cpus, False
 
     def __enter__(self):
-        from qonnx_bert.errors import UsageError
+        from qonnx_bert.core.errors import UsageError
 
         try:
             import ray
@@ -194,20 +242,23 @@ def _perf(cfg, variants: list[str], runs: int) -> dict:
     """File size and CPU latency (batch 1, T=128) of each variant's model, timed in interleaved rounds."""
     import onnx
 
-    from qonnx_bert.benchmark import fp32_path, seed0_model
-    from qonnx_bert.calibration.sources import shipped_sentences
-    from qonnx_bert.encode import Encoder
-    from qonnx_bert.latency import full_length_feeds, side_by_side_latency_ms
+    from qonnx_bert.benchmarks.glue_bench import fp32_path, seed0_model
+    from qonnx_bert.benchmarks.latency import full_length_feeds, side_by_side_latency_ms
+    from qonnx_bert.inputs.encode import Encoder
+    from qonnx_bert.inputs.sequences import shipped_sentences
 
     paths = {v: seed0_model(cfg, v) for v in variants}  # all built before any is timed
     feeds = full_length_feeds(Encoder.from_model(onnx.load(str(fp32_path(cfg)))), shipped_sentences()[0])
     models = {v: onnx.load(str(path)) for v, path in paths.items()}
     latency = side_by_side_latency_ms(models, feeds, runs=runs)
-    return {v: {"size_mb": path.stat().st_size / 1e6, "latency_ms": latency[v], **_bit_counts(models[v])} for v, path in paths.items()}
+    return {
+        v: {"size_mb": path.stat().st_size / 1e6, "latency_ms": latency[v], **_bit_counts(models[v])}
+        for v, path in paths.items()
+    }
 
 
 def _bit_counts(model) -> dict:
-    from qonnx_bert.quantize import report
+    from qonnx_bert.quantize.api import report
 
     bits = report(model, "").activation_bits
     total = sum(bits.values())

@@ -26,11 +26,17 @@ def register(sub) -> None:
     p.add_argument("--data-dir", help="GLUE TSV directory (default: $QONNX_GLUE_DIR)")
     p.add_argument("-n", "--num-sequences", type=int, default=64, help="number of sequences (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sequence sample (default 0)")
-    p.add_argument("--estimator", metavar="NAME[:k=v,...]",
-                   help="estimator for every tensor (default current_minmax; see `qonnx estimators`); "
-                        "with --recipe, replaces the recipe's default")
-    p.add_argument("--recipe", metavar="FILE",
-                   help="JSON recipe choosing an estimator per role glob (examples: calibration/*.json)")
+    p.add_argument(
+        "--estimator",
+        metavar="NAME[:k=v,...]",
+        help="estimator for every tensor (default current_minmax; see `qonnx estimators`); "
+        "with --recipe, replaces the recipe's default",
+    )
+    p.add_argument(
+        "--recipe",
+        metavar="FILE",
+        help="JSON recipe choosing an estimator per role glob (examples: calibration/*.json)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="sequences per batch, bucketed by length (default 8)")
     p.add_argument("--max-memory", type=float, metavar="MB", help=MAX_MEMORY_HELP)
     p.add_argument("--ort-cache", metavar="FILE", help="also write ONNX Runtime's calibration-cache JSON")
@@ -41,8 +47,8 @@ def run(args) -> int:
     from qonnx_bert.calibration.calibrate import calibrate
     from qonnx_bert.calibration.memory import DEFAULT_MAX_MEMORY_MB
     from qonnx_bert.calibration.segments import SplitModel
-    from qonnx_bert.calibration.sources import sequences_from_args
-    from qonnx_bert.errors import UsageError
+    from qonnx_bert.core.errors import UsageError
+    from qonnx_bert.inputs.sequences import calibration_sequences
 
     if args.num_sequences < 1:
         raise UsageError("--num-sequences must be at least 1")
@@ -51,11 +57,25 @@ def run(args) -> int:
     if args.max_memory is not None and not args.max_memory > 0:
         raise UsageError("--max-memory must be a positive number of MB")
     model = SplitModel.load(args.model)  # the full protobuf is dropped: weights held once
-    sequences = sequences_from_args(args)
-    table = calibrate(model, sequences, estimator=args.estimator, recipe=args.recipe, batch_size=args.batch_size,
-                      max_memory=DEFAULT_MAX_MEMORY_MB if args.max_memory is None else args.max_memory)
+    sequences = calibration_sequences(
+        args.num_sequences, args.seed, task=args.task, data_dir=args.data_dir, texts=args.texts
+    )
+    table = calibrate(
+        model,
+        sequences,
+        estimator=args.estimator,
+        recipe=args.recipe,
+        batch_size=args.batch_size,
+        max_memory=DEFAULT_MAX_MEMORY_MB if args.max_memory is None else args.max_memory,
+    )
     table.save(args.output, inputs=(args.model,))
     if args.ort_cache:
         table.save_ort_cache(args.ort_cache)
-    logger.info("wrote %s: %d tensors from %d sequences (%s, padding excluded)", args.output, len(table.tensors), len(sequences), sequences.source)
+    logger.info(
+        "wrote %s: %d tensors from %d sequences (%s, padding excluded)",
+        args.output,
+        len(table.tensors),
+        len(sequences),
+        sequences.source,
+    )
     return 0

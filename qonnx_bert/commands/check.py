@@ -10,7 +10,9 @@ from __future__ import annotations
 def add_target_options(p, *, eps: tuple[str, ...]) -> None:
     """``--ep`` and ``--soc``, shared by check, compile and eval."""
     p.add_argument("--ep", default=eps[0], help=f"execution provider: {' or '.join(eps)} (default {eps[0]})")
-    p.add_argument("--soc", default="sm8650", help="Snapdragon SoC for qnn-htp (default sm8650); `--soc list` shows them")
+    p.add_argument(
+        "--soc", default="sm8650", help="Snapdragon SoC for qnn-htp (default sm8650); `--soc list` shows them"
+    )
 
 
 def print_soc_list() -> int:
@@ -21,15 +23,17 @@ def print_soc_list() -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("check", help="check that a QDQ model runs fully quantized on qnn-htp (emulated) or the CPU provider")
+    p = sub.add_parser(
+        "check", help="check that a QDQ model runs fully quantized on qnn-htp (emulated) or the CPU provider"
+    )
     p.add_argument("model", nargs="?", help="QDQ .onnx written by `qonnx quantize`")
     add_target_options(p, eps=("qnn-htp", "cpu"))
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from qonnx_bert.errors import UsageError
-    from qonnx_bert.modelinfo import load_onnx
+    from qonnx_bert.core.errors import UsageError
+    from qonnx_bert.core.modelinfo import load_onnx
     from qonnx_bert.targets import require_ep
 
     if args.soc == "list":

@@ -24,8 +24,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from qonnx_bert.errors import UsageError
-    from qonnx_bert.modelinfo import load_onnx
+    from qonnx_bert.core.errors import UsageError
+    from qonnx_bert.core.modelinfo import load_onnx
     from qonnx_bert.targets import require_ep
     from qonnx_bert.targets.htp_check import compile_htp
     from qonnx_bert.targets.qnn import resolve_soc

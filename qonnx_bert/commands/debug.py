@@ -13,7 +13,9 @@ def add_sequence_options(p, default_n: int) -> None:
     src.add_argument("--task", help="GLUE task whose dev split supplies the sequences (e.g. rte)")
     src.add_argument("--texts", help="a text file, one sequence per line (default: the sentences shipped with qonnx)")
     p.add_argument("--data-dir", help="GLUE TSV directory (default: $QONNX_GLUE_DIR)")
-    p.add_argument("-n", "--num-sequences", type=int, default=default_n, help=f"the first N sequences (default {default_n})")
+    p.add_argument(
+        "-n", "--num-sequences", type=int, default=default_n, help=f"the first N sequences (default {default_n})"
+    )
 
 
 def register(sub) -> None:
@@ -21,16 +23,24 @@ def register(sub) -> None:
     p.add_argument("fp32", help="FP32 .onnx written by `qonnx export`")
     p.add_argument("quantized", help="QDQ .onnx written by `qonnx quantize` from it")
     add_sequence_options(p, 8)
-    p.add_argument("--plot", metavar="PNG", help="also draw a bar plot (needs matplotlib) and write the table beside it as .md")
+    p.add_argument(
+        "--plot", metavar="PNG", help="also draw a bar plot (needs matplotlib) and write the table beside it as .md"
+    )
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from pathlib import Path
 
-    from qonnx_bert.debug import compare, first_sequences, plot_errors, render_errors, require_matplotlib
-    from qonnx_bert.files import atomic_output
-    from qonnx_bert.modelinfo import load_onnx
+    from qonnx_bert.analysis.debug import (
+        compare,
+        first_sequences,
+        plot_errors,
+        render_errors,
+        require_matplotlib,
+    )
+    from qonnx_bert.core.files import atomic_output
+    from qonnx_bert.core.modelinfo import load_onnx
 
     if args.plot:
         require_matplotlib("--plot")

@@ -14,7 +14,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from qonnx_bert.demo import format_table, run_demo
+    from qonnx_bert.benchmarks.demo import format_table, run_demo
 
     if args.workdir:
         rows = run_demo(Path(args.workdir), runs=args.runs)
@@ -22,5 +22,7 @@ def run(args) -> int:
         with tempfile.TemporaryDirectory(prefix="qonnx-demo.") as tmp:
             rows = run_demo(Path(tmp), runs=args.runs)
     print(format_table(rows))
-    print("Logits of 64 shipped sentences; the classifier head is untrained (seeded), so agreement compares predictions, not accuracy.")
+    print(
+        "Logits of 64 shipped sentences; the classifier head is untrained (seeded), so agreement compares predictions, not accuracy."
+    )
     return 0

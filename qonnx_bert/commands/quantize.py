@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 
-from qonnx_bert.errors import UsageError
+from qonnx_bert.core.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
-    from qonnx_bert.schemes import SCHEMES
+    from qonnx_bert.quantize.schemes import SCHEMES
 
     p = sub.add_parser("quantize", help="insert QuantizeLinear/DequantizeLinear by scheme")
     p.add_argument("model", help="FP32 .onnx written by `qonnx export`")
@@ -42,12 +42,34 @@ PEG_OPTIONS = ("groups", "no_permute", "grouping", "layers", "permutation", "tar
 def add_peg_arguments(p) -> None:
     g = p.add_argument_group("per-embedding-group quantization (--scheme peg / peg-equal)")
     g.add_argument("--groups", type=int, metavar="K", help="groups of embedding dimensions per layer (default 6)")
-    g.add_argument("--grouping", choices=("equal", "outlier"), help="equal-size groups (the paper; peg-equal's default) or outlier-aware uneven groups (peg's default)")
-    g.add_argument("--no-permute", action="store_true", default=None, help="equal groups of consecutive dimensions, no range-based permutation")
-    g.add_argument("--permutation", choices=("layer", "model"), help="layer: a Gather before and after each FFN (the paper); model: one order for all layers, folded into the weights (no Gather at run time)")
+    g.add_argument(
+        "--grouping",
+        choices=("equal", "outlier"),
+        help="equal-size groups (the paper; peg-equal's default) or outlier-aware uneven groups (peg's default)",
+    )
+    g.add_argument(
+        "--no-permute",
+        action="store_true",
+        default=None,
+        help="equal groups of consecutive dimensions, no range-based permutation",
+    )
+    g.add_argument(
+        "--permutation",
+        choices=("layer", "model"),
+        help="layer: a Gather before and after each FFN (the paper); model: one order for all layers, folded into the weights (no Gather at run time)",
+    )
     g.add_argument("--layers", type=layer_list, help="layers to apply PEG to, e.g. 0,2,4-5 (default all)")
-    g.add_argument("--intermediate-groups", type=int, metavar="J", help="split each FFN's GELU output into J outlier-aware groups of units where that cuts its quantization noise 8-fold (a unit far wider than the rest); peg's default 2, peg-equal's 1 (not split)")
-    g.add_argument("--target", choices=("portable", "cpu"), help="portable (default): runs on every provider, QNN HTP included; cpu: faster on the CPU provider only, where the LayerNorms around the groups run in float anyway")
+    g.add_argument(
+        "--intermediate-groups",
+        type=int,
+        metavar="J",
+        help="split each FFN's GELU output into J outlier-aware groups of units where that cuts its quantization noise 8-fold (a unit far wider than the rest); peg's default 2, peg-equal's 1 (not split)",
+    )
+    g.add_argument(
+        "--target",
+        choices=("portable", "cpu"),
+        help="portable (default): runs on every provider, QNN HTP included; cpu: faster on the CPU provider only, where the LayerNorms around the groups run in float anyway",
+    )
 
 
 def peg_options(args) -> dict:
@@ -72,10 +94,23 @@ def budget(text: str) -> int | float:
 
 def add_int16_arguments(p) -> None:
     g = p.add_argument_group("16-bit activations (any scheme; see --scheme mp / auto-mp)")
-    g.add_argument("--int16", action="append", metavar="PATTERN", help="keep the roles matching PATTERN in uint16, e.g. 'layer.*.ffn.residual_sum', 'layer.4-5.ffn.*', 'output' (repeatable)")
-    g.add_argument("--int16-from", metavar="FILE", help="keep the roles of a selection saved with --save-selection in uint16")
-    g.add_argument("--budget", type=budget, help="auto-mp: how many activations (by role) go to 16 bits: a count (6) or a fraction of all (0.2)")
-    g.add_argument("--save-selection", metavar="FILE", help="write the 16-bit roles (and auto-mp's measurements) for --int16-from")
+    g.add_argument(
+        "--int16",
+        action="append",
+        metavar="PATTERN",
+        help="keep the roles matching PATTERN in uint16, e.g. 'layer.*.ffn.residual_sum', 'layer.4-5.ffn.*', 'output' (repeatable)",
+    )
+    g.add_argument(
+        "--int16-from", metavar="FILE", help="keep the roles of a selection saved with --save-selection in uint16"
+    )
+    g.add_argument(
+        "--budget",
+        type=budget,
+        help="auto-mp: how many activations (by role) go to 16 bits: a count (6) or a fraction of all (0.2)",
+    )
+    g.add_argument(
+        "--save-selection", metavar="FILE", help="write the 16-bit roles (and auto-mp's measurements) for --int16-from"
+    )
 
 
 def int16_options(args) -> dict:
@@ -87,9 +122,9 @@ def run(args) -> int:
     import onnx
 
     from qonnx_bert.calibration.ranges import RangeTable
-    from qonnx_bert.files import atomic_output
-    from qonnx_bert.modelinfo import load_onnx
-    from qonnx_bert.quantize import quantize
+    from qonnx_bert.core.files import atomic_output
+    from qonnx_bert.core.modelinfo import load_onnx
+    from qonnx_bert.quantize.api import quantize
 
     options = {**int16_options(args), **peg_options(args)}
     model = load_onnx(args.model)

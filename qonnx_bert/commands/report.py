@@ -17,8 +17,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from qonnx_bert.files import atomic_output
-    from qonnx_bert.report import build_report
+    from qonnx_bert.benchmarks.report import build_report
+    from qonnx_bert.core.files import atomic_output
 
     output = Path(args.output) if args.output else Path(args.results) / "report.md"
     page = build_report(args.results, output)

@@ -113,7 +113,9 @@ def mask_overrides(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]
 
 
 def htp_ready(
-    model: onnx.ModelProto, overrides: dict[str, list[dict]] | None = None, ranges: dict[str, tuple[float, float]] | None = None
+    model: onnx.ModelProto,
+    overrides: dict[str, list[dict]] | None = None,
+    ranges: dict[str, tuple[float, float]] | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, list[dict]]]:
     """A fixed-up copy of ``model`` and the overrides that make its QDQ graph HTP-clean."""
     out = onnx.ModelProto()
@@ -161,7 +163,9 @@ def constant_gather_nd(model: onnx.ModelProto) -> int:
     return changed
 
 
-def _gather_nd_as_reshape(model: onnx.ModelProto, node: onnx.NodeProto, shape: tuple[int, ...], idx: np.ndarray) -> list:
+def _gather_nd_as_reshape(
+    model: onnx.ModelProto, node: onnx.NodeProto, shape: tuple[int, ...], idx: np.ndarray
+) -> list:
     """The equivalent Reshape (identity selection) or Reshape + Gather of a constant-index GatherND."""
     depth = idx.shape[-1]
     strides = np.array([int(np.prod(shape[k + 1 : depth])) for k in range(depth)], np.int64)
@@ -173,10 +177,12 @@ def _gather_nd_as_reshape(model: onnx.ModelProto, node: onnx.NodeProto, shape: t
         model.graph.initializer.append(numpy_helper.from_array(out_shape, f"{stem}_shape"))
         return [helper.make_node("Reshape", [node.input[0], f"{stem}_shape"], list(node.output), name=stem)]
     flat_shape = np.array([int(np.prod(shape[:depth])), *inner], np.int64)
-    model.graph.initializer.extend([
-        numpy_helper.from_array(flat_shape, f"{stem}_flat_shape"),
-        numpy_helper.from_array(flat.reshape(idx.shape[:-1]), f"{stem}_flat_indices"),
-    ])
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(flat_shape, f"{stem}_flat_shape"),
+            numpy_helper.from_array(flat.reshape(idx.shape[:-1]), f"{stem}_flat_indices"),
+        ]
+    )
     return [
         helper.make_node("Reshape", [node.input[0], f"{stem}_flat_shape"], [f"{stem}_flat"], name=f"{stem}_flat"),
         helper.make_node("Gather", [f"{stem}_flat", f"{stem}_flat_indices"], list(node.output), name=stem, axis=0),
@@ -224,7 +230,9 @@ def quantize_where_constants(model: onnx.ModelProto) -> int:
     replaced: set[str] = set()
     for node in [n for n in model.graph.node if n.op_type == "Where"]:
         q = _only_consumer(model, node.output[0])
-        branches = [k for k in (1, 2) if node.input[k] in inits and inits[node.input[k]].data_type == onnx.TensorProto.FLOAT]
+        branches = [
+            k for k in (1, 2) if node.input[k] in inits and inits[node.input[k]].data_type == onnx.TensorProto.FLOAT
+        ]
         if q is None or q.op_type != "QuantizeLinear" or not branches:
             continue
         scale, zp = numpy_helper.to_array(inits[q.input[1]]), numpy_helper.to_array(inits[q.input[2]])
@@ -243,11 +251,17 @@ def _drop_unused(model: onnx.ModelProto, names: set[str]) -> None:
     model.graph.initializer.extend(kept)
 
 
-def _dequantized_constant(model: onnx.ModelProto, init: onnx.TensorProto, scale: np.ndarray, zp: np.ndarray, stem: str) -> str:
+def _dequantized_constant(
+    model: onnx.ModelProto, init: onnx.TensorProto, scale: np.ndarray, zp: np.ndarray, stem: str
+) -> str:
     """Add ``DequantizeLinear(quantized init)`` at the front of the graph; returns its output name."""
     info = np.iinfo(zp.dtype)
-    q = np.clip(np.round(numpy_helper.to_array(init) / scale) + zp.astype(np.int64), info.min, info.max).astype(zp.dtype)
+    q = np.clip(np.round(numpy_helper.to_array(init) / scale) + zp.astype(np.int64), info.min, info.max).astype(
+        zp.dtype
+    )
     names = (f"{stem}_quantized", f"{stem}_scale", f"{stem}_zero_point")
     model.graph.initializer.extend(numpy_helper.from_array(a, n) for a, n in zip((q, scale, zp), names, strict=True))
-    model.graph.node.insert(0, helper.make_node("DequantizeLinear", list(names), [f"{stem}_dq"], name=f"{stem}_DequantizeLinear"))
+    model.graph.node.insert(
+        0, helper.make_node("DequantizeLinear", list(names), [f"{stem}_dq"], name=f"{stem}_DequantizeLinear")
+    )
     return f"{stem}_dq"

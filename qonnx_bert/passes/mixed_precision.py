@@ -33,7 +33,10 @@ from onnxruntime.quantization import QuantType
 from onnxruntime.quantization.execution_providers.qnn.mixed_precision_overrides_utils import (
     MixedPrecisionTensorQuantOverridesFixer,
 )
-from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
+from onnxruntime.quantization.quant_utils import (
+    compute_scale_zp,
+    get_qmin_qmax_for_qType,
+)
 from onnxruntime.quantization.tensor_quant_overrides import TensorQuantOverridesHelper
 
 ACTIVATION_TYPE = QuantType.QUInt8
@@ -99,16 +102,30 @@ def widen_exactly(model: onnx.ModelProto, readers: Iterable[str]) -> None:
     for node in model.graph.node:
         if node.name in wanted:
             dq = producers.get(node.input[0])
-            zero = numpy_helper.to_array(inits[dq.input[2]]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            zero = (
+                numpy_helper.to_array(inits[dq.input[2]])
+                if dq is not None and dq.op_type == "DequantizeLinear"
+                else None
+            )
             if zero is None or zero.dtype != np.uint8:
                 raise ValueError(f"node {node.name!r} does not read a uint8 DequantizeLinear output")
             stem = f"{node.name}_input_uint16"
             scale = numpy_helper.to_array(inits[dq.input[1]]) / np.float32(257)
-            model.graph.initializer.extend([numpy_helper.from_array(scale.astype(np.float32), f"{stem}_scale"),
-                                            numpy_helper.from_array(zero.astype(np.uint16) * np.uint16(257), f"{stem}_zero_point")])
+            model.graph.initializer.extend(
+                [
+                    numpy_helper.from_array(scale.astype(np.float32), f"{stem}_scale"),
+                    numpy_helper.from_array(zero.astype(np.uint16) * np.uint16(257), f"{stem}_zero_point"),
+                ]
+            )
             params = [f"{stem}_scale", f"{stem}_zero_point"]
-            nodes += [onnx.helper.make_node("QuantizeLinear", [node.input[0], *params], [f"{stem}_q"], name=f"{stem}_QuantizeLinear"),
-                      onnx.helper.make_node("DequantizeLinear", [f"{stem}_q", *params], [stem], name=f"{stem}_DequantizeLinear")]
+            nodes += [
+                onnx.helper.make_node(
+                    "QuantizeLinear", [node.input[0], *params], [f"{stem}_q"], name=f"{stem}_QuantizeLinear"
+                ),
+                onnx.helper.make_node(
+                    "DequantizeLinear", [f"{stem}_q", *params], [stem], name=f"{stem}_DequantizeLinear"
+                ),
+            ]
             node.input[0] = stem
         nodes.append(node)
     del model.graph.node[:]

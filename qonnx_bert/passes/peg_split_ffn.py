@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from qonnx_bert.errors import UsageError
+from qonnx_bert.core.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,16 @@ def find_ffn(graph: ir.Graph, roles: dict[str, str], layer: int) -> FfnNodes:
     inter = values[roles[f"layer.{layer}.ffn.intermediate"]].producer()
     out = values[roles[f"layer.{layer}.ffn.output"]].producer()
     residual = values[roles[f"layer.{layer}.ffn.residual_sum"]].producer()
-    mm1 = next((i.producer() for i in inter.inputs if i.producer() is not None and i.producer().op_type == "MatMul"), None)
-    mm2 = next((i.producer() for i in out.inputs if i.producer() is not None and i.producer().op_type == "MatMul"), None)
+    mm1 = next(
+        (i.producer() for i in inter.inputs if i.producer() is not None and i.producer().op_type == "MatMul"), None
+    )
+    mm2 = next(
+        (i.producer() for i in out.inputs if i.producer() is not None and i.producer().op_type == "MatMul"), None
+    )
     if mm1 is None or mm2 is None or inter.op_type != "Add" or out.op_type != "Add":
-        raise UsageError(f"layer {layer}: expected FFN dense layers as MatMul + bias Add (got {inter.op_type}/{out.op_type}); cannot lower PEG")
+        raise UsageError(
+            f"layer {layer}: expected FFN dense layers as MatMul + bias Add (got {inter.op_type}/{out.op_type}); cannot lower PEG"
+        )
     return FfnNodes(mm1, inter, mm2, out, residual, mm1.inputs[0])
 
 
@@ -95,9 +101,13 @@ class _Builder:
         self.graph.register_initializer(value)
         return value
 
-    def node(self, op: str, inputs: list, name: str, attributes: dict | None = None, outputs: int = 1) -> list[ir.Value]:
+    def node(
+        self, op: str, inputs: list, name: str, attributes: dict | None = None, outputs: int = 1
+    ) -> list[ir.Value]:
         outs = [ir.Value(name=f"{self.prefix}.{name}" + (f".{i}" if outputs > 1 else "")) for i in range(outputs)]
-        attrs = [ir.AttrInt64(k, v) if isinstance(v, int) else ir.AttrInt64s(k, v) for k, v in (attributes or {}).items()]
+        attrs = [
+            ir.AttrInt64(k, v) if isinstance(v, int) else ir.AttrInt64s(k, v) for k, v in (attributes or {}).items()
+        ]
         node = ir.Node("", op, inputs, attrs, outputs=outs, name=f"{self.prefix}.{name}")
         self.graph.insert_before(self.anchor, node)
         return outs
@@ -137,8 +147,13 @@ def _partition(groups: list[np.ndarray], width: int, layer: int, what: str) -> t
     return perm, np.cumsum([0, *(len(g) for g in groups)])
 
 
-def split_ffn(graph: ir.Graph, roles: dict[str, str], layer: int, groups: list[np.ndarray],
-              intermediate: list[np.ndarray] | None = None) -> SplitResult:
+def split_ffn(
+    graph: ir.Graph,
+    roles: dict[str, str],
+    layer: int,
+    groups: list[np.ndarray],
+    intermediate: list[np.ndarray] | None = None,
+) -> SplitResult:
     """Rewrite ``layer``'s FFN into groups of hidden dimensions (and of intermediate units) in place."""
     ffn = find_ffn(graph, roles, layer)
     w1, w2 = _const(ffn.matmul1.inputs[1], layer, "W1"), _const(ffn.matmul2.inputs[1], layer, "W2")
@@ -157,8 +172,13 @@ def split_ffn(graph: ir.Graph, roles: dict[str, str], layer: int, groups: list[n
     whole = [x] if grouped else []
     xs = b.node("Split", [x, b.const("sizes", np.diff(cuts))], "x", {"axis": -1}, len(groups)) if grouped else [x]
     sum_of = _Accumulator(b)
-    acc = sum_of([b.node("MatMul", [xg, b.const(f"w1.{g}", w1[cuts[g] : cuts[g + 1]])], f"partial.{g}")[0]
-                  for g, xg in enumerate(xs)], "partial_sum")
+    acc = sum_of(
+        [
+            b.node("MatMul", [xg, b.const(f"w1.{g}", w1[cuts[g] : cuts[g + 1]])], f"partial.{g}")[0]
+            for g, xg in enumerate(xs)
+        ],
+        "partial_sum",
+    )
     ffn.bias1.replace_input_with(list(ffn.bias1.inputs).index(ffn.matmul1.outputs[0]), acc)
     moved = {ffn.x.name: perm} if permuted else {}
     if len(inner_cuts) > 2:
@@ -167,18 +187,36 @@ def split_ffn(graph: ir.Graph, roles: dict[str, str], layer: int, groups: list[n
         ffn.bias1.replace_input_with(list(ffn.bias1.inputs).index(b1), b.const("b1", _const(b1, layer, "b1")[inner]))
     b.anchor = ffn.residual
     h = ffn.matmul2.inputs[0]
-    hs = b.node("Split", [h, b.const("h_sizes", np.diff(inner_cuts))], "h", {"axis": -1}, len(inner_cuts) - 1) if len(inner_cuts) > 2 else [h]
+    hs = (
+        b.node("Split", [h, b.const("h_sizes", np.diff(inner_cuts))], "h", {"axis": -1}, len(inner_cuts) - 1)
+        if len(inner_cuts) > 2
+        else [h]
+    )
     sums = []
     for g, xg in enumerate(xs):
         tags = [f"{g}" if len(hs) == 1 else f"{g}.{j}" for j in range(len(hs))]
-        yg = sum_of([b.node("MatMul", [hj, b.const(f"w2.{tag}", w2[inner_cuts[j] : inner_cuts[j + 1], cuts[g] : cuts[g + 1]])], f"out_matmul.{tag}")[0]
-                     for j, (hj, tag) in enumerate(zip(hs, tags))], f"out_partial_sum.{g}")
+        yg = sum_of(
+            [
+                b.node(
+                    "MatMul",
+                    [hj, b.const(f"w2.{tag}", w2[inner_cuts[j] : inner_cuts[j + 1], cuts[g] : cuts[g + 1]])],
+                    f"out_matmul.{tag}",
+                )[0]
+                for j, (hj, tag) in enumerate(zip(hs, tags))
+            ],
+            f"out_partial_sum.{g}",
+        )
         yg = b.node("Add", [yg, b.const(f"b2.{g}", b2[cuts[g] : cuts[g + 1]])], f"output.{g}")[0]
         sums.append(b.node("Add", [yg, xg], f"residual_sum.{g}")[0])
     s = b.node("Concat", sums, "residual_sum_permuted", {"axis": -1})[0] if grouped else sums[0]
     whole += [s] if grouped else []
     if permuted:
-        s = b.node("Gather", [s, b.const("inverse_perm", np.argsort(perm).astype(np.int64))], "residual_sum_unpermuted", {"axis": -1})[0]
+        s = b.node(
+            "Gather",
+            [s, b.const("inverse_perm", np.argsort(perm).astype(np.int64))],
+            "residual_sum_unpermuted",
+            {"axis": -1},
+        )[0]
         whole += [s] if grouped else []
     _replace(graph, ffn, s)
     whole += [h] if len(hs) > 1 else []
@@ -186,8 +224,14 @@ def split_ffn(graph: ir.Graph, roles: dict[str, str], layer: int, groups: list[n
     if not split:  # a permutation alone: no group tensors, nothing to keep apart
         return SplitResult([], [], [], permuted=moved)
     touching = {v.producer() for v in whole} | {u.node for v in whole for u in v.uses()}
-    return SplitResult(split, [v.name for v in whole], sorted(n.name for n in touching if n is not None and n.name not in split),
-                       sum_of.partials, sum_of.nodes, moved)
+    return SplitResult(
+        split,
+        [v.name for v in whole],
+        sorted(n.name for n in touching if n is not None and n.name not in split),
+        sum_of.partials,
+        sum_of.nodes,
+        moved,
+    )
 
 
 class _Accumulator:
@@ -210,13 +254,22 @@ def _permute_layernorm(b: _Builder, ffn: FfnNodes, perm: np.ndarray, layer: int)
     ln = ffn.x.producer()
     axis = ln.attributes.get("axis") if ln is not None else None
     readers = {use.node for use in ffn.x.uses()}
-    if (ln is None or ln.op_type != "LayerNormalization" or len(ln.inputs) != 3 or (axis is not None and axis.value != -1)
-            or readers != {ffn.matmul1, ffn.residual}):
-        raise UsageError(f"layer {layer}: the FFN input is not a LayerNorm output read only by the FFN; "
-                         "use --permutation model or --no-permute")
+    if (
+        ln is None
+        or ln.op_type != "LayerNormalization"
+        or len(ln.inputs) != 3
+        or (axis is not None and axis.value != -1)
+        or readers != {ffn.matmul1, ffn.residual}
+    ):
+        raise UsageError(
+            f"layer {layer}: the FFN input is not a LayerNorm output read only by the FFN; "
+            "use --permutation model or --no-permute"
+        )
     gamma, beta = (_const(v, layer, what) for v, what in zip(ln.inputs[1:3], ("LayerNorm gamma", "LayerNorm beta")))
     before_ln = _Builder(b.graph, ln, b.prefix)
-    stream = before_ln.node("Gather", [ln.inputs[0], before_ln.const("perm", perm)], "ln_input_permuted", {"axis": -1})[0]
+    stream = before_ln.node("Gather", [ln.inputs[0], before_ln.const("perm", perm)], "ln_input_permuted", {"axis": -1})[
+        0
+    ]
     ln.replace_input_with(0, stream)
     ln.replace_input_with(1, before_ln.const("ln_gamma_permuted", gamma[perm]))
     ln.replace_input_with(2, before_ln.const("ln_beta_permuted", beta[perm]))

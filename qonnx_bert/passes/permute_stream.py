@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qonnx_bert.errors import UsageError
+from qonnx_bert.core.errors import UsageError
 
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div"}
 
@@ -35,12 +35,14 @@ class _Folder:
     def __init__(self, graph: ir.Graph, perm: np.ndarray) -> None:
         self.graph, self.perm, self.hidden = graph, perm, len(perm)
         self.permuted: dict[int, ir.Value] = {}  # values now in permuted order, by id
-        self.done: set[int] = set()      # ids of nodes handled
+        self.done: set[int] = set()  # ids of nodes handled
         self.copies: dict[tuple[str, str], ir.Value] = {}
         self.edits: list[tuple[ir.Node, int, ir.Value]] = []  # applied only if the whole fold succeeds
 
     def refuse(self, node: ir.Node, why: str) -> UsageError:
-        return UsageError(f"cannot fold the PEG permutation into the weights at {node.op_type} node {node.name!r}: {why}; use --permutation layer")
+        return UsageError(
+            f"cannot fold the PEG permutation into the weights at {node.op_type} node {node.name!r}: {why}; use --permutation layer"
+        )
 
     def constant(self, node: ir.Node, index: int, how: str) -> None:
         """Replace input ``index`` of ``node`` by a permuted copy (``how``: rows, columns, vector)."""
@@ -49,7 +51,10 @@ class _Folder:
         if how == "vector" and (array.ndim == 0 or array.shape[-1] == 1):
             return  # a scalar or broadcast constant is the same for every dimension
         if (array.shape[0] if how == "rows" else array.shape[-1]) != self.hidden:
-            raise self.refuse(node, f"constant {value.name!r} of shape {list(array.shape)} does not span the {self.hidden} hidden dimensions")
+            raise self.refuse(
+                node,
+                f"constant {value.name!r} of shape {list(array.shape)} does not span the {self.hidden} hidden dimensions",
+            )
         key = (value.name, how)
         if key not in self.copies:
             moved = array[self.perm] if how == "rows" else array[..., self.perm]
@@ -63,7 +68,9 @@ class _Folder:
             return
         node = value.producer()
         if node is None:
-            raise UsageError(f"cannot fold the PEG permutation into the weights: {value.name!r} joins the residual stream from outside the graph; use --permutation layer")
+            raise UsageError(
+                f"cannot fold the PEG permutation into the weights: {value.name!r} joins the residual stream from outside the graph; use --permutation layer"
+            )
         self.permuted[id(value)] = value
         self.done.add(id(node))
         if node.op_type in _ELEMENTWISE:
@@ -83,7 +90,9 @@ class _Folder:
         """``value`` is permuted: adapt every consumer."""
         self.permuted[id(value)] = value
         if value.is_graph_output():
-            raise UsageError(f"cannot fold the PEG permutation into the weights: the residual stream {value.name!r} is a graph output; use --permutation layer")
+            raise UsageError(
+                f"cannot fold the PEG permutation into the weights: the residual stream {value.name!r} is a graph output; use --permutation layer"
+            )
         for node in value.consumers():
             if id(node) in self.done:
                 continue
@@ -94,7 +103,12 @@ class _Folder:
         op = node.op_type
         if op == "MatMul" and node.inputs[0] is value and node.inputs[1].const_value is not None:
             self.constant(node, 1, "rows")
-        elif op == "Gemm" and node.inputs[0] is value and node.inputs[1].const_value is not None and not _attr(node, "transA", 0):
+        elif (
+            op == "Gemm"
+            and node.inputs[0] is value
+            and node.inputs[1].const_value is not None
+            and not _attr(node, "transA", 0)
+        ):
             self.constant(node, 1, "columns" if _attr(node, "transB", 0) else "rows")
         elif op == "LayerNormalization" and _axis(node) in (-1, _rank(node) - 1):
             self._layernorm(node)
@@ -102,12 +116,16 @@ class _Folder:
         elif op in ("Add", "Sub"):
             for x in node.inputs:
                 if x is not value:
-                    self.backward(x) if x.const_value is None else self.constant(node, list(node.inputs).index(x), "vector")
+                    self.backward(x) if x.const_value is None else self.constant(
+                        node, list(node.inputs).index(x), "vector"
+                    )
             self.forward(node.outputs[0])
         elif op == "Gather" and node.inputs[0] is value and _axis(node) not in (-1, _rank(node) - 1):
             self.forward(node.outputs[0])
         else:
-            raise self.refuse(node, "it reads the residual stream in a way that depends on the order of hidden dimensions")
+            raise self.refuse(
+                node, "it reads the residual stream in a way that depends on the order of hidden dimensions"
+            )
 
     def _layernorm(self, node: ir.Node) -> None:
         for i in (1, 2):

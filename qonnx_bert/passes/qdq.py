@@ -24,7 +24,7 @@ import onnx
 from onnx import numpy_helper
 
 from qonnx_bert.calibration.tensors import QUANTIZED_OP_TYPES
-from qonnx_bert.schemes.plan import Plan
+from qonnx_bert.passes.plan import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,11 @@ def _ort_quantize(plan: Plan) -> onnx.ModelProto:
 
 def _run_quantize_static(plan: Plan) -> onnx.ModelProto:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
+    from onnxruntime.quantization.calibrate import (
+        CalibrationMethod,
+        TensorsData,
+        save_tensors_data,
+    )
 
     with tempfile.TemporaryDirectory(prefix="qonnx.") as tmp:
         src, dst, cache = (Path(tmp) / n for n in ("in.onnx", "out.onnx", "ranges.json"))
@@ -55,10 +59,21 @@ def _run_quantize_static(plan: Plan) -> onnx.ModelProto:
         data = {t: (np.float32(lo), np.float32(hi)) for t, (lo, hi) in plan.ranges.items()}
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
         quantize_static(
-            str(src), str(dst), calibration_data_reader=None, calibration_cache_path=str(cache),
-            quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            per_channel=False, op_types_to_quantize=list(QUANTIZED_OP_TYPES), nodes_to_exclude=list(plan.exclude_nodes),
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "TensorQuantOverrides": plan.overrides},
+            str(src),
+            str(dst),
+            calibration_data_reader=None,
+            calibration_cache_path=str(cache),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=False,
+            op_types_to_quantize=list(QUANTIZED_OP_TYPES),
+            nodes_to_exclude=list(plan.exclude_nodes),
+            extra_options={
+                "ActivationSymmetric": False,
+                "WeightSymmetric": True,
+                "TensorQuantOverrides": plan.overrides,
+            },
         )
         return onnx.load(str(dst))
 
@@ -87,8 +102,18 @@ def quantize_weights_only(model: onnx.ModelProto) -> onnx.ModelProto:
         w = numpy_helper.to_array(init).astype(np.float32)
         scale = np.float32(max(np.abs(w).max(), 1e-12) / 127.0)
         q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
-        kept += [numpy_helper.from_array(q, init.name + "_quantized"), numpy_helper.from_array(scale, init.name + "_scale")]
-        dq_nodes.append(onnx.helper.make_node("DequantizeLinear", [init.name + "_quantized", init.name + "_scale"], [init.name], name=init.name + "_DequantizeLinear"))
+        kept += [
+            numpy_helper.from_array(q, init.name + "_quantized"),
+            numpy_helper.from_array(scale, init.name + "_scale"),
+        ]
+        dq_nodes.append(
+            onnx.helper.make_node(
+                "DequantizeLinear",
+                [init.name + "_quantized", init.name + "_scale"],
+                [init.name],
+                name=init.name + "_DequantizeLinear",
+            )
+        )
     del out.graph.initializer[:]
     out.graph.initializer.extend(kept)
     nodes = list(out.graph.node)
@@ -127,8 +152,11 @@ def remove_qdq(model: onnx.ModelProto, tensors: list[str]) -> None:
     """
     wanted = set(tensors)
     quantizers = {n.output[0]: n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in wanted}
-    dequantizers = {n.output[0]: quantizers[n.input[0]].input[0] for n in model.graph.node
-                    if n.op_type == "DequantizeLinear" and n.input[0] in quantizers}
+    dequantizers = {
+        n.output[0]: quantizers[n.input[0]].input[0]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in quantizers
+    }
     nodes = [n for n in model.graph.node if n.output[0] not in quantizers and n.output[0] not in dequantizers]
     for node in nodes:
         node.input[:] = [dequantizers.get(i, i) for i in node.input]
@@ -145,7 +173,9 @@ def insert_qdq(plan: Plan) -> onnx.ModelProto:
     from qonnx_bert.passes.htp_rules import htp_ready, quantize_where_constants
     from qonnx_bert.passes.mixed_precision import widen_exactly
 
-    model, htp = htp_ready(plan.model, plan.overrides, plan.ranges)  # measured HTP rules; the scheme's own overrides win
+    model, htp = htp_ready(
+        plan.model, plan.overrides, plan.ranges
+    )  # measured HTP rules; the scheme's own overrides win
     plan = replace(plan, model=model, overrides={**htp, **plan.overrides})
     quantized = _ort_quantize(plan)
     quantize_where_constants(quantized)

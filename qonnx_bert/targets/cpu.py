@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from qonnx_bert.errors import UsageError
+from qonnx_bert.core.errors import UsageError
 from qonnx_bert.targets.htp_fixes import QdqView, is_qdq
 from qonnx_bert.targets.report import CheckReport, Finding
 
@@ -25,7 +25,9 @@ HEAVY = ("MatMul", "Gemm", "Conv")
 # A MatMul whose int8 weight ORT folded into a block-quantized kernel that still computes on float
 # activations (its fusion of DQ(weight) -> MatMul when the activation is not 8-bit): a float MatMul unit.
 _FLOAT_FORMS = {"MatMulNBits": "MatMul"}
-UNVERIFIED = "speed on another CPU (kernels depend on its instruction set: AVX2, AVX512-VNNI, Arm); measure latency there"
+UNVERIFIED = (
+    "speed on another CPU (kernels depend on its instruction set: AVX2, AVX512-VNNI, Arm); measure latency there"
+)
 
 
 def optimized_model(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -42,14 +44,18 @@ def qdq_units(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """Non-Q/DQ nodes computing on dequantized values: QDQ units not fused into a kernel."""
     producer = {o: n for n in model.graph.node for o in n.output}
     return [
-        n for n in model.graph.node
-        if not is_qdq(n) and any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input)
+        n
+        for n in model.graph.node
+        if not is_qdq(n)
+        and any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input)
     ]
 
 
 def integer_kernels(model: onnx.ModelProto) -> Counter:
     """Integer kernels in an optimized graph: QLinear* ops, QGemm, MatMulInteger*."""
-    return Counter(n.op_type for n in model.graph.node if n.op_type.startswith(("QLinear", "QGemm", "MatMulInteger", "QAttention")))
+    return Counter(
+        n.op_type for n in model.graph.node if n.op_type.startswith(("QLinear", "QGemm", "MatMulInteger", "QAttention"))
+    )
 
 
 def check_cpu(model: onnx.ModelProto, *, path: str = "model") -> CheckReport:
@@ -68,10 +74,18 @@ def check_cpu(model: onnx.ModelProto, *, path: str = "model") -> CheckReport:
         op = _FLOAT_FORMS.get(node.op_type, node.op_type)
         report.summary.append(f"float: {node.name} ({node.op_type}), inputs {_types(view, node)}")
         if op in HEAVY and "uint16" not in _types(view, node) and "int16" not in _types(view, node):
-            report.findings.append(Finding(node.name, node.op_type, f"8-bit {op} runs in float ({_types(view, node)})",
-                                           "use int8 symmetric weights and uint8 activations (per-tensor) so the CPU provider fuses it"))
+            report.findings.append(
+                Finding(
+                    node.name,
+                    node.op_type,
+                    f"8-bit {op} runs in float ({_types(view, node)})",
+                    "use int8 symmetric weights and uint8 activations (per-tensor) so the CPU provider fuses it",
+                )
+            )
     if not kernels:
-        report.findings.append(Finding("(graph)", "-", "no integer kernel at all", "quantize activations too (e.g. --scheme w8a8)"))
+        report.findings.append(
+            Finding("(graph)", "-", "no integer kernel at all", "quantize activations too (e.g. --scheme w8a8)")
+        )
     return report
 
 

@@ -23,10 +23,24 @@ from pathlib import Path
 
 import onnx
 
-from qonnx_bert.schemes.plan import TARGET_KEY
+from qonnx_bert.passes.plan import TARGET_KEY
 from qonnx_bert.targets.htp_fixes import QdqView, diagnose, unit_owner
-from qonnx_bert.targets.qnn import EP_NAME, Compiled, Soc, context_config, htp_session, qnn_devices, require_htp_model
-from qonnx_bert.targets.qnn_graph import QnnNode, float_nodes, load_qnn_nodes, mixed_type_nodes, tensor_types
+from qonnx_bert.targets.qnn import (
+    EP_NAME,
+    Compiled,
+    Soc,
+    context_config,
+    htp_session,
+    qnn_devices,
+    require_htp_model,
+)
+from qonnx_bert.targets.qnn_graph import (
+    QnnNode,
+    float_nodes,
+    load_qnn_nodes,
+    mixed_type_nodes,
+    tensor_types,
+)
 from qonnx_bert.targets.report import CheckReport, Finding
 
 UNVERIFIED = (
@@ -37,14 +51,18 @@ _REASON = re.compile(r"failed for node `([^`]+)` of type `([^`]+)` with error co
 _ERROR_CODE = re.compile(r"([A-Za-z]\w+\(\)[^\n]*?error code (\d+))")
 
 
-def check_htp(model: onnx.ModelProto, soc: Soc, *, path: str = "model", config: dict[str, str] | None = None) -> CheckReport:
+def check_htp(
+    model: onnx.ModelProto, soc: Soc, *, path: str = "model", config: dict[str, str] | None = None
+) -> CheckReport:
     """The strict HTP acceptance check for ``soc``; ``config`` adds session entries (EP-context output)."""
     require_htp_model(model, path)
     qnn_devices()  # a missing plugin is a usage error, not a check finding
     report = CheckReport(f"qnn-htp {soc.name} (soc_model {soc.soc_model}, HTP {soc.arch})", unverified=UNVERIFIED)
     if any(p.key == TARGET_KEY and p.value == "cpu" for p in model.metadata_props):
-        report.summary.append("this model was quantized with --target cpu (LayerNorms around the PEG groups in float): "
-                              "for QNN HTP, quantize again with --target portable")
+        report.summary.append(
+            "this model was quantized with --target cpu (LayerNorms around the PEG groups in float): "
+            "for QNN HTP, quantize again with --target portable"
+        )
     with tempfile.TemporaryDirectory(prefix="qonnx.qnn.") as tmp:
         start = time.perf_counter()
         log: list[str] = []
@@ -107,8 +125,14 @@ def _float_finding(view: QdqView, node: QnnNode, onnx_node: onnx.NodeProto | Non
 # QNN fuses some decomposed patterns itself, then runs them in float: the QDQ units are per piece.
 _FUSED = {"Gelu": "Gelu", "LayerNorm": "LayerNormalization"}
 _FUSED_FIX = {
-    "Gelu": ("QNN fused a decomposed (Erf) GELU starting here", "Erf: fuse GELU into one Gelu op before quantizing (one QDQ node unit)"),
-    "LayerNorm": ("QNN fused a decomposed LayerNorm starting here", "fuse the decomposed LayerNorm into LayerNormalization before quantizing"),
+    "Gelu": (
+        "QNN fused a decomposed (Erf) GELU starting here",
+        "Erf: fuse GELU into one Gelu op before quantizing (one QDQ node unit)",
+    ),
+    "LayerNorm": (
+        "QNN fused a decomposed LayerNorm starting here",
+        "fuse the decomposed LayerNorm into LayerNormalization before quantizing",
+    ),
 }
 
 
@@ -136,7 +160,9 @@ def rejected_nodes(model: onnx.ModelProto, soc: Soc) -> list[Finding]:
             return [_graph_failure("".join(log), str(err))]
         floats = float_findings(load_qnn_nodes(Path(tmp)), model)
     view, reasons = QdqView(model), _rejection_reasons("".join(log))
-    cpu = [n.name for sg in session.get_provider_graph_assignment_info() if sg.ep_name != EP_NAME for n in sg.get_nodes()]
+    cpu = [
+        n.name for sg in session.get_provider_graph_assignment_info() if sg.ep_name != EP_NAME for n in sg.get_nodes()
+    ]
     owners: dict[str, tuple[onnx.NodeProto, str | None]] = {}
     for name in (n for n in cpu if n in view.nodes):
         owner = unit_owner(view, view.nodes[name])
@@ -154,8 +180,10 @@ def _rejection(view: QdqView, node: onnx.NodeProto, reason: str | None) -> Findi
 def _graph_failure(log: str, error: str) -> Finding:
     match = _ERROR_CODE.search(log)
     said = match.group(1) if match else error.strip().splitlines()[0][:300]
-    fix = "keep activations per-tensor (HTP rejects per-channel activation quantization)" if "graphAddNode" in said else (
-        "check the node named in QNN's message against the HTP op rules (`qonnx check -v` shows QNN's log)"
+    fix = (
+        "keep activations per-tensor (HTP rejects per-channel activation quantization)"
+        if "graphAddNode" in said
+        else ("check the node named in QNN's message against the HTP op rules (`qonnx check -v` shows QNN's log)")
     )
     return Finding("(graph)", "-", f"QNN could not build the graph: {said}", fix)
 

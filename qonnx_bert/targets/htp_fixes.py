@@ -13,8 +13,11 @@ from dataclasses import dataclass
 import onnx
 
 _QTYPES = {
-    onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8",
-    onnx.TensorProto.UINT16: "uint16", onnx.TensorProto.INT16: "int16", onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.INT8: "int8",
+    onnx.TensorProto.UINT16: "uint16",
+    onnx.TensorProto.INT16: "int16",
+    onnx.TensorProto.INT32: "int32",
 }
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Where"}
 _QDQ = {"QuantizeLinear", "DequantizeLinear"}
@@ -47,7 +50,11 @@ class QdqView:
         init = self.inits.get(name)
         if init is None:
             return "float"
-        return "float constant" if init.data_type == onnx.TensorProto.FLOAT else _QTYPES.get(init.data_type, "integer constant")
+        return (
+            "float constant"
+            if init.data_type == onnx.TensorProto.FLOAT
+            else _QTYPES.get(init.data_type, "integer constant")
+        )
 
     def is_dequantized_constant(self, name: str) -> bool:
         node = self.producer.get(name)
@@ -68,9 +75,15 @@ def diagnose(view: QdqView, node: onnx.NodeProto) -> tuple[str, str]:
     """(problem, fix) for an ONNX node that HTP rejected or runs in float."""
     op = node.op_type
     if op == "Erf":
-        return "Erf is not an HTP op (an unfused GELU)", "Erf: fuse GELU into one Gelu op before quantizing (export at opset >= 20, or onnxscript's erf-GELU rewrite)"
+        return (
+            "Erf is not an HTP op (an unfused GELU)",
+            "Erf: fuse GELU into one Gelu op before quantizing (export at opset >= 20, or onnxscript's erf-GELU rewrite)",
+        )
     if op == "GatherND":
-        return "GatherND is rejected by HTP", "rewrite a constant-index GatherND as Reshape/Gather (qonnx's HTP rules do this for the attention mask; re-run `qonnx quantize`)"
+        return (
+            "GatherND is rejected by HTP",
+            "rewrite a constant-index GatherND as Reshape/Gather (qonnx's HTP rules do this for the attention mask; re-run `qonnx quantize`)",
+        )
     if op == "LayerNormalization":
         found = _layernorm_problem(view, node)
         if found:
@@ -84,26 +97,45 @@ def diagnose(view: QdqView, node: onnx.NodeProto) -> tuple[str, str]:
 def _layernorm_problem(view: QdqView, node: onnx.NodeProto) -> tuple[str, str] | None:
     gamma = view.input_type(node.input[1]) if len(node.input) > 1 else "uint8"
     if gamma != "uint8":
-        return f"LayerNorm gamma is {gamma}", "LayerNorm gamma must be uint8 (asymmetric), also under 16-bit activations: drop the override on it (qonnx's HTP rules set uint8)"
+        return (
+            f"LayerNorm gamma is {gamma}",
+            "LayerNorm gamma must be uint8 (asymmetric), also under 16-bit activations: drop the override on it (qonnx's HTP rules set uint8)",
+        )
     beta = view.input_type(node.input[2]) if len(node.input) > 2 and node.input[2] else "int32"
     if beta not in ("int32", "float constant"):
-        return f"LayerNorm beta is {beta}", "LayerNorm beta must stay ORT's int32 bias (scale = input scale x gamma scale): drop the override on it"
+        return (
+            f"LayerNorm beta is {beta}",
+            "LayerNorm beta must stay ORT's int32 bias (scale = input scale x gamma scale): drop the override on it",
+        )
     return None
 
 
 def _constant_problem(view: QdqView, node: onnx.NodeProto, acts: set[str]) -> tuple[str, str] | None:
     """Constants in the wrong type: an elementwise constant off the activation type, 16-bit weights under 8-bit activations."""
-    consts = {view.producer[i].input[0].removesuffix("_quantized"): view.input_type(i) for i in node.input if i and view.is_dequantized_constant(i)}
+    consts = {
+        view.producer[i].input[0].removesuffix("_quantized"): view.input_type(i)
+        for i in node.input
+        if i and view.is_dequantized_constant(i)
+    }
     act = next(iter(acts)) if len(acts) == 1 else None
     wrong = [(name, t) for name, t in consts.items() if act and t != act]
     if node.op_type in _ELEMENTWISE and wrong:
         name, t = wrong[0]
-        return f"constant {name} is {t} under {act} activations", f"{node.op_type} constant (bias) must be in the activation type ({act}, asymmetric)"
+        return (
+            f"constant {name} is {t} under {act} activations",
+            f"{node.op_type} constant (bias) must be in the activation type ({act}, asymmetric)",
+        )
     if node.op_type in ("MatMul", "Gemm") and "uint16" in consts.values() and acts == {"uint8"}:
-        return "uint16 weights with uint8 activations", "use int8 weights, or 16-bit activations on both sides of the MatMul"
+        return (
+            "uint16 weights with uint8 activations",
+            "use int8 weights, or 16-bit activations on both sides of the MatMul",
+        )
     float_consts = [i for i in node.input if view.input_type(i) == "float constant"]
     if float_consts:
-        return f"float constant input {float_consts[0]}", "quantize the constant in the activation type (a DQ'd initializer)"
+        return (
+            f"float constant input {float_consts[0]}",
+            "quantize the constant in the activation type (a DQ'd initializer)",
+        )
     return None
 
 
@@ -111,8 +143,14 @@ def _float_problem(view: QdqView, node: onnx.NodeProto) -> tuple[str, str]:
     floats = [i for i in node.input if i and view.input_type(i) == "float"]
     floats += [o for o in node.output if view.output_type(o) == "float"]
     if floats:
-        return f"float tensor {floats[0]} between quantized ops", f"add a Q/DQ pair on {floats[0]} so HTP gets a fixed-point {node.op_type} (or fuse the pattern into an op HTP quantizes)"
-    return "QNN cannot map this node unit to a fixed-point op", "keep the node unit's inputs and outputs in one 8- or 16-bit type (per-tensor); see QNN's HTP op definitions"
+        return (
+            f"float tensor {floats[0]} between quantized ops",
+            f"add a Q/DQ pair on {floats[0]} so HTP gets a fixed-point {node.op_type} (or fuse the pattern into an op HTP quantizes)",
+        )
+    return (
+        "QNN cannot map this node unit to a fixed-point op",
+        "keep the node unit's inputs and outputs in one 8- or 16-bit type (per-tensor); see QNN's HTP op definitions",
+    )
 
 
 def is_qdq(node: onnx.NodeProto) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from qonnx_bert.errors import UsageError
+from qonnx_bert.core.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,9 @@ def resolve_soc(name: str) -> Soc:
         return by_id[key]
     if key.isdigit():
         return Soc(f"soc{key}", int(key), "unknown", "raw QNN soc_model id (not measured by qonnx)")
-    raise UsageError(f"unknown SoC {name!r}; choose one of: {', '.join(SOCS)} (or a QNN soc_model id); `--soc list` shows them")
+    raise UsageError(
+        f"unknown SoC {name!r}; choose one of: {', '.join(SOCS)} (or a QNN soc_model id); `--soc list` shows them"
+    )
 
 
 def soc_table() -> list[str]:
@@ -122,17 +124,26 @@ def qnn_devices() -> list:
 def require_htp_model(model: onnx.ModelProto, path: str = "model") -> None:
     """Refuse what HTP cannot take whole: a model without activation quantizers, or dynamic shapes."""
     if not any(n.op_type == "QuantizeLinear" for n in model.graph.node):
-        raise UsageError(f"{path} has no activation QuantizeLinear (float or weight-only model); HTP runs integer graphs: quantize it first (`qonnx quantize --scheme w8a8`)")
+        raise UsageError(
+            f"{path} has no activation QuantizeLinear (float or weight-only model); HTP runs integer graphs: quantize it first (`qonnx quantize --scheme w8a8`)"
+        )
     for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim
         if not dims or not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
             shape = [d.dim_param or d.dim_value for d in dims]
-            raise UsageError(f"{path} input {value.name} has dynamic shape {shape}; HTP needs static shapes: re-export with `qonnx export --static-shape 1,128`")
+            raise UsageError(
+                f"{path} input {value.name} has dynamic shape {shape}; HTP needs static shapes: re-export with `qonnx export --static-shape 1,128`"
+            )
 
 
 def htp_session(
-    model: onnx.ModelProto | Path, soc: Soc, *, strict: bool = True, options: dict[str, str] | None = None,
-    config: dict[str, str] | None = None, log: list[str] | None = None,
+    model: onnx.ModelProto | Path,
+    soc: Soc,
+    *,
+    strict: bool = True,
+    options: dict[str, str] | None = None,
+    config: dict[str, str] | None = None,
+    log: list[str] | None = None,
 ) -> ort.InferenceSession:
     """An HTP session; ``strict`` disables CPU fallback, so any node QNN rejects fails creation.
 
@@ -149,7 +160,9 @@ def htp_session(
         entries["session.disable_cpu_ep_fallback"] = "1"
     for key, value in entries.items():
         so.add_session_config_entry(key, value)
-    so.add_provider_for_devices(qnn_devices(), {"backend_type": "htp", "soc_model": str(soc.soc_model), **(options or {})})
+    so.add_provider_for_devices(
+        qnn_devices(), {"backend_type": "htp", "soc_model": str(soc.soc_model), **(options or {})}
+    )
     source = str(model) if isinstance(model, Path) else model.SerializeToString()
     with captured_native_output(log):
         return ort.InferenceSession(source, so)

@@ -73,7 +73,9 @@ def mixed_type_nodes(nodes: list[QnnNode]) -> list[QnnNode]:
     """
     out = []
     for node in nodes:
-        kinds = {FIXED_TYPES[d] for _, d, _ in node.inputs + node.outputs if d in FIXED_TYPES and "32" not in FIXED_TYPES[d]}
+        kinds = {
+            FIXED_TYPES[d] for _, d, _ in node.inputs + node.outputs if d in FIXED_TYPES and "32" not in FIXED_TYPES[d]
+        }
         if node.op_type.startswith(_ELEMENTWISE_PREFIX) and len(kinds) > 1:
             out.append(node)
     return out
@@ -81,6 +83,7 @@ def mixed_type_nodes(nodes: list[QnnNode]) -> list[QnnNode]:
 
 def tensor_types(node: QnnNode) -> str:
     """``uint8, int8 -> uint8``: a short type signature for reports."""
+
     def name(d: int) -> str:
         return FIXED_TYPES.get(d) or FLOAT_TYPES.get(d) or f"type {d:#x}"
 

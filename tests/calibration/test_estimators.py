@@ -13,13 +13,26 @@ import numpy as np
 import pytest
 
 from qonnx_bert.calibration.estimators import (
-    Layout, NonFiniteError, PerChannel, PerGroup, PerTensor, column_groups, make_estimator,
+    Layout,
+    NonFiniteError,
+    PerChannel,
+    PerGroup,
+    PerTensor,
+    column_groups,
+    make_estimator,
 )
 
 C = 24
 GROUPS = PerGroup(((0, 5, 7), (1, 2, 3, 4, 6), tuple(range(8, 24))))  # uneven PEG-style groups
-SPECS = ["current_minmax", "allminmax", "running_minmax", "percentile", "percentile:symmetric=true",
-         "mse", "mse:symmetric=true"]
+SPECS = [
+    "current_minmax",
+    "allminmax",
+    "running_minmax",
+    "percentile",
+    "percentile:symmetric=true",
+    "mse",
+    "mse:symmetric=true",
+]
 
 
 def batches(n_batches: int = 3, rows: int = 400, seed: int = 0):
@@ -31,7 +44,7 @@ def batches(n_batches: int = 3, rows: int = 400, seed: int = 0):
         hot = rng.choice(rows, 4, replace=False)
         x[np.ix_(hot, [2, 9])] = rng.uniform(10, 100, (4, 2)) * rng.choice([-1, 1], (4, 2))
         valid = np.ones(rows, bool)
-        valid[-rows // 5:] = False
+        valid[-rows // 5 :] = False
         x[~valid] = 1e6 * rng.choice([-1, 1], (int((~valid).sum()), C))
         out.append((x, valid))
     return out

@@ -12,8 +12,14 @@ import pytest
 from scipy.special import softmax
 from scipy.stats import entropy
 
-from qonnx_bert.calibration.estimators import CrossEntropy, PerGroup, PerTensor, make_estimator, quant_dequant
-from qonnx_bert.errors import UsageError
+from qonnx_bert.calibration.estimators import (
+    CrossEntropy,
+    PerGroup,
+    PerTensor,
+    make_estimator,
+    quant_dequant,
+)
+from qonnx_bert.core.errors import UsageError
 
 
 def logits(rows: int = 400, classes: int = 3, seed: int = 0) -> np.ndarray:
@@ -56,10 +62,12 @@ def test_per_group_rounds_each_group_alone():
     lo, hi = est.range()
     for g, cols in enumerate(groups.groups):
         other = [c for c in range(4) if c not in cols]
+
         def kl(a, b, cols=list(cols), other=other):
             q = x.astype(np.float64).copy()
             q[:, cols] = quant_dequant(q[:, cols], a, b, 8, False)
             return float(np.mean(entropy(softmax(x.astype(np.float64), axis=1), softmax(q, axis=1), axis=1)))
+
         lo0, hi0 = min(float(x[:, cols].min()), 0.0), max(float(x[:, cols].max()), 0.0)
         assert kl(lo[g], hi[g]) <= kl(lo0, hi0)
 

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from qonnx_bert.calibration.estimators import (
-    MSE, NonFiniteError, PerTensor, data_mse, grid, hist_mse, quant_dequant, search_range,
+    MSE,
+    NonFiniteError,
+    PerTensor,
+    data_mse,
+    grid,
+    hist_mse,
+    quant_dequant,
+    search_range,
     weight_range,
 )
 
@@ -37,8 +44,12 @@ def test_mse_matches_brute_force_and_beats_minmax(bits, symmetric):
         est.update(part)
     lo, hi = (float(v[0]) for v in est.range())
     values = x.reshape(1, -1).astype(np.float64)
-    b_lo, b_hi = search_range(lambda l, h: data_mse(values, l, h, bits, symmetric),  # noqa: E741
-                              values.min(1), values.max(1), symmetric)
+    b_lo, b_hi = search_range(
+        lambda l, h: data_mse(values, l, h, bits, symmetric),  # noqa: E741
+        values.min(1),
+        values.max(1),
+        symmetric,
+    )
     chosen, best = mse_of(values, lo, hi, bits, symmetric), mse_of(values, b_lo, b_hi, bits, symmetric)
     # 3%: the histogram (2048 bins, uniform rounding noise) approximates the exact error;
     # measured 0.2-2.7% over bits 2-8 on this data

@@ -9,11 +9,20 @@ import numpy as np
 import pytest
 
 from qonnx_bert.calibration.estimators import (
-    BaseEstimator, EstimatorSpec, PerChannel, PerTensor, RangeEstimator, RunningMinMax,
-    estimator_names, get_estimator, make_estimator, parse_estimator_spec, register_estimator,
+    BaseEstimator,
+    EstimatorSpec,
+    PerChannel,
+    PerTensor,
+    RangeEstimator,
+    RunningMinMax,
+    estimator_names,
+    get_estimator,
+    make_estimator,
+    parse_estimator_spec,
+    register_estimator,
+    registry,
 )
-from qonnx_bert.calibration.estimators import registry
-from qonnx_bert.errors import UsageError
+from qonnx_bert.core.errors import UsageError
 
 BUILTINS = {"current_minmax", "allminmax", "running_minmax", "percentile", "mse"}
 
@@ -32,23 +41,26 @@ def test_builtins_registered():
 
 
 def test_parse_spec_values():
-    assert parse_estimator_spec("mse:bits=8,symmetric=false") == EstimatorSpec(
-        "mse", {"bits": 8, "symmetric": False})
+    assert parse_estimator_spec("mse:bits=8,symmetric=false") == EstimatorSpec("mse", {"bits": 8, "symmetric": False})
     assert parse_estimator_spec(" percentile : percentile = 99 , bins=64 ") == EstimatorSpec(
-        "percentile", {"percentile": 99.0, "bins": 64})
+        "percentile", {"percentile": 99.0, "bins": 64}
+    )
     assert parse_estimator_spec("current_minmax") == EstimatorSpec("current_minmax", {})
 
 
-@pytest.mark.parametrize("text, message", [
-    ("nope", "known: allminmax, cross_entropy, current_minmax"),
-    ("mse:bitz=8", "parameters: bits=8, symmetric=False"),
-    ("mse:bits=eight", "bits='eight' should be int"),
-    ("mse:bits=8.5", "should be int"),
-    ("mse:symmetric=1", "should be bool"),
-    ("mse:bits", "name:key=value"),
-    ("mse:bits=8,bits=4", "unique keys"),
-    (":bits=8", "missing estimator name"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("nope", "known: allminmax, cross_entropy, current_minmax"),
+        ("mse:bitz=8", "parameters: bits=8, symmetric=False"),
+        ("mse:bits=eight", "bits='eight' should be int"),
+        ("mse:bits=8.5", "should be int"),
+        ("mse:symmetric=1", "should be bool"),
+        ("mse:bits", "name:key=value"),
+        ("mse:bits=8,bits=4", "unique keys"),
+        (":bits=8", "missing estimator name"),
+    ],
+)
 def test_parse_spec_errors(text, message):
     with pytest.raises(UsageError, match=message):
         parse_estimator_spec(text)

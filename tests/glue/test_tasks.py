@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qonnx_bert.errors import UsageError
-from qonnx_bert.glue import TASKS, load_task, resolve_data_dir
-from qonnx_bert.glue.hub import load_task_from_hub, remap_labels
-from qonnx_bert.glue.tasks import GLUE_DIR_VARIABLE, get_task, limit_split
+from qonnx_bert.core.errors import UsageError
+from qonnx_bert.inputs.glue import TASKS, load_task, resolve_data_dir
+from qonnx_bert.inputs.glue.hub import load_task_from_hub, remap_labels
+from qonnx_bert.inputs.glue.tasks import GLUE_DIR_VARIABLE, get_task, limit_split
 
 GLUE = Path(__file__).parent.parent / "data" / "glue"
 

@@ -14,7 +14,11 @@ from typing import ClassVar, Protocol, Union, runtime_checkable
 import numpy as np
 
 from qonnx_bert.calibration.estimators.registry import (  # noqa: F401  re-exported here too
-    EstimatorSpec, estimator_names, get_estimator, make_estimator, parse_estimator_spec,
+    EstimatorSpec,
+    estimator_names,
+    get_estimator,
+    make_estimator,
+    parse_estimator_spec,
     register_estimator,
 )
 
@@ -110,7 +114,9 @@ def check_finite(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
     """NaN or Inf anywhere in ``rows`` shows in its per-group bounds ``lo``/``hi`` (min and
     max propagate NaN), so a batch costs no extra pass; the count is taken only on failure."""
     if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
-        raise NonFiniteError(f"{np.count_nonzero(~np.isfinite(rows))} non-finite value(s) (NaN or Inf) among {rows.size}")
+        raise NonFiniteError(
+            f"{np.count_nonzero(~np.isfinite(rows))} non-finite value(s) (NaN or Inf) among {rows.size}"
+        )
 
 
 @runtime_checkable

@@ -43,8 +43,9 @@ class CrossEntropy(BaseEstimator):
 
     whole_rows: ClassVar[bool] = True  # the collector feeds (sequences, classes) rows even per tensor
 
-    def __init__(self, granularity: Granularity, *, bits: int = 8, symmetric: bool = False,
-                 max_rows: int = 65536, seed: int = 0) -> None:
+    def __init__(
+        self, granularity: Granularity, *, bits: int = 8, symmetric: bool = False, max_rows: int = 65536, seed: int = 0
+    ) -> None:
         if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"max_rows must be a positive integer, got {max_rows!r}")
         self.bits, self.symmetric = check_bits(bits), bool(symmetric)
@@ -91,8 +92,13 @@ class CrossEntropy(BaseEstimator):
         for g, (start, size) in enumerate(zip(self.layout.starts, np.bincount(self.layout.gid))):
             cols = slice(start, start + size)
             for k in range(0, lo.shape[1], step):
-                rounded = np.broadcast_to(self.rows, (len(lo[g, k:k + step]),) + self.rows.shape).copy()
-                rounded[..., cols] = quant_dequant(self.rows[:, cols], lo[g, k:k + step, None, None],
-                                                   hi[g, k:k + step, None, None], self.bits, self.symmetric)
-                err[g, k:k + step] = softmax_kl(self.rows, rounded)
+                rounded = np.broadcast_to(self.rows, (len(lo[g, k : k + step]),) + self.rows.shape).copy()
+                rounded[..., cols] = quant_dequant(
+                    self.rows[:, cols],
+                    lo[g, k : k + step, None, None],
+                    hi[g, k : k + step, None, None],
+                    self.bits,
+                    self.symmetric,
+                )
+                err[g, k : k + step] = softmax_kl(self.rows, rounded)
         return err

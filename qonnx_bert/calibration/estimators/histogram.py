@@ -58,8 +58,8 @@ class StreamingHistogram:
         index = np.empty(scaled.shape, np.intp)
         counts = np.zeros(layout.n_groups * self.bins, np.int64)
         for start in range(0, len(cols), step):
-            block = cols[start:start + step]
-            f, i = scaled[:len(block)], index[:len(block)]
+            block = cols[start : start + step]
+            f, i = scaled[: len(block)], index[: len(block)]
             np.subtract(block, lo, out=f, casting="unsafe")
             np.multiply(f, inv_width, out=f)
             np.copyto(i, f, casting="unsafe")  # truncation == floor: f >= 0 up to rounding, clipped next
@@ -135,8 +135,9 @@ class HistogramEstimator(BaseEstimator):
     while the min and max that fix the histogram's edges come from every value.
     """
 
-    def __init__(self, granularity: Granularity, *, symmetric: bool = False, bins: int = 2048,
-                 sample: int = 65536) -> None:
+    def __init__(
+        self, granularity: Granularity, *, symmetric: bool = False, bins: int = 2048, sample: int = 65536
+    ) -> None:
         if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
             raise ValueError(f"sample must be a count of values >= 0 (0: all), got {sample!r}")
         self.symmetric, self.bins, self.sample = bool(symmetric), int(bins), sample

@@ -16,7 +16,10 @@ from typing import Callable
 import numpy as np
 
 from qonnx_bert.calibration.estimators.base import Granularity
-from qonnx_bert.calibration.estimators.histogram import HistogramEstimator, StreamingHistogram
+from qonnx_bert.calibration.estimators.histogram import (
+    HistogramEstimator,
+    StreamingHistogram,
+)
 from qonnx_bert.calibration.estimators.quant import check_bits, grid, quant_dequant
 from qonnx_bert.calibration.estimators.registry import register_estimator
 
@@ -32,8 +35,9 @@ def _argmin_fractions(objective: Objective, to_range, fractions: np.ndarray) -> 
     return fractions[np.arange(len(fractions)), last]
 
 
-def search_range(objective: Objective, lo0: np.ndarray, hi0: np.ndarray,
-                 symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+def search_range(
+    objective: Objective, lo0: np.ndarray, hi0: np.ndarray, symmetric: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Best ``(lo, hi)`` float32 per group among fractions of the observed ``(lo0, hi0)``.
 
     Coarse grid: fractions ``k / n``, k = 1..n, per dimension (k = n is min-max). Fine grid:
@@ -75,8 +79,7 @@ class _BinSums:
         return np.clip(pos, 0, self.hist.bins).astype(np.int64)
 
 
-def hist_mse(hist: StreamingHistogram, lo: np.ndarray, hi: np.ndarray, bits: int,
-             symmetric: bool) -> np.ndarray:
+def hist_mse(hist: StreamingHistogram, lo: np.ndarray, hi: np.ndarray, bits: int, symmetric: bool) -> np.ndarray:
     """Expected squared error ``(G, K)`` of candidate ranges, from the histogram.
 
     Clipped bins cost their squared distance to the grid edge; bins within half a step of
@@ -89,19 +92,17 @@ def hist_mse(hist: StreamingHistogram, lo: np.ndarray, hi: np.ndarray, bits: int
     i_lo, i_hi = sums.first(clip_lo), sums.first(clip_hi)
     z_lo = np.clip(sums.first(-scale / 2), i_lo, i_hi)
     z_hi = np.clip(sums.first(scale / 2), z_lo, i_hi)
-    err = (sums.squared(start, i_lo, clip_lo) + sums.squared(i_hi, end, clip_hi)
-           + sums.squared(z_lo, z_hi, 0.0))
+    err = sums.squared(start, i_lo, clip_lo) + sums.squared(i_hi, end, clip_hi) + sums.squared(z_lo, z_hi, 0.0)
     noise = (sums.total(0, i_lo, i_hi) - sums.total(0, z_lo, z_hi)) * scale**2 / 12.0
     return (np.maximum(err, 0.0) + noise) / sums.prefix[0][:, -1:]
 
 
-def data_mse(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int,
-             symmetric: bool) -> np.ndarray:
+def data_mse(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int, symmetric: bool) -> np.ndarray:
     """Exact mean squared quantize-dequantize error ``(G, K)`` of ``values`` ``(G, n)``."""
     step = max(1, 2**22 // max(1, values.size))  # candidates per chunk: bounded memory
     v, out = values[:, None, :], []
     for k in range(0, lo.shape[1], step):
-        q = quant_dequant(v, lo[:, k:k + step, None], hi[:, k:k + step, None], bits, symmetric)
+        q = quant_dequant(v, lo[:, k : k + step, None], hi[:, k : k + step, None], bits, symmetric)
         out.append(np.mean((q - v) ** 2, axis=2))
     return np.concatenate(out, axis=1)
 
@@ -110,8 +111,9 @@ def data_mse(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int,
 class MSE(HistogramEstimator):
     """Range minimising quantization MSE at ``bits``; symmetric searches max|x| only."""
 
-    def __init__(self, granularity: Granularity, *, bits: int = 8, symmetric: bool = False,
-                 bins: int = 2048, sample: int = 65536) -> None:
+    def __init__(
+        self, granularity: Granularity, *, bits: int = 8, symmetric: bool = False, bins: int = 2048, sample: int = 65536
+    ) -> None:
         self.bits = check_bits(bits)
         super().__init__(granularity, symmetric=symmetric, bins=bins, sample=sample)
 

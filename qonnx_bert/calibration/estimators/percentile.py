@@ -19,9 +19,15 @@ from qonnx_bert.calibration.estimators.registry import register_estimator
 class Percentile(HistogramEstimator):
     """``(lo, hi)`` = the (100 - p)-th and p-th percentiles; symmetric: +-p-th percentile of |x|."""
 
-    def __init__(self, granularity: Granularity, *, percentile: float = 99.99,
-                 symmetric: bool = False, bins: int = 2048,
-                 sample: int = 65536) -> None:
+    def __init__(
+        self,
+        granularity: Granularity,
+        *,
+        percentile: float = 99.99,
+        symmetric: bool = False,
+        bins: int = 2048,
+        sample: int = 65536,
+    ) -> None:
         if not 50.0 <= percentile <= 100.0:
             raise ValueError(f"percentile must be in [50, 100], got {percentile}")
         self.percentile = float(percentile)

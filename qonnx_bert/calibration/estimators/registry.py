@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from qonnx_bert.errors import UsageError
+from qonnx_bert.core.errors import UsageError
 
 if TYPE_CHECKING:
     from qonnx_bert.calibration.estimators.base import Granularity, RangeEstimator

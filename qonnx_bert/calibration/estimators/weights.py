@@ -24,8 +24,9 @@ def _channels(w: np.ndarray, axis: int | None) -> np.ndarray:
     return np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
 
 
-def weight_range(w: np.ndarray, method: str = "minmax", bits: int = 8, axis: int | None = None,
-                 symmetric: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def weight_range(
+    w: np.ndarray, method: str = "minmax", bits: int = 8, axis: int | None = None, symmetric: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """``(lo, hi)`` float32 of shape ``(1,)``, or ``(w.shape[axis],)`` per channel."""
     if method not in METHODS:
         raise ValueError(f"weight range method must be one of {METHODS}, got {method!r}")

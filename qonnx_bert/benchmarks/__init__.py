@@ -1,0 +1,1 @@
+"""Benchmarks and reports: the GLUE bench, latency, the results tables, the demo."""

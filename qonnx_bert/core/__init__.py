@@ -1,0 +1,1 @@
+"""Lowest layer: errors, safe files, model metadata keys, ONNX Runtime sessions, numeric metrics."""

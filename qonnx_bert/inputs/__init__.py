@@ -1,0 +1,1 @@
+"""Inputs: the model (Hugging Face export, packaged checkpoints, fine-tune recipes) and the data (tokenizer encoding, GLUE, calibration sentences)."""

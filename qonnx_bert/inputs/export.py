@@ -1,0 +1,127 @@
+"""Export a Hugging Face sequence classifier to ONNX and check it against PyTorch.
+
+``torch.onnx.export(dynamo=True)`` at opset 21 (int16 QuantizeLinear is native
+there), eager attention, inputs ``input_ids``/``attention_mask``/``token_type_ids``,
+dynamic batch and sequence axes unless a static shape is asked for (edge runtimes
+need one). The tokenizer and a small info record are embedded as metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.files import atomic_output
+from qonnx_bert.core.modelinfo import INPUT_NAMES, ModelInfo, embed
+
+logger = logging.getLogger(__name__)
+
+OPSET = 21
+MAX_LOGIT_DIFF = 1e-4
+CHECK_SENTENCES = (
+    ("The cat sat on the mat.", "A cat is sitting."),
+    ("Quantization keeps the model small; outliers make it hard.", "It is easy."),
+)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    max_abs_diff: float
+    num_nodes: int
+
+
+def _torch_feeds(tokenizer, static_shape: tuple[int, int] | None) -> dict:
+    a, b = zip(*CHECK_SENTENCES, strict=True)
+    if static_shape is None:
+        return dict(tokenizer(list(a), list(b), padding=True, return_tensors="pt"))
+    rows, width = static_shape
+    a, b = (list(a) * rows)[:rows], (list(b) * rows)[:rows]
+    return dict(tokenizer(a, b, padding="max_length", max_length=width, truncation=True, return_tensors="pt"))
+
+
+def _export_program(model, feeds: dict, static_shape):
+    import torch
+
+    names = [n for n in INPUT_NAMES if n in feeds]
+    dynamic = None
+    if static_shape is None:
+        batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+        dynamic = {n: {0: batch, 1: seq} for n in names}
+    program = torch.onnx.export(
+        model,
+        (),
+        kwargs={n: feeds[n] for n in names},
+        dynamo=True,
+        opset_version=OPSET,
+        dynamic_shapes=dynamic,
+        input_names=names,
+        output_names=["logits"],
+        verbose=False,
+    )
+    program.optimize()
+    return program.model_proto
+
+
+def _max_logit_diff(model, proto: onnx.ModelProto, feeds: dict) -> float:
+    import torch
+
+    with torch.no_grad():
+        expected = model(**feeds).logits.numpy()
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    got = session.run(["logits"], {k: v.numpy() for k, v in feeds.items() if k in names})[0]
+    return float(np.max(np.abs(got - expected)))
+
+
+def export_model(
+    source: str, output: str | Path, *, static_shape: tuple[int, int] | None = None, max_length: int = 128
+) -> ExportResult:
+    """Export ``source`` (a models/ name, ``minilm-l6`` or a local HF directory) to ``output``.
+
+    Raises ``UsageError`` if ONNX Runtime's logits differ from PyTorch's by more
+    than 1e-4 (nothing is written then).
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from qonnx_bert.inputs.models import load_for_export, resolve_model
+
+    resolved = resolve_model(source)
+    model, tokenizer = load_for_export(resolved)
+    feeds = _torch_feeds(tokenizer, static_shape)
+    proto = _export_program(model, feeds, static_shape)
+    diff = _max_logit_diff(model, proto, feeds)
+    logger.info("max |logit(ORT) - logit(PyTorch)| = %.3g", diff)
+    if not diff <= MAX_LOGIT_DIFF:
+        raise UsageError(f"exported model differs from PyTorch by {diff:.3g} > {MAX_LOGIT_DIFF}; report this model")
+    info = ModelInfo(
+        source=str(resolved.name),
+        num_labels=int(model.config.num_labels),
+        pad_token_id=int(tokenizer.pad_token_id or 0),
+        max_length=static_shape[1] if static_shape else max_length,
+        static_shape=static_shape,
+        task=resolved.task,
+    )
+    embed(proto, info, tokenizer.backend_tokenizer.to_str())
+    with atomic_output(output) as tmp:
+        onnx.save(proto, str(tmp))
+    return ExportResult(Path(output), diff, len(proto.graph.node))
+
+
+def parse_static_shape(text: str | None) -> tuple[int, int] | None:
+    """``"1,128"`` -> ``(1, 128)``; a clear error for anything else."""
+    if text is None:
+        return None
+    try:
+        rows, width = (int(x) for x in text.split(","))
+    except ValueError:
+        raise UsageError(f"--static-shape {text!r} is not B,T (two integers, e.g. 1,128)") from None
+    if rows < 1 or width < 8 or width > 512:
+        raise UsageError(f"--static-shape {text!r} out of range: B >= 1 and 8 <= T <= 512")
+    return rows, width

@@ -1,0 +1,74 @@
+"""The quantize step: FP32 model + ranges + scheme -> QDQ model and a report."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+
+from qonnx_bert.calibration.ranges import RangeTable
+from qonnx_bert.core.modelinfo import check_encoder_inputs
+from qonnx_bert.graph.prepare import prepare
+from qonnx_bert.graph.roles import find_roles
+from qonnx_bert.passes.qdq import insert_qdq
+from qonnx_bert.quantize.schemes import SchemeContext, get_scheme
+
+_BITS = {onnx.TensorProto.UINT8: 8, onnx.TensorProto.INT8: 8, onnx.TensorProto.UINT16: 16, onnx.TensorProto.INT16: 16}
+
+
+@dataclass(frozen=True)
+class QuantReport:
+    """What was quantized: activation quantizers by bit-width, weight tensors, scheme notes."""
+
+    scheme: str
+    activation_bits: dict[int, int]
+    quantized_weights: int
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        total = sum(self.activation_bits.values())
+        by_bits = ", ".join(f"{n} at {b}-bit" for b, n in sorted(self.activation_bits.items())) or "none"
+        head = f"scheme {self.scheme}: {total} activation quantizers ({by_bits}); {self.quantized_weights} weight tensors quantized"
+        return [head, *self.notes]
+
+
+def report(model: onnx.ModelProto, scheme: str, notes: list[str] | None = None) -> QuantReport:
+    """Count activation QuantizeLinear nodes per bit-width and constant-fed DequantizeLinear nodes."""
+    inits = {i.name: i for i in model.graph.initializer}
+    bits: Counter[int] = Counter()
+    weights = 0
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":
+            zp = inits.get(node.input[2]) if len(node.input) > 2 else None
+            bits[_BITS.get(zp.data_type, 8) if zp is not None else 8] += 1
+        elif node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            weights += 1
+    return QuantReport(scheme, dict(bits), weights, list(notes or []))
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    """QDQ insertion leaves constants that no node reads (e.g. the float weights it replaced)."""
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    kept = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+
+
+def quantize(
+    model: onnx.ModelProto, scheme_name: str, ranges: RangeTable | None, *, path: str = "model", **options: Any
+) -> tuple[onnx.ModelProto, QuantReport]:
+    """Apply a scheme to an FP32 model exported by ``qonnx export``."""
+    scheme = get_scheme(scheme_name)
+    check_encoder_inputs(model, path)
+    prepared = prepare(model)
+    roles = find_roles(prepared)  # fails early, naming the layer, on a graph we cannot map
+    plan = scheme.plan(SchemeContext(scheme.name, model, prepared, roles, ranges, options, path))
+    quantized = insert_qdq(plan)
+    _drop_unused_initializers(quantized)
+    del quantized.metadata_props[:]
+    quantized.metadata_props.extend(model.metadata_props)
+    for key, value in plan.metadata.items():
+        quantized.metadata_props.add(key=key, value=value)
+    return quantized, report(quantized, scheme.name, plan.notes)

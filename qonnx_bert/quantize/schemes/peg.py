@@ -1,0 +1,345 @@
+"""Per-embedding-group (PEG) quantization of the FFN, lowered to per-tensor QDQ.
+
+The paper's fix (Section 4): the FFN input, output and residual sum of each
+layer are quantized per group of embedding dimensions, everything else stays
+per-tensor W8A8. Groups come from the per-dimension calibration ranges
+(``peg_groups``); the permutation that makes groups contiguous is either one per
+layer (Gathers around each FFN, the paper) or one for the whole model folded into
+the weights (``passes.permute_stream``, ``peg``'s default: no Gather at run time);
+``passes.peg_split_ffn`` splits each FFN into group tensors;
+tensors that the split creates are calibrated by replaying the calibration
+sequences stored in the ranges file through the rewritten FP32 graph, with the
+same estimator.
+
+Precision of the tensors that hold every group at once (the FFN input before
+the Split, the residual sum after the Concat) depends on ``--target``:
+
+* ``portable`` (default; what QNN HTP needs): uint16. Each group is quantized to
+  uint8 with its own range; putting all groups on one 8-bit grid first (the
+  LayerNorm output before the Split) or after (the Concat feeding the second
+  LayerNorm) would undo PEG, and integer runtimes need the LayerNorms' inputs
+  and outputs quantized, so 16 bits is the narrowest grid that keeps every
+  group's resolution; the LayerNorms run in 16 bits and are converted to and
+  from uint8 by the same legal DQ->Q converts as ``--int16``. Each group of the
+  Concat keeps its own scale, converted up to uint16 so the Concat node is
+  type-homogeneous, which QNN HTP requires.
+* ``cpu``: float. The CPU provider runs LayerNorm, Split and Concat in float
+  anyway, so these tensors are left unquantized: the groups go straight from
+  their own uint8 grids into the LayerNorms, with no 16-bit detour (measured on
+  MiniLM-L6 at K=2: 175 -> 55 Q/DQ nodes in the graph the CPU provider runs,
+  1.21x -> 1.10x W8A8 latency; ``bench/results/``). Not for QNN HTP.
+
+Split gets one Q/DQ per group output (ORT's Split handler would force its
+input's scale on every output, so Split is excluded from ORT's quantizer).
+
+The split dense layers' partial products (K of the first, J per group of the
+second) and their running sums are not rounded to 8 bits: the original graph has
+one accumulator there, and ORT's quantizer would round every MatMul and Add output.
+``cpu`` keeps them float (each MatMul runs as MatMulIntegerToFloat); ``portable``
+keeps them uint16, with each MatMul reading its group's uint8 values through an
+exact uint16 copy (an a16w8 MatMul, native on HTP). Measured against the
+per-channel reference (``tests/peg_reference.py``): 3.5-5.5 dB closer logits.
+
+Beyond the paper, ``--intermediate-groups J`` (``peg``'s default 2) also splits
+the GELU output into outlier-aware groups of units (``peg_groups.intermediate_groups``)
+where one group would be 8x noisier: on MiniLM-L6, layers 0-3 each have a unit whose
+GELU output range is 3-5x the 99th percentile of the units' (the unit whose W2 weight
+writes the residual stream's outlier dimension, the largest weight of W2).
+The whole GELU output before its Split is treated like the FFN input: uint16
+(portable) or float (cpu). Measured: GLUE mean 67.99 -> 68.68 at K=6 (``bench/results/``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+from qonnx_bert.calibration.calibrate import estimate_ranges, per_tensor_targets
+from qonnx_bert.calibration.estimators import EstimatorSpec
+from qonnx_bert.calibration.tensors import quantizable_tensors
+from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.modelinfo import PERMUTED_KEY, permuted_record
+from qonnx_bert.inputs.sequences import Sequences
+from qonnx_bert.passes.mixed_precision import int16_overrides
+from qonnx_bert.passes.peg_split_ffn import split_ffn
+from qonnx_bert.passes.permute_stream import permute_stream
+from qonnx_bert.passes.plan import TARGET_KEY, Plan, activation_ranges
+from qonnx_bert.quantize.schemes.context import SchemeContext
+from qonnx_bert.quantize.schemes.peg_groups import (
+    intermediate_groups,
+    layer_groups,
+    model_order,
+    quantization_noise,
+)
+
+PEG_ROLES = ("input", "output", "residual_sum")
+PERMUTATIONS = ("layer", "model")
+TARGETS = ("portable", "cpu")
+
+
+@dataclass(frozen=True)
+class PegOptions:
+    groups: int = 6
+    permute: bool = True
+    grouping: str = "outlier"
+    layers: tuple[int, ...] | None = None  # None: all layers
+    permutation: str = "layer"  # "layer": a Gather around each FFN; "model": one order folded into the weights
+    target: str = "portable"  # "cpu": tensors holding every group stay float (see the module docstring)
+    intermediate_groups: int = 1  # groups of GELU output units (1: the paper's FFN, GELU output per-tensor; peg: 2)
+
+    @classmethod
+    def from_options(
+        cls, options: dict, default_grouping: str, default_permutation: str, default_intermediate_groups: int
+    ) -> PegOptions:
+        layers = options.get("layers")
+        if options.get("permutation") == "model" and options.get("no_permute"):
+            raise UsageError("--permutation model folds a permutation into the weights; it cannot go with --no-permute")
+        if (options.get("target") or "portable") not in TARGETS:
+            raise UsageError(f"unknown --target {options['target']!r}; choose one of: {', '.join(TARGETS)}")
+        return cls(
+            groups=int(options.get("groups") or 6),
+            permute=not options.get("no_permute", False),
+            grouping=options.get("grouping") or default_grouping,
+            layers=tuple(layers) if layers else None,
+            permutation=options.get("permutation") or default_permutation,
+            target=options.get("target") or "portable",
+            intermediate_groups=default_intermediate_groups
+            if options.get("intermediate_groups") is None
+            else int(options["intermediate_groups"]),
+        )
+
+
+def dimension_ranges(per_channel: dict, layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension (min, max) of a layer: the widest over FFN input, output and residual sum."""
+    keys = [f"layer.{layer}.ffn.{r}" for r in PEG_ROLES]
+    missing = [k for k in keys if k not in per_channel]
+    if missing:
+        raise UsageError(
+            f"ranges file has no per-embedding statistics for {missing[0]}; re-run `qonnx calibrate` with this qonnx version"
+        )
+    lo = np.min([per_channel[k]["min"] for k in keys], axis=0)
+    hi = np.max([per_channel[k]["max"] for k in keys], axis=0)
+    return lo, hi
+
+
+def gelu_ranges(per_channel: dict, layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-unit (min, max) of a layer's GELU output, 0 included (as the quantizer's range is)."""
+    key = f"layer.{layer}.ffn.gelu"
+    if key not in per_channel:
+        raise UsageError(
+            f"ranges file has no per-unit statistics for {key} (needed by --intermediate-groups); "
+            "re-run `qonnx calibrate` with this qonnx version"
+        )
+    return np.minimum(per_channel[key]["min"], 0.0), np.maximum(per_channel[key]["max"], 0.0)
+
+
+def _replay(ctx: SchemeContext, model: onnx.ModelProto, known: set[str]) -> dict[str, dict]:
+    """Calibrate the tensors the rewrite created, on the sequences stored in the ranges file."""
+    cal = ctx.require_ranges().calibration
+    if not cal.get("sequences"):
+        raise UsageError("ranges file holds no calibration sequences; re-run `qonnx calibrate` with this qonnx version")
+    layouts = [t for t in quantizable_tensors(model) if t.name not in known]
+    if not layouts:  # K = 1 without permutation: nothing was rewritten
+        return {}
+    spec = EstimatorSpec(cal["estimator"], dict(cal.get("params", {})))
+    sequences = Sequences.from_pairs(cal["sequences"], cal.get("source", "ranges file"), cal.get("seed", 0))
+    est = estimate_ranges(
+        model, per_tensor_targets(layouts, spec, {}), sequences, batch_size=cal.get("batch_size", 8), progress=False
+    )
+    return {
+        t.name: {"role": None, "min": float(est[t.name].range()[0][0]), "max": float(est[t.name].range()[1][0])}
+        for t in layouts
+    }
+
+
+def _selected_layers(opts: PegOptions, num_layers: int) -> list[int]:
+    layers = list(opts.layers) if opts.layers is not None else list(range(num_layers))
+    bad = [i for i in layers if not 0 <= i < num_layers]
+    if bad:
+        raise UsageError(f"--layers {bad[0]} is out of range: this model has layers 0-{num_layers - 1}")
+    return layers
+
+
+@dataclass(frozen=True)
+class PegGroups:
+    """Where PEG cuts each layer: groups of hidden dimensions and of GELU units, in FP32 indices.
+
+    ``order`` is the model-wide order of the hidden dimensions folded into the weights
+    (``--permutation model``); each layer's groups are then contiguous segments of it.
+    ``units[layer]`` is None where the layer's GELU output stays one tensor.
+    """
+
+    order: np.ndarray | None
+    stats: dict[int, tuple[np.ndarray, np.ndarray]]  # per-dimension (min, max) of each PEG layer
+    hidden: dict[int, list[np.ndarray]]
+    units: dict[int, list[np.ndarray] | None]
+
+
+def choose_groups(per_channel: dict, opts: PegOptions, num_layers: int) -> PegGroups:
+    """The groups of every selected layer from the per-channel calibration statistics."""
+    if opts.permutation not in PERMUTATIONS:
+        raise UsageError(f"unknown --permutation {opts.permutation!r}; choose one of: {', '.join(PERMUTATIONS)}")
+    stats = {layer: dimension_ranges(per_channel, layer) for layer in _selected_layers(opts, num_layers)}
+    order = (
+        model_order([hi - lo for lo, hi in stats.values()]) if opts.permutation == "model" and opts.permute else None
+    )
+    hidden = {
+        layer: layer_groups(lo, hi, opts.groups, opts.grouping, opts.permute, order)
+        for layer, (lo, hi) in stats.items()
+    }
+    units = {
+        layer: intermediate_groups(*gelu_ranges(per_channel, layer), opts.intermediate_groups)
+        if opts.intermediate_groups != 1
+        else None
+        for layer in stats
+    }
+    return PegGroups(order, stats, hidden, units)
+
+
+@dataclass(frozen=True)
+class PegScheme:
+    name: str
+    default_grouping: str
+    default_permutation: str
+    default_intermediate_groups: int
+    summary: str
+
+    def options(self, options: dict) -> PegOptions:
+        return PegOptions.from_options(
+            options, self.default_grouping, self.default_permutation, self.default_intermediate_groups
+        )
+
+    def plan(self, ctx: SchemeContext) -> Plan:
+        opts = self.options(ctx.options)
+        base = ctx.calibrated()
+        chosen = choose_groups(ctx.require_ranges().per_channel, opts, ctx.roles.num_layers)
+        model = ir.from_proto(ctx.prepared)
+        permuted = _fold_order(model, ctx, chosen.order)
+        position = None if chosen.order is None else np.argsort(chosen.order)  # graph dimension of each model dimension
+        results = []
+        for layer, groups in chosen.hidden.items():
+            in_graph = groups if position is None else [np.sort(position[g]) for g in groups]
+            results.append(split_ffn(model.graph, ctx.roles.roles, layer, in_graph, chosen.units[layer]))
+            permuted |= results[-1].permuted
+        RemoveUnusedNodesPass()(model)
+        rewritten = ir.to_proto(model)
+        entries = {**base, **_replay(ctx, rewritten, set(base))}
+        metadata = ({TARGET_KEY: "cpu"} if opts.target == "cpu" else {}) | (
+            {PERMUTED_KEY: permuted_record(permuted)} if permuted else {}
+        )
+        return Plan(
+            rewritten,
+            activation_ranges(entries),
+            weights=True,
+            notes=_notes(opts, chosen),
+            metadata=metadata,
+            **_precision(opts.target, rewritten, results),
+        )
+
+
+def _fold_order(model: ir.Model, ctx: SchemeContext, order: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Fold the model-wide order (if any) into the weights; the tensors it leaves permuted."""
+    if order is None:
+        return {}
+    values = {v.name: v for node in model.graph for v in node.outputs}
+    return dict.fromkeys(permute_stream(model.graph, values[ctx.roles.tensor("embeddings.layernorm")], order), order)
+
+
+def _precision(target: str, model: onnx.ModelProto, results: list) -> dict:
+    """The plan fields that hold the lowering's own tensors, per ``--target`` (see the module docstring).
+
+    Both targets keep the Splits out of ORT's quantizer (one Q/DQ per group). ``cpu``: the
+    tensors holding every group and the partial products stay float. ``portable``: they are
+    uint16, and each partial-product MatMul reads its group's uint8 values through an exact
+    uint16 copy (``uint16_readers``), so the group is still rounded to 8 bits.
+    """
+    whole = [t for r in results for t in r.whole]
+    partials = [t for r in results for t in r.partials]
+    exclude = [n for r in results for n in r.group_nodes]
+    if target == "cpu":
+        return {
+            "exclude_nodes": exclude + [n for r in results for n in r.float_nodes + r.accumulate_nodes],
+            "float_tensors": partials,
+        }
+    readers = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.output[0] in set(partials)]
+    overrides = int16_overrides(model, whole + partials, readers=readers) if whole else {}
+    return {"exclude_nodes": exclude, "overrides": overrides, "uint16_readers": readers}
+
+
+def _notes(opts: PegOptions, chosen: PegGroups) -> list[str]:
+    """The report lines: each layer's groups, the lowering, the paper's extra-parameter count."""
+    notes = [
+        _group_note(layer, groups, *chosen.stats[layer])
+        + (
+            f"; GELU output units in groups [{','.join(str(len(u)) for u in units)}]"
+            if (units := chosen.units[layer])
+            else ""
+        )
+        for layer, groups in chosen.hidden.items()
+    ]
+    how = (
+        "not permuted"
+        if not opts.permute
+        else (
+            "one model-wide permutation folded into the weights" if chosen.order is not None else "permuted per layer"
+        )
+    )
+    precision = "uint16" if opts.target == "portable" else "float (--target cpu)"
+    notes.append(
+        f"PEG K={opts.groups} ({opts.grouping} groups, {how}); FFN inputs before the split and residual sums after the concat in {precision}"
+    )
+    split_units = sum(u is not None for u in chosen.units.values())
+    notes.append(
+        _extra_parameters(
+            opts,
+            per_layer_order=opts.permute and chosen.order is None,
+            hidden=len(next(iter(chosen.stats.values()))[0]),
+        )
+        + (
+            f"; GELU groups add 2*J = {2 * opts.intermediate_groups} ranges in each of the {split_units} layers they split"
+            " (their unit permutation is folded into the weights)"
+            if split_units
+            else ""
+        )
+    )
+    return notes
+
+
+def _extra_parameters(opts: PegOptions, per_layer_order: bool, hidden: int) -> str:
+    """The paper's count of PEG's extra parameters per layer: d permutation indices + 2 * 3 * K ranges."""
+    indices = hidden if per_layer_order else 0
+    ranges = 2 * len(PEG_ROLES) * opts.groups
+    where = (
+        ""
+        if per_layer_order
+        else " (no permutation indices: " + ("folded into the weights)" if opts.permute else "not permuted)")
+    )
+    return f"extra parameters per PEG layer (the paper's d + 2*3*K): {indices} + {ranges} = {indices + ranges}{where}"
+
+
+def _group_note(layer: int, groups: list[np.ndarray], lo: np.ndarray, hi: np.ndarray) -> str:
+    sizes = ",".join(str(len(g)) for g in groups)
+    widest = max(groups, key=lambda g: hi[g].max() - lo[g].min())
+    return f"layer {layer}: group sizes [{sizes}], widest group range {hi[widest].max() - lo[widest].min():.1f}, noise objective {quantization_noise(lo, hi, groups):.3g}"
+
+
+PEG_SCHEMES = (
+    PegScheme(
+        "peg",
+        "outlier",
+        "model",
+        2,
+        "PEG on FFN input/output/sum: K groups (default 6), outlier-aware uneven groups, one permutation folded into the weights; GELU outputs with a wide unit in 2 groups",
+    ),
+    PegScheme(
+        "peg-equal",
+        "equal",
+        "layer",
+        1,
+        "PEG as in the paper: K equal-size groups after a range-based permutation per layer",
+    ),
+)

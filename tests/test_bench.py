@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from qonnx_bert import benchmark
+from qonnx_bert.benchmarks import glue_bench as benchmark
 from qonnx_bert.benchmarks.glue_bench import (
     expand_variants,
     render_leave_one_out,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from qonnx_bert import models
+from qonnx_bert.inputs import models
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.inputs.glue.tasks import TASKS
 
@@ -181,7 +181,7 @@ def test_finetune_regression_replaces_the_head(tiny_base, glue_dir, tmp_path):
 
 
 def test_crash_mid_training_leaves_no_checkpoint(tiny_base, glue_dir, tmp_path, monkeypatch):
-    from qonnx_bert import finetune
+    from qonnx_bert.inputs import finetune
 
     calls = []
 
@@ -199,7 +199,7 @@ def test_crash_mid_training_leaves_no_checkpoint(tiny_base, glue_dir, tmp_path, 
 
 
 def test_crash_during_a_rebuild_keeps_the_old_checkpoint(tiny_base, glue_dir, tmp_path, monkeypatch):
-    from qonnx_bert import finetune
+    from qonnx_bert.inputs import finetune
 
     out = tmp_path / "ckpt"
     shutil.copytree(tiny_base, out)

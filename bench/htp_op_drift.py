@@ -31,7 +31,7 @@ from qonnx_bert.inputs.encode import Encoder
 from qonnx_bert.inputs.export import export_model
 from qonnx_bert.inputs.glue import load_task
 from qonnx_bert.inputs.sequences import glue_train_sequences
-from qonnx_bert.quantize.api import quantize
+from qonnx_bert.quantize import config_for, quantize
 from qonnx_bert.targets import qnn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,7 +136,7 @@ def main() -> int:
     texts = load_task(args.task, "dev", args.data_dir).texts_a[: args.sequences]
     results = {}
     for scheme in args.schemes.split(","):
-        model, _ = quantize(fp32, scheme, ranges)
+        model, _ = quantize(fp32, config_for(scheme), ranges)
         results[scheme] = drift(model, texts, soc)
         print(scheme, json.dumps(results[scheme]), flush=True)
     out = ROOT / "bench" / "results" / f"htp-op-drift-{args.task}"

@@ -16,25 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import onnx
 
+from qonnx_bert.analysis.evaluate import evaluate
+from qonnx_bert.analysis.peg_reference import per_channel_reference
+from qonnx_bert.calibration.calibrate import calibrate
+from qonnx_bert.core.files import atomic_output
+from qonnx_bert.core.metrics import argmax_agreement, sqnr_db
+from qonnx_bert.inputs.export import export_model
+from qonnx_bert.inputs.glue import load_task
+from qonnx_bert.inputs.sequences import glue_train_sequences
+from qonnx_bert.quantize import config_for, quantize
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # qonnx_bert.analysis.peg_reference
-
-from qonnx_bert.analysis.evaluate import evaluate  # noqa: E402
-from qonnx_bert.analysis.peg_reference import per_channel_reference  # noqa: E402
-from qonnx_bert.calibration.calibrate import calibrate  # noqa: E402
-from qonnx_bert.core.files import atomic_output  # noqa: E402
-from qonnx_bert.core.metrics import argmax_agreement, sqnr_db  # noqa: E402
-from qonnx_bert.inputs.export import export_model  # noqa: E402
-from qonnx_bert.inputs.glue import load_task  # noqa: E402
-from qonnx_bert.inputs.sequences import glue_train_sequences  # noqa: E402
-from qonnx_bert.quantize.api import quantize  # noqa: E402
-
 CONFIGS = {
     "peg (K=6, outlier-aware, folded, GELU groups), portable": ("peg", {"target": "portable"}),
     "peg (K=6, outlier-aware, folded, GELU groups), --target cpu": ("peg", {"target": "cpu"}),
@@ -58,14 +55,14 @@ def main() -> int:
     exact = evaluate(fp32, dev, progress=False)
     rows = []
     for label, (scheme, options) in CONFIGS.items():
-        lowered, _ = quantize(fp32, scheme, ranges, **options)
+        config = config_for(scheme, **options)
+        lowered, _ = quantize(fp32, config, ranges)
         got = evaluate(lowered, dev, progress=False)
-        want = evaluate(per_channel_reference(fp32, ranges, scheme, **options), dev, progress=False)
+        want = evaluate(per_channel_reference(fp32, ranges, config), dev, progress=False)
         rows.append(
             {
                 "configuration": label,
-                "scheme": scheme,
-                "options": options,
+                "config": config.to_dict(),
                 "lowered_score": got.metrics["score"],
                 "reference_score": want.metrics["score"],
                 "agreement": argmax_agreement(want.logits, got.logits),

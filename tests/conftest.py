@@ -119,6 +119,23 @@ def tiny_onnx(tiny_bert_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def fp32(tiny_onnx):
+    """The tiny BERT's FP32 export, loaded (shared: tests copy before editing it)."""
+    import onnx
+
+    return onnx.load(str(tiny_onnx))
+
+
+@pytest.fixture(scope="session")
+def ranges(fp32):
+    """Ranges of the tiny BERT from 32 seeded shipped sentences (current min-max)."""
+    from qonnx_bert.calibration.calibrate import calibrate
+    from qonnx_bert.inputs.sequences import sample_sequences, shipped_sentences
+
+    return calibrate(fp32, sample_sequences(shipped_sentences(), None, 32, 0, "shipped"), progress=False)
+
+
+@pytest.fixture(scope="session")
 def minilm_onnx(tmp_path_factory) -> Path:
     """The packaged MiniLM-L6 (6 layers, hidden 384) exported with a seeded 2-label head."""
     from qonnx_bert.inputs.export import export_model

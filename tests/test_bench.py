@@ -121,11 +121,11 @@ def test_leave_one_out_removes_exactly_the_family_quantizers(tiny_onnx, tiny_ran
     from qonnx_bert.analysis.leave_one_out import quantize_leave_one_out
     from qonnx_bert.graph.prepare import prepare
     from qonnx_bert.graph.roles import find_roles
-    from qonnx_bert.quantize.api import quantize
+    from qonnx_bert.quantize import config_for, quantize
 
     fp32 = onnx.load(str(tiny_onnx))
     roles = find_roles(prepare(fp32)).roles
-    base = _quantizer_inputs(quantize(fp32, "w32a8", tiny_ranges)[0])
+    base = _quantizer_inputs(quantize(fp32, config_for("w32a8"), tiny_ranges)[0])
     model, report = quantize_leave_one_out(fp32, tiny_ranges, ["layer.*.ffn.residual_sum"])
     onnx.checker.check_model(model)
     assert base - _quantizer_inputs(model) == {roles["layer.0.ffn.residual_sum"], roles["layer.1.ffn.residual_sum"]}

@@ -19,11 +19,11 @@ from qonnx_bert.inputs.encode import Encoder
 def models(tiny_onnx, glue_dir):
     from qonnx_bert.calibration.calibrate import calibrate
     from qonnx_bert.inputs.sequences import glue_train_sequences
-    from qonnx_bert.quantize.api import quantize
+    from qonnx_bert.quantize import config_for, quantize
 
     fp32 = onnx.load(str(tiny_onnx))
     ranges = calibrate(fp32, glue_train_sequences("rte", glue_dir, 16, 0), progress=False)
-    return fp32, {s: quantize(fp32, s, ranges)[0] for s in ("w8a8", "w8a32", "peg")}
+    return fp32, {s: quantize(fp32, config_for(s), ranges)[0] for s in ("w8a8", "w8a32", "peg")}
 
 
 def _run(model: onnx.ModelProto, name: str, feeds: list[dict]) -> np.ndarray:

@@ -9,7 +9,6 @@ import onnxruntime as ort
 import pytest
 from onnxruntime.quantization import QuantType
 
-from qonnx_bert.calibration.calibrate import calibrate
 from qonnx_bert.calibration.estimators import PerTensor, make_estimator
 from qonnx_bert.cli import main
 from qonnx_bert.core.errors import UsageError
@@ -17,17 +16,17 @@ from qonnx_bert.core.metrics import sqnr_db
 from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.graph.roles import find_roles
 from qonnx_bert.inputs.encode import Encoder
-from qonnx_bert.inputs.sequences import sample_sequences, shipped_sentences
+from qonnx_bert.inputs.sequences import shipped_sentences
 from qonnx_bert.passes.mixed_precision import with_quantizer_bits
 from qonnx_bert.passes.qdq import insert_qdq
-from qonnx_bert.quantize.api import quantize
+from qonnx_bert.quantize import config_for, quantize
 from qonnx_bert.quantize.schemes import (
     Plan,
     SchemeContext,
     activation_ranges,
     get_scheme,
 )
-from qonnx_bert.quantize.schemes.mixed import CPU_NOTE, calibration_feeds, logits_on
+from qonnx_bert.quantize.schemes.mixed import CPU_NOTE, calibration_feeds, logits_on, save_selection
 
 BITS = {onnx.TensorProto.UINT8: 8, onnx.TensorProto.UINT16: 16}
 QDQ = ("QuantizeLinear", "DequantizeLinear")
@@ -35,18 +34,8 @@ TEXTS = shipped_sentences()[32:]
 
 
 @pytest.fixture(scope="module")
-def fp32(tiny_onnx):
-    return onnx.load(str(tiny_onnx))
-
-
-@pytest.fixture(scope="module")
 def roles(fp32):
     return find_roles(fp32)
-
-
-@pytest.fixture(scope="module")
-def ranges(fp32):
-    return calibrate(fp32, sample_sequences(shipped_sentences(), None, 32, 0, "shipped"), progress=False)
 
 
 def _graph(model):
@@ -128,7 +117,7 @@ def _tensors(roles, *role_names):
 
 
 def test_pattern_selects_exactly_its_tensors(fp32, roles, ranges):
-    model, report = quantize(fp32, "w8a8", ranges, int16=["layer.*.ffn.residual_sum", "output"])
+    model, report = quantize(fp32, config_for("w8a8", int16=["layer.*.ffn.residual_sum", "output"]), ranges)
     wanted = _tensors(roles, "layer.0.ffn.residual_sum", "layer.1.ffn.residual_sum", "output")
     bits = consumed_bits(model)
     assert {t for t, b in bits.items() if b == {16}} == wanted
@@ -142,7 +131,7 @@ def test_pattern_selects_exactly_its_tensors(fp32, roles, ranges):
     "patterns", [["layer.*.ffn.residual_sum"], ["layer.0.attention.*"], ["layer.1.ffn.gelu", "pooler.output"], ["*"]]
 )
 def test_every_boundary_is_requantized(fp32, ranges, patterns):
-    model, report = quantize(fp32, "w8a8", ranges, int16=patterns)
+    model, report = quantize(fp32, config_for("w8a8", int16=patterns), ranges)
     assert mixed_nodes(model) == []
     assert requantizations(model) > 0 and report.activation_bits[16] > 0
     assert np.isfinite(_run(model)).all()
@@ -161,8 +150,8 @@ def test_all_roles_in_16bit_beat_w8a8(fp32, roles, ranges):
     # how a few error terms happen to project on the classifier; the encoder output is the signal.
     last = roles.tensor(f"layer.{roles.num_layers - 1}.ffn.layernorm")
     ref = _run(_dequantized(fp32, last))
-    w8a8, _ = quantize(fp32, "w8a8", ranges)
-    wide, _ = quantize(fp32, "w8a8", ranges, int16=["*"])
+    w8a8, _ = quantize(fp32, config_for("w8a8"), ranges)
+    wide, _ = quantize(fp32, config_for("w8a8", int16=["*"]), ranges)
     assert sqnr_db(ref, _run(_dequantized(wide, last))) > sqnr_db(ref, _run(_dequantized(w8a8, last))) + 3.0
 
 
@@ -172,7 +161,7 @@ def _producer_input(model, tensor, k=0):
 
 def test_a_role_is_widened_with_its_pre_bias_and_reshaped_copies(fp32, roles, ranges):
     """A Linear exports as MatMul + Add(bias) and heads as Reshape/Transpose: 16 bits must reach the next op."""
-    model, _ = quantize(fp32, "w8a8", ranges, int16=["layer.0.attention.query", "layer.1.ffn.output"])
+    model, _ = quantize(fp32, config_for("w8a8", int16=["layer.0.attention.query", "layer.1.ffn.output"]), ranges)
     bits = consumed_bits(model)
     q_of_scores = _producer_input(fp32, roles.tensor("layer.0.attention.scores"))
     pre_bias = _producer_input(fp32, roles.tensor("layer.1.ffn.output"))
@@ -181,13 +170,13 @@ def test_a_role_is_widened_with_its_pre_bias_and_reshaped_copies(fp32, roles, ra
 
 
 def test_mp_keeps_the_papers_roles_and_reestimates_the_output(fp32, roles, ranges):
-    model, report = quantize(fp32, "mp", ranges)
+    model, report = quantize(fp32, config_for("mp"), ranges)
     ffn = [f"layer.{i}.ffn.{r}" for i in range(2) for r in ("input", "output", "residual_sum")]
     pre_bias = {_producer_input(fp32, roles.tensor(f"layer.{i}.ffn.output")) for i in range(2)}
     assert {t for t, b in consumed_bits(model).items() if b == {16}} == _tensors(roles, "output", *ffn) | pre_bias
     assert mixed_nodes(model) == []
     assert "16-bit: 7 of 34 activations" in "\n".join(report.lines())
-    ctx = SchemeContext("mp", fp32, prepare(fp32), roles, ranges, {})
+    ctx = SchemeContext(config_for("mp"), fp32, prepare(fp32), roles, ranges)
     entry = get_scheme("mp").plan(ctx).overrides[roles.tensor("output")][0]
     estimator = make_estimator("mse:bits=16", PerTensor())
     estimator.update(logits_on(prepare(fp32), calibration_feeds(fp32, ranges)).reshape(-1, 1))
@@ -199,22 +188,23 @@ def test_mp_keeps_the_papers_roles_and_reestimates_the_output(fp32, roles, range
 
 
 def test_auto_mp_budget_zero_is_w8a8(fp32, ranges):
-    auto, report = quantize(fp32, "auto-mp", ranges, budget=0)
-    w8a8, _ = quantize(fp32, "w8a8", ranges)
+    auto, report = quantize(fp32, config_for("auto-mp", budget=0), ranges)
+    w8a8, _ = quantize(fp32, config_for("w8a8"), ranges)
     assert report.activation_bits == {8: len(ranges.tensors)}
     np.testing.assert_array_equal(_run(auto), _run(w8a8))
 
 
 def test_auto_mp_full_budget_is_all_16bit(fp32, ranges):
-    auto, _ = quantize(fp32, "auto-mp", ranges, budget=1.0)
-    wide, _ = quantize(fp32, "w8a8", ranges, int16=["*"])
+    auto, _ = quantize(fp32, config_for("auto-mp", budget=1.0), ranges)
+    wide, _ = quantize(fp32, config_for("w8a8", int16=["*"]), ranges)
     np.testing.assert_array_equal(_run(auto), _run(wide))
 
 
 @pytest.fixture(scope="module")
 def auto2(fp32, ranges, tmp_path_factory):
     path = tmp_path_factory.mktemp("auto") / "sel.json"
-    model, report = quantize(fp32, "auto-mp", ranges, budget=2, save_selection=str(path))
+    model, report = quantize(fp32, config_for("auto-mp", budget=2), ranges)
+    save_selection(path, fp32, "auto-mp", report.selection)
     return model, report, path
 
 
@@ -225,7 +215,7 @@ def test_auto_mp_takes_the_most_sensitive_roles_and_replays(fp32, ranges, auto2)
     assert len(scores) == len(set(find_roles(fp32).roles.values())) and len(doc["roles"]) == 2
     assert sorted(doc["roles"], key=scores.get) == sorted(scores, key=scores.get)[:2]
     assert any(line.startswith("auto-mp: all-16-bit logit SQNR") for line in report.lines())
-    replayed, _ = quantize(fp32, "w8a8", ranges, int16_from=str(path))
+    replayed, _ = quantize(fp32, config_for("w8a8", int16_from=str(path)), ranges)
     np.testing.assert_array_equal(_run(model), _run(replayed))
 
 
@@ -233,8 +223,8 @@ def test_regridded_quantizer_scores_like_the_real_16bit_model(fp32, roles, range
     """The scan's stand-in (a quantizer re-gridded in place) matches re-running the quantizer."""
     role = "layer.0.ffn.residual_sum"
     feeds = calibration_feeds(fp32, ranges)
-    w8a8, _ = quantize(fp32, "w8a8", ranges)
-    real, _ = quantize(fp32, "w8a8", ranges, int16=[role])
+    w8a8, _ = quantize(fp32, config_for("w8a8"), ranges)
+    real, _ = quantize(fp32, config_for("w8a8", int16=[role]), ranges)
     tensor = roles.tensor(role)
     stand_in = with_quantizer_bits(w8a8, {tensor: activation_ranges(ranges.tensors)[tensor]}, 16)
     reference = logits_on(prepare(fp32), feeds)
@@ -245,31 +235,32 @@ def test_pattern_matching_nothing_lists_the_roles(fp32, ranges):
     with pytest.raises(
         UsageError, match=r"'layer\.7\.ffn\.\*' matches no role; known roles: .*layer\.0-1\.ffn\.residual_sum"
     ):
-        quantize(fp32, "w8a8", ranges, int16=["layer.7.ffn.*"])
+        quantize(fp32, config_for("w8a8", int16=["layer.7.ffn.*"]), ranges)
 
 
 @pytest.mark.parametrize("budget", [-1, 10_000, 1.5, -0.1, None, "3"])
 def test_budget_out_of_range(fp32, ranges, budget):
     with pytest.raises(UsageError, match="budget"):
-        quantize(fp32, "auto-mp", ranges, budget=budget)
+        quantize(fp32, config_for("auto-mp", budget=budget), ranges)
 
 
 def test_selection_from_another_model_is_refused(fp32, ranges, tmp_path):
     path = tmp_path / "sel.json"
-    quantize(fp32, "w8a8", ranges, int16=["output"], save_selection=str(path))
+    _, report = quantize(fp32, config_for("w8a8", int16=["output"]), ranges)
+    save_selection(path, fp32, "w8a8", report.selection)
     other = onnx.ModelProto()
     other.CopyFrom(fp32)
     weight = next(i for i in other.graph.initializer if i.name == "classifier.weight")
     weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight) + 1e-3, weight.name))
     with pytest.raises(UsageError, match="selected on another model"):
-        quantize(other, "w8a8", ranges, int16_from=str(path))
+        quantize(other, config_for("w8a8", int16_from=str(path)), ranges)
     with pytest.raises(UsageError, match="not found"):
-        quantize(fp32, "w8a8", ranges, int16_from=str(tmp_path / "missing.json"))
+        quantize(fp32, config_for("w8a8", int16_from=str(tmp_path / "missing.json")), ranges)
 
 
 def test_int16_needs_quantized_activations(fp32):
     with pytest.raises(UsageError, match="--int16 needs a scheme that quantizes activations"):
-        quantize(fp32, "w8a32", None, int16=["output"])
+        quantize(fp32, config_for("w8a32", int16=["output"]), None)
 
 
 def test_cli_flags(tiny_onnx, ranges, tmp_path, capfd):

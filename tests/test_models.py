@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from qonnx_bert.inputs import models
 from qonnx_bert.core.errors import UsageError
+from qonnx_bert.inputs import models
 from qonnx_bert.inputs.glue.tasks import TASKS
 
 RECIPE_KEYS = {

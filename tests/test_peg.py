@@ -19,7 +19,7 @@ from qonnx_bert.inputs.encode import Encoder
 from qonnx_bert.inputs.glue import load_task
 from qonnx_bert.inputs.sequences import sample_sequences, shipped_sentences
 from qonnx_bert.passes.peg_split_ffn import split_ffn
-from qonnx_bert.quantize.api import quantize
+from qonnx_bert.quantize import ConfigError, config_for, quantize
 from qonnx_bert.quantize.schemes import SchemeContext, get_scheme
 from qonnx_bert.quantize.schemes.peg_groups import equal_groups, outlier_groups
 from qonnx_bert.targets.cpu import check_cpu
@@ -27,16 +27,6 @@ from tests.conftest import SST2_SAMPLE, plant_gelu_outlier, tensor_values
 
 HIDDEN = 32  # the tiny BERT's hidden size
 TEXTS = shipped_sentences()
-
-
-@pytest.fixture(scope="module")
-def fp32(tiny_onnx):
-    return onnx.load(str(tiny_onnx))
-
-
-@pytest.fixture(scope="module")
-def ranges(fp32):
-    return calibrate(fp32, sample_sequences(TEXTS, None, 32, 0, "shipped"), progress=False)
 
 
 def _logits(model, texts=TEXTS):
@@ -85,15 +75,16 @@ def planted(fp32):
 def _rewritten_fp32(model, ranges, scheme="peg", **options):
     """The FP32 graph a PEG scheme rewrites (before QDQ): the exact values of its group tensors."""
     prepared = prepare(model)
-    plan = get_scheme(scheme).plan(SchemeContext(scheme, model, prepared, find_roles(prepared), ranges, options))
+    config = config_for(scheme, **options)
+    plan = get_scheme(scheme).plan(SchemeContext(config, model, prepared, find_roles(prepared), ranges))
     return plan.model
 
 
 def test_gelu_output_groups_take_back_a_planted_outlier_unit(planted):
     model, ranges = planted
     options = {"groups": 2, "target": "cpu"}
-    one, _ = quantize(model, "peg", ranges, **options, intermediate_groups=1)
-    split, report = quantize(model, "peg", ranges, **options)  # peg's default: 2
+    one, _ = quantize(model, config_for("peg", **options, intermediate_groups=1), ranges)
+    split, report = quantize(model, config_for("peg", **options), ranges)  # peg's default: 2
     # the wide unit gets a group of its own; layer 1, with no such unit, keeps its GELU output whole
     assert "GELU output units in groups [63,1]" in report.lines()[1] and "GELU" not in report.lines()[2]
     assert report.lines()[-1].endswith(
@@ -113,7 +104,7 @@ def test_each_gelu_group_is_rounded_once_on_its_own_range(planted):
     """NumPy reference: GELU group j is round(h / s_j) + z_j of the float GELU output, with
     (s_j, z_j) the uint8 grid of the group's own calibrated range (min 0-clamped)."""
     model, ranges = planted
-    peg, _ = quantize(model, "peg", ranges, groups=2, target="cpu", intermediate_groups=2)
+    peg, _ = quantize(model, config_for("peg", groups=2, target="cpu", intermediate_groups=2), ranges)
     split = next(n for n in peg.graph.node if n.name == "layer0.peg.h")
     producers = {o: n for n in peg.graph.node for o in n.output}
     inits = {i.name: numpy_helper.to_array(i) for i in peg.graph.initializer}
@@ -136,14 +127,15 @@ def test_each_gelu_group_is_rounded_once_on_its_own_range(planted):
 
 
 def test_k1_without_permutation_is_w8a8(fp32, ranges):
-    w8a8, _ = quantize(fp32, "w8a8", ranges)
-    peg, _ = quantize(fp32, "peg-equal", ranges, groups=1, no_permute=True)
+    w8a8, _ = quantize(fp32, config_for("w8a8"), ranges)
+    peg, _ = quantize(fp32, config_for("peg-equal", groups=1, permutation="none"), ranges)
     np.testing.assert_array_equal(_logits(peg), _logits(w8a8))
 
 
 def _peg_and_reference(fp32, ranges, scheme, **options):
-    peg, _ = quantize(fp32, scheme, ranges, **options)
-    return peg, per_channel_reference(fp32, ranges, scheme, **options)
+    config = config_for(scheme, **options)
+    peg, _ = quantize(fp32, config, ranges)
+    return peg, per_channel_reference(fp32, ranges, config)
 
 
 def _fp32_order(model, tensor, texts=TEXTS):
@@ -154,7 +146,7 @@ def _fp32_order(model, tensor, texts=TEXTS):
 
 
 @pytest.mark.parametrize("target", ["portable", "cpu"])
-@pytest.mark.parametrize("scheme, options", [("peg-equal", {"groups": 4, "no_permute": True}), ("peg", {"groups": 3})])
+@pytest.mark.parametrize("scheme, options", [("peg-equal", {"groups": 4, "permutation": "none"}), ("peg", {"groups": 3})])
 def test_lowered_peg_matches_per_channel_reference(fp32, ranges, scheme, options, target):
     peg, ref = _peg_and_reference(fp32, ranges, scheme, target=target, **options)
     last = find_roles(fp32).tensor("layer.1.ffn.layernorm")
@@ -169,8 +161,8 @@ def test_lowered_peg_matches_per_channel_reference(fp32, ranges, scheme, options
 def test_peg_and_reference_both_repair_minilm_outliers(minilm_onnx):
     fp32 = onnx.load(str(minilm_onnx))
     ranges = calibrate(fp32, sample_sequences(TEXTS, None, 32, 0, "shipped"), progress=False)
-    peg, ref = _peg_and_reference(fp32, ranges, "peg-equal", groups=6, no_permute=True)
-    w8a8, _ = quantize(fp32, "w8a8", ranges)
+    peg, ref = _peg_and_reference(fp32, ranges, "peg-equal", groups=6, permutation="none")
+    w8a8, _ = quantize(fp32, config_for("w8a8"), ranges)
     exact = _logits(fp32)
     base = sqnr_db(exact, _logits(w8a8))
     # The packaged MiniLM's FFN outliers cost W8A8 several dB; per-group ranges, lowered or
@@ -193,7 +185,7 @@ def fine_tuned(minilm_sst2_static):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "scheme, options",
-    [("peg", {"target": "portable"}), ("peg", {"target": "cpu"}), ("peg-equal", {"groups": 6, "no_permute": True})],
+    [("peg", {"target": "portable"}), ("peg", {"target": "cpu"}), ("peg-equal", {"groups": 6, "permutation": "none"})],
 )
 def test_lowered_peg_predicts_as_the_per_channel_reference(fine_tuned, scheme, options):
     """Issue 7's reference check on a model with trained margins (MiniLM fine-tuned on SST-2
@@ -215,7 +207,7 @@ def test_lowered_peg_predicts_as_the_per_channel_reference(fine_tuned, scheme, o
 
 @pytest.mark.parametrize("target", ["portable", "cpu"])
 def test_group_matmuls_use_integer_kernels(fp32, ranges, tmp_path, target):
-    peg, report = quantize(fp32, "peg", ranges, groups=3, target=target)
+    peg, report = quantize(fp32, config_for("peg", groups=3, target=target), ranges)
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(peg.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -238,7 +230,7 @@ def test_group_matmuls_use_integer_kernels(fp32, ranges, tmp_path, target):
 
 
 def test_each_group_has_its_own_scale(fp32, ranges):
-    peg, _ = quantize(fp32, "peg-equal", ranges, groups=4)
+    peg, _ = quantize(fp32, config_for("peg-equal", groups=4), ranges)
     inits = {i.name: numpy_helper.to_array(i) for i in peg.graph.initializer}
     split = next(n for n in peg.graph.node if n.op_type == "Split")
     consumers = [n for n in peg.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in split.output]
@@ -265,7 +257,7 @@ def test_each_ffn_input_group_is_rounded_once_on_its_own_grid(fp32, ranges, targ
     Quantizing the whole FFN input on one 8-bit grid before the Split (as ORT does for a
     LayerNorm output) would round the fine groups on the coarse grid first.
     """
-    peg, _ = quantize(fp32, "peg-equal", ranges, groups=4, no_permute=True, target=target)
+    peg, _ = quantize(fp32, config_for("peg-equal", groups=4, permutation="none", target=target), ranges)
     producers = {o: n for n in peg.graph.node for o in n.output}
     inits = {i.name: numpy_helper.to_array(i) for i in peg.graph.initializer}
     splits = [n for n in peg.graph.node if n.op_type == "Split"]
@@ -330,8 +322,8 @@ def _tensors(model, names):
 
 def test_cpu_target_leaves_only_the_groups_quantized(fp32, ranges):
     """``--target cpu``: no 16-bit tensors; the LayerNorms around the groups read and write float."""
-    portable, report_p = quantize(fp32, "peg", ranges, groups=3)
-    cpu, report_c = quantize(fp32, "peg", ranges, groups=3, target="cpu")
+    portable, report_p = quantize(fp32, config_for("peg", groups=3), ranges)
+    cpu, report_c = quantize(fp32, config_for("peg", groups=3, target="cpu"), ranges)
     assert report_p.activation_bits.get(16, 0) > 0 and report_c.activation_bits.get(16, 0) == 0
     assert sqnr_db(_logits(portable), _logits(cpu)) > 30  # same groups, same ranges; only uint16 rounding differs
     concat = [n for n in cpu.graph.node if n.op_type == "Concat" and ".peg." in n.name]
@@ -348,7 +340,7 @@ def test_cpu_target_leaves_only_the_groups_quantized(fp32, ranges):
 )
 def test_report_counts_the_papers_extra_parameters(fp32, ranges, options, count):
     options = dict(options)
-    _, report = quantize(fp32, options.pop("scheme"), ranges, **options)
+    _, report = quantize(fp32, config_for(options.pop("scheme"), **options), ranges)
     assert f"extra parameters per PEG layer (the paper's d + 2*3*K): {count}" in report.lines()
 
 
@@ -363,14 +355,14 @@ def test_outlier_groups_isolate_planted_outliers():
 
 def test_bad_input(fp32, ranges):
     with pytest.raises(UsageError, match="out of range"):
-        quantize(fp32, "peg", ranges, groups=HIDDEN + 1)
+        quantize(fp32, config_for("peg", groups=HIDDEN + 1), ranges)
     with pytest.raises(UsageError, match="--layers 7"):
-        quantize(fp32, "peg", ranges, layers=[7])
-    with pytest.raises(UsageError, match="drop --no-permute"):
-        quantize(fp32, "peg", ranges, no_permute=True)
+        quantize(fp32, config_for("peg", layers=[7]), ranges)
+    with pytest.raises(ConfigError, match="grouping outlier forms groups over range-sorted dimensions"):
+        quantize(fp32, config_for("peg", permutation="none"), ranges)
     stripped = type(ranges)(ranges.model, ranges.calibration, ranges.tensors, {})
     with pytest.raises(UsageError, match="per-embedding statistics"):
-        quantize(fp32, "peg", stripped)
+        quantize(fp32, config_for("peg"), stripped)
     no_gelu = type(ranges)(
         ranges.model,
         ranges.calibration,
@@ -378,7 +370,8 @@ def test_bad_input(fp32, ranges):
         {k: v for k, v in ranges.per_channel.items() if not k.endswith("ffn.gelu")},
     )
     with pytest.raises(UsageError, match="per-unit statistics for layer.0.ffn.gelu.*re-run `qonnx calibrate`"):
-        quantize(fp32, "peg", no_gelu, intermediate_groups=2)
-    for j in (0, 2 * HIDDEN + 1):
-        with pytest.raises(UsageError, match=f"--intermediate-groups {j} is out of range"):
-            quantize(fp32, "peg", ranges, intermediate_groups=j)
+        quantize(fp32, config_for("peg", intermediate_groups=2), no_gelu)
+    with pytest.raises(ConfigError, match="intermediate_groups is 0; give a whole number >= 1"):
+        quantize(fp32, config_for("peg", intermediate_groups=0), ranges)
+    with pytest.raises(UsageError, match=f"--intermediate-groups {2 * HIDDEN + 1} is out of range"):
+        quantize(fp32, config_for("peg", intermediate_groups=2 * HIDDEN + 1), ranges)

@@ -11,9 +11,9 @@ from qonnx_bert.core.errors import UsageError
 from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.graph.roles import find_roles
 from qonnx_bert.passes.permute_stream import permute_stream
-from qonnx_bert.quantize.api import quantize
+from qonnx_bert.quantize import config_for, quantize
 from qonnx_bert.quantize.schemes.peg_groups import model_order, segment_groups
-from tests.test_peg import HIDDEN, _logits, fp32, ranges  # noqa: F401  (module fixtures)
+from tests.test_peg import HIDDEN, _logits
 
 
 def _permuted(model: onnx.ModelProto, perm: np.ndarray, names: list | None = None) -> onnx.ModelProto:
@@ -94,8 +94,8 @@ def test_stream_as_graph_output_is_refused(fp32):
 
 @pytest.mark.parametrize("grouping", ["outlier", "equal"])
 def test_peg_with_model_permutation_has_no_gather_and_is_exact_in_fp32(fp32, ranges, grouping):
-    peg, report = quantize(fp32, "peg", ranges, groups=3, grouping=grouping, permutation="model")
-    layer_peg, _ = quantize(fp32, "peg", ranges, groups=3, grouping=grouping, permutation="layer")
+    peg, report = quantize(fp32, config_for("peg", groups=3, grouping=grouping, permutation="model"), ranges)
+    layer_peg, _ = quantize(fp32, config_for("peg", groups=3, grouping=grouping, permutation="layer"), ranges)
     assert _hidden_gathers(peg) == 0 and _hidden_gathers(layer_peg) == 2 * 2  # 2 per layer, 2 layers
     assert any("folded into the weights" in line for line in report.lines())
     exact = _logits(fp32)
@@ -119,7 +119,5 @@ def test_model_order_puts_each_layers_outliers_last_and_segments_isolate_them():
 
 
 def test_unknown_permutation(fp32, ranges):
-    with pytest.raises(UsageError, match="unknown --permutation 'global'"):
-        quantize(fp32, "peg", ranges, permutation="global")
-    with pytest.raises(UsageError, match="cannot go with --no-permute"):
-        quantize(fp32, "peg-equal", ranges, permutation="model", no_permute=True)
+    with pytest.raises(UsageError, match="permutation is 'global'; choose one of: none, layer, model"):
+        quantize(fp32, config_for("peg", permutation="global"), ranges)

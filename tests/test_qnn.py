@@ -29,7 +29,7 @@ from qonnx_bert.passes.htp_rules import (
     mask_overrides,
 )
 from qonnx_bert.passes.qdq import insert_qdq
-from qonnx_bert.quantize.api import quantize
+from qonnx_bert.quantize import config_for, quantize
 from qonnx_bert.quantize.schemes import SCHEMES, Plan, activation_ranges
 from qonnx_bert.targets import qnn
 from qonnx_bert.targets.cpu import check_cpu
@@ -62,7 +62,7 @@ SCHEME_OPTIONS = {"auto-mp": {"budget": 4}, "peg": {"groups": 3}, "peg-equal": {
 def _w8a8(path, sequences: int = 8, scheme: str = "w8a8", **options) -> onnx.ModelProto:
     fp32 = onnx.load(str(path))
     ranges = calibrate(fp32, sample_sequences(shipped_sentences(), None, sequences, 0, "shipped"), progress=False)
-    return quantize(fp32, scheme, ranges, **options)[0]
+    return quantize(fp32, config_for(scheme, **options), ranges)[0]
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_peg_with_gelu_output_groups_is_htp_clean(tiny_static, soc):
     """The split GELU output: uint16 Gelu (its input converted up), a Split into per-group uint8."""
     fp32 = plant_gelu_outlier(onnx.load(str(tiny_static)))
     ranges = calibrate(fp32, sample_sequences(shipped_sentences(), None, 8, 0, "shipped"), progress=False)
-    peg, _ = quantize(fp32, "peg", ranges, groups=2, intermediate_groups=2)
+    peg, _ = quantize(fp32, config_for("peg", groups=2, intermediate_groups=2), ranges)
     assert any(n.name == "layer0.peg.h" for n in peg.graph.node)
     report = check_htp(peg, qnn.resolve_soc(soc))
     assert report.ok, _finding_text(report)
@@ -363,7 +363,7 @@ def test_fine_tuned_minilm_predicts_the_same_on_htp_and_cpu(minilm_sst2_static, 
 
     fp32 = onnx.load(str(minilm_sst2_static))
     ranges = calibrate(fp32, glue_train_sequences("sst2", SST2_SAMPLE, 32, 0), progress=False)
-    model, _ = quantize(fp32, scheme, ranges)
+    model, _ = quantize(fp32, config_for(scheme), ranges)
     result = evaluate_emulated(model, load_task("sst2", "dev", SST2_SAMPLE), qnn.resolve_soc("sm8650"), progress=False)
     assert result.agreement >= floor
     assert result.agreement >= result.cpu_self_agreement - 0.02
@@ -442,7 +442,7 @@ def test_float_and_weight_only_models_are_refused(tiny_static):
     with pytest.raises(UsageError, match="no activation QuantizeLinear.*qonnx quantize"):
         check_htp(fp32, qnn.resolve_soc("sm8650"))
     with pytest.raises(UsageError, match="no activation QuantizeLinear"):
-        check_htp(quantize(fp32, "w8a32", None)[0], qnn.resolve_soc("sm8650"))
+        check_htp(quantize(fp32, config_for("w8a32"), None)[0], qnn.resolve_soc("sm8650"))
     with pytest.raises(UsageError, match="no QDQ node units"):
         check_cpu(fp32)
 

@@ -5,26 +5,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from qonnx_bert.calibration.calibrate import calibrate
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.core.metrics import sqnr_db
 from qonnx_bert.graph.roles import find_roles
 from qonnx_bert.inputs.encode import Encoder
-from qonnx_bert.inputs.sequences import sample_sequences, shipped_sentences
-from qonnx_bert.quantize.api import quantize
+from qonnx_bert.inputs.sequences import shipped_sentences
+from qonnx_bert.quantize import config_for, quantize
 from tests.conftest import tensor_values
 
 U8, I8 = onnx.TensorProto.UINT8, onnx.TensorProto.INT8
-
-
-@pytest.fixture(scope="module")
-def fp32(tiny_onnx):
-    return onnx.load(str(tiny_onnx))
-
-
-@pytest.fixture(scope="module")
-def ranges(fp32):
-    return calibrate(fp32, sample_sequences(shipped_sentences(), None, 32, 0, "shipped"), progress=False)
 
 
 def _logits(model, texts):
@@ -46,7 +35,7 @@ def _quantized_inputs(model):
 
 
 def test_w8a8_quantizes_every_role_in_uint8(fp32, ranges):
-    model, report = quantize(fp32, "w8a8", ranges)
+    model, report = quantize(fp32, config_for("w8a8"), ranges)
     q_inputs = _quantized_inputs(model)
     roles = find_roles(fp32)
     for role, tensor in roles.roles.items():
@@ -55,7 +44,7 @@ def test_w8a8_quantizes_every_role_in_uint8(fp32, ranges):
 
 
 def test_w8a8_weights_are_int8_symmetric(fp32, ranges):
-    model, _ = quantize(fp32, "w8a8", ranges)
+    model, _ = quantize(fp32, config_for("w8a8"), ranges)
     inits = {i.name: i for i in model.graph.initializer}
     matmul_weights = [n.input[1] for n in model.graph.node if n.op_type == "MatMul"]
     producers = {o: n for n in model.graph.node for o in n.output}
@@ -70,7 +59,7 @@ def test_w8a8_weights_are_int8_symmetric(fp32, ranges):
 
 
 def test_w8a8_close_to_fp32(fp32, ranges):
-    model, _ = quantize(fp32, "w8a8", ranges)
+    model, _ = quantize(fp32, config_for("w8a8"), ranges)
     texts = shipped_sentences()[32:]
     ref, got = _logits(fp32, texts), _logits(model, texts)
     # ~25 chained 8-bit quantizers each add noise about 40 dB below the signal; a wrong scale,
@@ -80,8 +69,8 @@ def test_w8a8_close_to_fp32(fp32, ranges):
 
 def test_weight_only_and_activation_only(fp32, ranges):
     texts = shipped_sentences()[:16]
-    w_only, rep_w = quantize(fp32, "w8a32", None)
-    a_only, rep_a = quantize(fp32, "w32a8", ranges)
+    w_only, rep_w = quantize(fp32, config_for("w8a32"), None)
+    a_only, rep_a = quantize(fp32, config_for("w32a8"), ranges)
     assert rep_w.activation_bits == {} and rep_w.quantized_weights >= 12
     assert sum(rep_a.activation_bits.values()) > 0
     a_inits = {i.name: i.data_type for i in a_only.graph.initializer}
@@ -95,7 +84,7 @@ def test_weight_only_and_activation_only(fp32, ranges):
 
 
 def test_cpu_provider_uses_integer_kernels(fp32, ranges, tmp_path):
-    model, _ = quantize(fp32, "w8a8", ranges)
+    model, _ = quantize(fp32, config_for("w8a8"), ranges)
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -106,6 +95,6 @@ def test_cpu_provider_uses_integer_kernels(fp32, ranges, tmp_path):
 
 def test_activation_scheme_needs_ranges(fp32):
     with pytest.raises(UsageError, match="--ranges"):
-        quantize(fp32, "w8a8", None)
+        quantize(fp32, config_for("w8a8"), None)
     with pytest.raises(UsageError, match="unknown scheme"):
-        quantize(fp32, "w4a4", None)
+        config_for("w4a4")

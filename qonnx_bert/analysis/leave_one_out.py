@@ -28,6 +28,7 @@ from qonnx_bert.core.errors import UsageError
 from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.graph.roles import RoleMap, find_roles
 from qonnx_bert.quantize.api import QuantReport, quantize, report
+from qonnx_bert.quantize.config import W32A8Config
 
 DATA_MOVEMENT = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Gather", "Slice")
 _GRAPH_OUTPUT_SUFFIX = "_QuantizeLinear_Input"  # ORT renames a quantized graph output's producer output so
@@ -115,7 +116,7 @@ def quantize_leave_one_out(
 ) -> tuple[onnx.ModelProto, QuantReport]:
     """``w32a8`` with the roles matching ``patterns`` left in float (the paper's Table 2 rows)."""
     tensors = kept_tensors(find_roles(prepare(model)), list(patterns))
-    base, base_report = quantize(model, "w32a8", ranges)
+    base, base_report = quantize(model, W32A8Config(), ranges)
     quantized, floats = keep_float(base, tensors)
     note = f"leave-one-out: {', '.join(patterns)} in float ({len(floats)} quantizers removed from w32a8)"
     return quantized, report(quantized, "w32a8", [*base_report.notes, note])

@@ -24,7 +24,8 @@ from onnx import numpy_helper
 from qonnx_bert.calibration.ranges import RangeTable
 from qonnx_bert.graph.roles import find_roles
 from qonnx_bert.quantize.api import quantize
-from qonnx_bert.quantize.schemes.peg import PEG_SCHEMES, choose_groups
+from qonnx_bert.quantize.config import PegConfig, W8A8Config
+from qonnx_bert.quantize.schemes.peg import choose_groups
 
 
 def _channel_params(lo: np.ndarray, hi: np.ndarray, groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -73,12 +74,11 @@ def _fake_quantize_blocks(
     model.graph.initializer.extend(kept)
 
 
-def per_channel_reference(fp32: onnx.ModelProto, ranges: RangeTable, scheme: str = "peg", **options) -> onnx.ModelProto:
-    """W8A8 with the groups ``scheme`` (with ``options``) would choose simulated per channel (see the module docstring)."""
+def per_channel_reference(fp32: onnx.ModelProto, ranges: RangeTable, config: PegConfig) -> onnx.ModelProto:
+    """W8A8 with the groups ``config`` would choose, simulated per channel (see the module docstring)."""
     roles = find_roles(fp32)
-    ref, _ = quantize(fp32, "w8a8", ranges)
-    peg = {s.name: s for s in PEG_SCHEMES}[scheme]
-    chosen = choose_groups(ranges.per_channel, peg.options(options), roles.num_layers)
+    ref, _ = quantize(fp32, W8A8Config(), ranges)
+    chosen = choose_groups(ranges.per_channel, config, roles.num_layers)
     producers = {o: n for n in fp32.graph.node for o in n.output}
     consts = {i.name: numpy_helper.to_array(i) for i in fp32.graph.initializer}
 

@@ -20,7 +20,7 @@ from qonnx_bert.core.runtime import cpu_session
 from qonnx_bert.inputs.encode import Encoder
 from qonnx_bert.inputs.export import export_model
 from qonnx_bert.inputs.sequences import sample_sequences, shipped_sentences
-from qonnx_bert.quantize.api import quantize
+from qonnx_bert.quantize import config_for, quantize
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def run_demo(workdir: Path, source: str = "minilm-l6", runs: int = 20) -> list[D
         DemoRow("fp32", fp32_path.stat().st_size / 1e6, median_latency_ms(fp32, feeds, runs=runs), float("inf"), 1.0)
     ]
     for scheme in DEMO_SCHEMES:
-        model, report = quantize(fp32, scheme, table)
+        model, report = quantize(fp32, config_for(scheme), table)
         path = workdir / f"model.{scheme}.onnx"
         onnx.save(model, str(path))
         logger.info(report.lines()[0])

@@ -18,7 +18,7 @@ import os
 import platform
 import statistics
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -32,6 +32,18 @@ from qonnx_bert.inputs.export import export_model
 from qonnx_bert.inputs.glue import load_task
 from qonnx_bert.inputs.sequences import glue_train_sequences
 from qonnx_bert.quantize.api import QuantReport, quantize
+from qonnx_bert.quantize.config import (
+    AutoMpConfig,
+    Grouping,
+    MixedPrecisionConfig,
+    PegConfig,
+    PegEqualConfig,
+    Permutation,
+    SchemeConfig,
+    W8A8Config,
+    W8A32Config,
+    W32A8Config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,18 +52,21 @@ MAIN, LEAVE_ONE_OUT, PEG = "main", "loo", "peg"
 
 @dataclass(frozen=True)
 class Variant:
-    """A table row: a scheme (None: FP32), its options, and the section it belongs to.
+    """A table row: a scheme config (None: FP32) and the section it belongs to.
 
     ``keep_float`` (role patterns) leaves those roles' activations in float on top
     of the scheme (``w32a8``): the paper's leave-one-out rows.
     """
 
     name: str
-    scheme: str | None
-    options: dict = field(default_factory=dict)
+    config: SchemeConfig | None
     label: str = ""
     section: str = MAIN
     keep_float: tuple[str, ...] = ()
+
+    @property
+    def scheme(self) -> str | None:
+        return None if self.config is None else self.config.scheme
 
 
 # One leave-one-out row per distinct tensor family (attention.layernorm is ffn.input).
@@ -81,7 +96,15 @@ LOO_FAMILIES = {
 def _loo(family: str, label: str) -> Variant:
     from qonnx_bert.analysis.leave_one_out import family_pattern
 
-    return Variant(f"loo-{family}", "w32a8", label=label, section=LEAVE_ONE_OUT, keep_float=(family_pattern(family),))
+    return Variant(f"loo-{family}", W32A8Config(), label, LEAVE_ONE_OUT, keep_float=(family_pattern(family),))
+
+
+def _equal(k: int, permutation: Permutation = Permutation.LAYER) -> PegEqualConfig:
+    return PegEqualConfig(groups=k, permutation=permutation, intermediate_groups=1)
+
+
+def _outlier_per_layer(k: int) -> PegConfig:
+    return PegConfig(groups=k, permutation=Permutation.LAYER, intermediate_groups=1)
 
 
 def _folded(k: int, target: str, gelu: bool) -> Variant:
@@ -97,43 +120,26 @@ def _folded(k: int, target: str, gelu: bool) -> Variant:
         )
         + " (ours)"
     )
-    return Variant(
-        name,
-        "peg",
-        {"groups": k, "permutation": "model", "target": target, "intermediate_groups": 2 if gelu else 1},
-        label,
-        PEG,
-    )
+    config = PegConfig(groups=k, permutation=Permutation.MODEL, target=target, intermediate_groups=2 if gelu else 1)
+    return Variant(name, config, label, PEG)
 
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
-        Variant("fp32", None, label="FP32"),
-        Variant("w8a32", "w8a32", label="W8A32"),
-        Variant("w32a8", "w32a8", label="W32A8"),
-        Variant("w8a8", "w8a8", label="W8A8 PTQ (per-tensor)"),
-        Variant("mp", "mp", label="W8A{8,16} MP-PTQ"),
-        Variant("auto-mp", "auto-mp", {"budget": 0.1}, "W8A{8,16} auto-MP, 10% of activations (ours)"),
-        Variant("peg-k6-noperm", "peg-equal", {"groups": 6, "no_permute": True}, "PEG K=6, equal, no permutation", PEG),
-        Variant("peg-k6", "peg-equal", {"groups": 6}, "PEG K=6, equal + permutation (paper)", PEG),
-        Variant("peg-k3-noperm", "peg-equal", {"groups": 3, "no_permute": True}, "PEG K=3, equal, no permutation", PEG),
-        Variant("peg-k3", "peg-equal", {"groups": 3}, "PEG K=3, equal + permutation", PEG),
-        # ``intermediate_groups`` is pinned so a row keeps its meaning if peg's default changes.
-        Variant(
-            "peg-outlier-k6",
-            "peg",
-            {"groups": 6, "permutation": "layer", "intermediate_groups": 1},
-            "PEG K=6, outlier-aware groups (ours)",
-            PEG,
-        ),
-        Variant(
-            "peg-outlier-k3",
-            "peg",
-            {"groups": 3, "permutation": "layer", "intermediate_groups": 1},
-            "PEG K=3, outlier-aware groups (ours)",
-            PEG,
-        ),
+        Variant("fp32", None, "FP32"),
+        Variant("w8a32", W8A32Config(), "W8A32"),
+        Variant("w32a8", W32A8Config(), "W32A8"),
+        Variant("w8a8", W8A8Config(), "W8A8 PTQ (per-tensor)"),
+        Variant("mp", MixedPrecisionConfig(), "W8A{8,16} MP-PTQ"),
+        Variant("auto-mp", AutoMpConfig(budget=0.1), "W8A{8,16} auto-MP, 10% of activations (ours)"),
+        Variant("peg-k6-noperm", _equal(6, Permutation.NONE), "PEG K=6, equal, no permutation", PEG),
+        Variant("peg-k6", _equal(6), "PEG K=6, equal + permutation (paper)", PEG),
+        Variant("peg-k3-noperm", _equal(3, Permutation.NONE), "PEG K=3, equal, no permutation", PEG),
+        Variant("peg-k3", _equal(3), "PEG K=3, equal + permutation", PEG),
+        # Every PegConfig field that has a default is pinned where a row depends on it: rows keep their meaning.
+        Variant("peg-outlier-k6", _outlier_per_layer(6), "PEG K=6, outlier-aware groups (ours)", PEG),
+        Variant("peg-outlier-k3", _outlier_per_layer(3), "PEG K=3, outlier-aware groups (ours)", PEG),
         *(
             _folded(k, target, gelu)
             for k, target, gelu in (
@@ -236,7 +242,7 @@ def quantize_variant(
         if variant.scheme != "w32a8":
             raise UsageError(f"variant {variant.name}: keep_float applies to w32a8 only")
         return quantize_leave_one_out(fp32, ranges, variant.keep_float)
-    return quantize(fp32, variant.scheme, ranges, **variant.options)
+    return quantize(fp32, variant.config, ranges)
 
 
 def save_record(cfg: BenchConfig, record: dict) -> None:
@@ -269,6 +275,7 @@ def run_cell(cfg: BenchConfig, variant: Variant, seed: int) -> dict:
     record = {
         "task": cfg.task,
         "variant": variant.name,
+        "config": None if variant.config is None else variant.config.to_dict(),
         "seed": seed,
         "metrics": result.metrics,
         "num_examples": result.num_examples,
@@ -345,14 +352,12 @@ def _peg_k(name: str) -> tuple[str, str, str]:
     v = VARIANTS[name]
     if v.section != PEG:
         return "1 (per-tensor)", "—", "—"
-    grouping = "equal" if v.scheme == "peg-equal" else "outlier-aware"
-    if v.options.get("intermediate_groups", 1) > 1:
-        grouping += f", GELU units in {v.options['intermediate_groups']}"
-    if v.options.get("no_permute"):
-        permuted = "no"
-    else:
-        permuted = "model-wide, folded" if v.options.get("permutation") == "model" else "per layer"
-    return str(v.options.get("groups", 6)), permuted, grouping
+    c = v.config
+    grouping = "equal" if c.grouping == Grouping.EQUAL else "outlier-aware"
+    if c.intermediate_groups > 1:
+        grouping += f", GELU units in {c.intermediate_groups}"
+    permuted = {Permutation.NONE: "no", Permutation.MODEL: "model-wide, folded", Permutation.LAYER: "per layer"}
+    return str(c.groups), permuted[c.permutation], grouping
 
 
 def render_peg(scores: dict[str, dict[str, float]], tasks: list[str], variants: list[str]) -> str:

@@ -1,83 +1,77 @@
-"""``qonnx quantize model.onnx --scheme w8a8 --ranges ranges.json -o model.w8a8.onnx``."""
+"""``qonnx quantize model.onnx --scheme w8a8 --ranges ranges.json -o model.w8a8.onnx``.
+
+Flags become one typed scheme config (``quantize/config.py``); ``--config FILE`` replays a
+config saved with ``--save-config``. Config problems come back naming fields; this module
+words them as the flags a user typed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 
 from qonnx_bert.core.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
+# Flags that set a config field (dest == field name); any scheme's config may take them.
+CONFIG_FLAGS = ("groups", "grouping", "permutation", "layers", "intermediate_groups", "target", "budget", "int16",
+                "int16_from")
+
 
 def register(sub) -> None:
-    from qonnx_bert.quantize.schemes import SCHEMES
+    from qonnx_bert.quantize.config import Grouping, Permutation, Target
+    from qonnx_bert.quantize.schemes import scheme_names
 
     p = sub.add_parser("quantize", help="insert QuantizeLinear/DequantizeLinear by scheme")
     p.add_argument("model", help="FP32 .onnx written by `qonnx export`")
     p.add_argument("-o", "--output", required=True, help="QDQ .onnx to write (never the input)")
-    p.add_argument("--scheme", default="w8a8", choices=sorted(SCHEMES), help="quantization scheme (default w8a8)")
+    p.add_argument("--scheme", choices=scheme_names(), help="quantization scheme (default w8a8)")
     p.add_argument("--ranges", help="ranges JSON from `qonnx calibrate` (needed when activations are quantized)")
-    add_int16_arguments(p)
-    add_peg_arguments(p)
+    p.add_argument("--config", metavar="FILE", help="replay a scheme config saved with --save-config (no scheme flags)")
+    p.add_argument("--save-config", metavar="FILE", help="write the scheme config of this run as JSON, for --config")
+    g = p.add_argument_group("16-bit activations (any scheme; see --scheme mp / auto-mp)")
+    g.add_argument("--int16", action="append", metavar="PATTERN",
+                   help="keep the roles matching PATTERN in uint16, e.g. 'layer.*.ffn.residual_sum', "
+                   "'layer.4-5.ffn.*', 'output' (repeatable)")
+    g.add_argument("--int16-from", metavar="FILE", help="keep the roles of a selection saved with --save-selection in uint16")
+    g.add_argument("--budget", type=budget, help="auto-mp: how many activations (by role) go to 16 bits: a count (6) "
+                   "or a fraction of all (0.2)")
+    g.add_argument("--save-selection", metavar="FILE", help="write the 16-bit roles (and auto-mp's measurements) for --int16-from")
+    g = p.add_argument_group("per-embedding-group quantization (--scheme peg / peg-equal)")
+    g.add_argument("--groups", type=int, metavar="K", help="groups of embedding dimensions per layer (default 6)")
+    g.add_argument("--grouping", choices=[e.value for e in Grouping],
+                   help="equal-size groups (the paper; peg-equal's default) or outlier-aware uneven groups (peg's default)")
+    g.add_argument("--permutation", choices=[e.value for e in Permutation],
+                   help="none: groups of consecutive dimensions; layer: a Gather before and after each FFN (the paper, "
+                   "peg-equal's default); model: one order for all layers folded into the weights (peg's default)")
+    g.add_argument("--layers", type=layer_list, help="layers to apply PEG to, e.g. 0,2,4-5 (default all)")
+    g.add_argument("--intermediate-groups", type=int, metavar="J",
+                   help="split each FFN's GELU output into J outlier-aware groups of units where that cuts its "
+                   "quantization noise 8-fold; peg's default 2, peg-equal's 1 (not split)")
+    g.add_argument("--target", choices=[e.value for e in Target],
+                   help="portable (default): every provider, QNN HTP included; cpu: faster on the CPU provider only")
     p.set_defaults(func=run)
 
 
 def layer_list(text: str) -> list[int]:
-    """``--layers``: ``0,2,4-5``."""
+    """``--layers``: ``0,2,4-5`` (a span runs upward)."""
     try:
-        return [i for part in text.split(",") for i in _span(part.strip())]
+        layers = [i for part in text.split(",") for i in _span(part.strip())]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a layer list such as 0,2,4-5") from None
+        layers = []
+    if not layers:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a layer list such as 0,2,4-5 (spans run upward)")
+    return layers
 
 
 def _span(part: str) -> range:
     first, _, last = part.partition("-")
-    return range(int(first), int(last or first) + 1)
-
-
-PEG_OPTIONS = ("groups", "no_permute", "grouping", "layers", "permutation", "target", "intermediate_groups")
-
-
-def add_peg_arguments(p) -> None:
-    g = p.add_argument_group("per-embedding-group quantization (--scheme peg / peg-equal)")
-    g.add_argument("--groups", type=int, metavar="K", help="groups of embedding dimensions per layer (default 6)")
-    g.add_argument(
-        "--grouping",
-        choices=("equal", "outlier"),
-        help="equal-size groups (the paper; peg-equal's default) or outlier-aware uneven groups (peg's default)",
-    )
-    g.add_argument(
-        "--no-permute",
-        action="store_true",
-        default=None,
-        help="equal groups of consecutive dimensions, no range-based permutation",
-    )
-    g.add_argument(
-        "--permutation",
-        choices=("layer", "model"),
-        help="layer: a Gather before and after each FFN (the paper); model: one order for all layers, folded into the weights (no Gather at run time)",
-    )
-    g.add_argument("--layers", type=layer_list, help="layers to apply PEG to, e.g. 0,2,4-5 (default all)")
-    g.add_argument(
-        "--intermediate-groups",
-        type=int,
-        metavar="J",
-        help="split each FFN's GELU output into J outlier-aware groups of units where that cuts its quantization noise 8-fold (a unit far wider than the rest); peg's default 2, peg-equal's 1 (not split)",
-    )
-    g.add_argument(
-        "--target",
-        choices=("portable", "cpu"),
-        help="portable (default): runs on every provider, QNN HTP included; cpu: faster on the CPU provider only, where the LayerNorms around the groups run in float anyway",
-    )
-
-
-def peg_options(args) -> dict:
-    given = {n: getattr(args, n) for n in PEG_OPTIONS if getattr(args, n) is not None}
-    if given and not args.scheme.startswith("peg"):
-        flag = "--" + next(iter(given)).replace("_", "-")
-        raise UsageError(f"{flag} applies to --scheme peg or peg-equal, not {args.scheme}")
-    return given
+    span = range(int(first), int(last or first) + 1)
+    if not span or span.start < 0:
+        raise ValueError(part)
+    return span
 
 
 def budget(text: str) -> int | float:
@@ -92,30 +86,32 @@ def budget(text: str) -> int | float:
         raise argparse.ArgumentTypeError(f"{text!r} is neither a count (6) nor a fraction (0.2)") from None
 
 
-def add_int16_arguments(p) -> None:
-    g = p.add_argument_group("16-bit activations (any scheme; see --scheme mp / auto-mp)")
-    g.add_argument(
-        "--int16",
-        action="append",
-        metavar="PATTERN",
-        help="keep the roles matching PATTERN in uint16, e.g. 'layer.*.ffn.residual_sum', 'layer.4-5.ffn.*', 'output' (repeatable)",
-    )
-    g.add_argument(
-        "--int16-from", metavar="FILE", help="keep the roles of a selection saved with --save-selection in uint16"
-    )
-    g.add_argument(
-        "--budget",
-        type=budget,
-        help="auto-mp: how many activations (by role) go to 16 bits: a count (6) or a fraction of all (0.2)",
-    )
-    g.add_argument(
-        "--save-selection", metavar="FILE", help="write the 16-bit roles (and auto-mp's measurements) for --int16-from"
-    )
+def as_flags(err, where: str = "") -> UsageError:
+    """A ``ConfigError`` worded with the flags that set each field."""
+    problems = "; ".join(f"--{name.replace('_', '-')} {why}" for name, why in err.problems)
+    return UsageError(f"{where}{err.scheme}: {problems}")
 
 
-def int16_options(args) -> dict:
-    names = ("int16", "int16_from", "budget", "save_selection")
-    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+def scheme_config(args):
+    """The typed config from ``--config FILE`` or from ``--scheme`` and its flags."""
+    from qonnx_bert.core.files import read_json_object
+    from qonnx_bert.quantize.config import ConfigError
+    from qonnx_bert.quantize.schemes import config_for, config_from_dict
+
+    given = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None}
+    if args.config:
+        if given or args.scheme:
+            flags = ", ".join(f"--{n.replace('_', '-')}" for n in (["scheme"] if args.scheme else []) + list(given))
+            raise UsageError(f"--config replays a saved scheme config; drop {flags} or drop --config")
+        data = read_json_object(args.config, "scheme config", "write one with `qonnx quantize --save-config FILE`")
+        try:
+            return config_from_dict(data)
+        except ConfigError as err:
+            raise as_flags(err, f"{args.config}: ") from None
+    try:
+        return config_for(args.scheme or "w8a8", **given)
+    except ConfigError as err:
+        raise as_flags(err) from None
 
 
 def run(args) -> int:
@@ -125,13 +121,22 @@ def run(args) -> int:
     from qonnx_bert.core.files import atomic_output
     from qonnx_bert.core.modelinfo import load_onnx
     from qonnx_bert.quantize.api import quantize
+    from qonnx_bert.quantize.schemes.mixed import save_selection
 
-    options = {**int16_options(args), **peg_options(args)}
+    config = scheme_config(args)
+    inputs = tuple(p for p in (args.model, args.ranges, args.config, config.int16_from) if p)
     model = load_onnx(args.model)
     ranges = RangeTable.load(args.ranges) if args.ranges else None
-    with atomic_output(args.output, inputs=(args.model,)) as tmp:
-        quantized, report = quantize(model, args.scheme, ranges, path=args.model, **options)
+    with atomic_output(args.output, inputs=inputs) as tmp:
+        quantized, report = quantize(model, config, ranges, path=args.model)
         onnx.save(quantized, str(tmp))
+    if args.save_selection:
+        if report.selection is None:
+            raise UsageError(f"--save-selection: scheme {config.scheme} chose no 16-bit roles to save")
+        save_selection(args.save_selection, model, config.scheme, report.selection, inputs=inputs)
+    if args.save_config:
+        with atomic_output(args.save_config, inputs=inputs) as tmp:
+            tmp.write_text(json.dumps(config.to_dict(), indent=1) + "\n")
     for line in report.lines():
         logger.info(line)
     logger.info("wrote %s", args.output)

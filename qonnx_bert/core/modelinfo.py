@@ -19,6 +19,7 @@ from qonnx_bert.core.errors import UsageError
 
 INFO_KEY = "qonnx.info"
 TOKENIZER_KEY = "qonnx.tokenizer"
+TARGET_KEY = "qonnx.target"  # metadata: the runtime a lowering was made for ("cpu"); absent = portable
 PERMUTED_KEY = "qonnx.permuted"  # tensors a rewrite left permuted along their last axis (PEG)
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 

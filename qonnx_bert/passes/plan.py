@@ -14,7 +14,6 @@ import onnx
 # Keeping that bottom at least this far below the top makes a masked key's
 # softmax weight at most exp(-20) ~ 2e-9 of the row's largest.
 SOFTMAX_MASK_MARGIN = 20.0
-TARGET_KEY = "qonnx.target"  # metadata: the runtime a lowering was made for ("cpu"); absent = portable
 
 
 @dataclass
@@ -31,7 +30,9 @@ class Plan:
     ``uint16_readers`` are 16-bit nodes that read their activation on its uint8
     grid, through an exact uint16 copy (PEG's partial-product MatMuls on HTP).
     ``metadata`` goes into the quantized model's ``metadata_props`` (e.g. the
-    runtime a lowering was made for, which ``qonnx check`` reads).
+    runtime a lowering was made for, which ``qonnx check`` reads). ``selection``
+    is what a mixed-precision scheme chose for 16 bits and why (roles, sensitivity):
+    the command saves it with ``--save-selection``.
     """
 
     model: onnx.ModelProto
@@ -43,6 +44,7 @@ class Plan:
     metadata: dict[str, str] = field(default_factory=dict)
     float_tensors: list[str] = field(default_factory=list)
     uint16_readers: list[str] = field(default_factory=list)
+    selection: dict | None = None
 
 
 def activation_ranges(tensors: dict[str, dict]) -> dict[str, tuple[float, float]]:

@@ -1,10 +1,9 @@
-"""The quantize step: FP32 model + ranges + scheme -> QDQ model and a report."""
+"""The quantize step: FP32 model + ranges + scheme config -> QDQ model and a report."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 import onnx
 
@@ -13,6 +12,7 @@ from qonnx_bert.core.modelinfo import check_encoder_inputs
 from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.graph.roles import find_roles
 from qonnx_bert.passes.qdq import insert_qdq
+from qonnx_bert.quantize.config import SchemeConfig
 from qonnx_bert.quantize.schemes import SchemeContext, get_scheme
 
 _BITS = {onnx.TensorProto.UINT8: 8, onnx.TensorProto.INT8: 8, onnx.TensorProto.UINT16: 16, onnx.TensorProto.INT16: 16}
@@ -26,6 +26,7 @@ class QuantReport:
     activation_bits: dict[int, int]
     quantized_weights: int
     notes: list[str] = field(default_factory=list)
+    selection: dict | None = None  # mixed precision: the 16-bit roles and how they were chosen (--save-selection)
 
     def lines(self) -> list[str]:
         total = sum(self.activation_bits.values())
@@ -34,7 +35,9 @@ class QuantReport:
         return [head, *self.notes]
 
 
-def report(model: onnx.ModelProto, scheme: str, notes: list[str] | None = None) -> QuantReport:
+def report(
+    model: onnx.ModelProto, scheme: str, notes: list[str] | None = None, selection: dict | None = None
+) -> QuantReport:
     """Count activation QuantizeLinear nodes per bit-width and constant-fed DequantizeLinear nodes."""
     inits = {i.name: i for i in model.graph.initializer}
     bits: Counter[int] = Counter()
@@ -45,7 +48,7 @@ def report(model: onnx.ModelProto, scheme: str, notes: list[str] | None = None) 
             bits[_BITS.get(zp.data_type, 8) if zp is not None else 8] += 1
         elif node.op_type == "DequantizeLinear" and node.input[0] in inits:
             weights += 1
-    return QuantReport(scheme, dict(bits), weights, list(notes or []))
+    return QuantReport(scheme, dict(bits), weights, list(notes or []), selection)
 
 
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
@@ -57,18 +60,20 @@ def _drop_unused_initializers(model: onnx.ModelProto) -> None:
 
 
 def quantize(
-    model: onnx.ModelProto, scheme_name: str, ranges: RangeTable | None, *, path: str = "model", **options: Any
+    model: onnx.ModelProto, config: SchemeConfig, ranges: RangeTable | None, *, path: str = "model"
 ) -> tuple[onnx.ModelProto, QuantReport]:
-    """Apply a scheme to an FP32 model exported by ``qonnx export``."""
-    scheme = get_scheme(scheme_name)
+    """Apply the scheme ``config`` names to an FP32 encoder (``path`` names it in messages)."""
+    if not isinstance(config, SchemeConfig):
+        raise TypeError(f"config must be a SchemeConfig (e.g. W8A8Config(), or config_for(name)), not {config!r}")
+    scheme = get_scheme(config.scheme)
     check_encoder_inputs(model, path)
     prepared = prepare(model)
     roles = find_roles(prepared)  # fails early, naming the layer, on a graph we cannot map
-    plan = scheme.plan(SchemeContext(scheme.name, model, prepared, roles, ranges, options, path))
+    plan = scheme.plan(SchemeContext(config, model, prepared, roles, ranges, path))
     quantized = insert_qdq(plan)
     _drop_unused_initializers(quantized)
     del quantized.metadata_props[:]
     quantized.metadata_props.extend(model.metadata_props)
     for key, value in plan.metadata.items():
         quantized.metadata_props.add(key=key, value=value)
-    return quantized, report(quantized, scheme.name, plan.notes)
+    return quantized, report(quantized, config.scheme, plan.notes, plan.selection)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import onnx
 
-from qonnx_bert.passes.plan import TARGET_KEY
+from qonnx_bert.core.modelinfo import TARGET_KEY
 from qonnx_bert.targets.htp_fixes import QdqView, diagnose, unit_owner
 from qonnx_bert.targets.qnn import (
     EP_NAME,

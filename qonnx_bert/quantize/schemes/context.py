@@ -1,9 +1,8 @@
-"""What every scheme gets to plan with: the prepared graph, its roles, the ranges, options."""
+"""What every scheme gets to plan with: the prepared graph, its roles, the ranges, its typed config."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import onnx
 
@@ -11,19 +10,23 @@ from qonnx_bert.calibration.ranges import RangeTable
 from qonnx_bert.calibration.tensors import quantizable_tensors
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.graph.roles import RoleMap
+from qonnx_bert.quantize.config import SchemeConfig
 
 
 @dataclass
 class SchemeContext:
-    """Inputs of ``Scheme.plan``. ``options`` holds the scheme's own settings (CLI flags)."""
+    """Inputs of ``Scheme.plan``."""
 
-    scheme: str
+    config: SchemeConfig
     original: onnx.ModelProto
     prepared: onnx.ModelProto
     roles: RoleMap
     ranges: RangeTable | None
-    options: dict[str, Any] = field(default_factory=dict)
     path: str = "model"
+
+    @property
+    def scheme(self) -> str:
+        return self.config.scheme
 
     def require_ranges(self) -> RangeTable:
         if self.ranges is None:

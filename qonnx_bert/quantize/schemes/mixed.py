@@ -57,7 +57,9 @@ from qonnx_bert.passes.mixed_precision import (
     with_quantizer_bits,
 )
 from qonnx_bert.passes.plan import Plan
-from qonnx_bert.quantize.schemes.baseline import BASELINES
+from qonnx_bert.passes.qdq import insert_qdq
+from qonnx_bert.quantize.config import AutoMpConfig, MixedPrecisionConfig, SchemeConfig
+from qonnx_bert.quantize.schemes.baseline import W8A8
 from qonnx_bert.quantize.schemes.context import SchemeContext
 
 logger = logging.getLogger(__name__)
@@ -95,7 +97,7 @@ def select_roles(roles: RoleMap, patterns: Iterable[str]) -> list[str]:
 
 
 def save_selection(
-    path: str | Path, model: onnx.ModelProto, scheme: str, roles: list[str], sensitivity: dict | None
+    path: str | Path, model: onnx.ModelProto, scheme: str, selection: dict, *, inputs: tuple = ()
 ) -> None:
     """Write a selection that ``--int16-from`` replays; it is bound to ``model`` by fingerprint."""
     doc = {
@@ -103,10 +105,10 @@ def save_selection(
         "version": SELECTION_VERSION,
         "scheme": scheme,
         "model": {"fingerprint": model_fingerprint(model), "source": read_info(model).source},
-        "roles": roles,
-        "sensitivity": sensitivity,
+        "roles": selection["roles"],
+        "sensitivity": selection["sensitivity"],
     }
-    with atomic_output(path) as tmp:
+    with atomic_output(path, inputs=inputs) as tmp:
         tmp.write_text(json.dumps(doc, indent=1))
 
 
@@ -127,9 +129,9 @@ def load_selection(path: str | Path, model: onnx.ModelProto) -> list[str]:
 
 def requested_roles(ctx: SchemeContext) -> list[str]:
     """Roles named by ``--int16`` patterns and ``--int16-from`` files."""
-    patterns = list(ctx.options.get("int16") or [])
-    if ctx.options.get("int16_from"):
-        patterns += load_selection(ctx.options["int16_from"], ctx.original)
+    patterns = list(ctx.config.int16)
+    if ctx.config.int16_from:
+        patterns += load_selection(ctx.config.int16_from, ctx.original)
     return select_roles(ctx.roles, patterns)
 
 
@@ -168,10 +170,9 @@ def apply_int16(
     return replace(plan, overrides=overrides, notes=[*plan.notes, *notes, summary, CPU_NOTE])
 
 
-def save_if_asked(ctx: SchemeContext, roles: list[str], sensitivity: dict | None = None) -> None:
-    """``--save-selection FILE``: the 16-bit roles (graph order) and how they were chosen."""
-    if ctx.options.get("save_selection"):
-        save_selection(ctx.options["save_selection"], ctx.original, ctx.scheme, in_graph_order(ctx, roles), sensitivity)
+def with_selection(plan: Plan, ctx: SchemeContext, roles: list[str], sensitivity: dict | None = None) -> Plan:
+    """``plan`` carrying the 16-bit roles (graph order) and how they were chosen, for ``--save-selection``."""
+    return replace(plan, selection={"roles": in_graph_order(ctx, roles), "sensitivity": sensitivity})
 
 
 def calibration_sequences(ranges: RangeTable | None) -> Sequences:
@@ -199,15 +200,13 @@ class Int16Scheme:
     """
 
     base: Any
-    name: str
-    summary: str
+    config: type[SchemeConfig]
     patterns: tuple[str, ...] = ()
     estimators: tuple[tuple[str, str], ...] = ()
 
     def plan(self, ctx: SchemeContext) -> Plan:
         roles = select_roles(ctx.roles, [*self.patterns, *requested_roles(ctx)])
-        plan = self.base.plan(ctx)
-        save_if_asked(ctx, roles)
+        plan = with_selection(self.base.plan(ctx), ctx, roles)
         if not roles:
             return plan
         specs = {ctx.roles.tensor(r): spec for r, spec in self.estimators if r in roles}
@@ -215,23 +214,17 @@ class Int16Scheme:
 
 
 def with_int16(scheme: Any) -> Int16Scheme:
-    """``scheme`` accepting ``--int16``/``--int16-from`` under its own name."""
-    return Int16Scheme(scheme, scheme.name, scheme.summary)
+    """``scheme`` taking its config's ``int16``/``int16_from`` roles on top."""
+    return Int16Scheme(scheme, scheme.config)
 
 
-def budget_count(budget: Any, total: int) -> int:
-    """``--budget`` as a number of roles: a count in [0, total] or a fraction in [0, 1] of ``total``."""
-    if budget is None:
-        raise UsageError(
-            "auto-mp needs --budget: a number of activations to keep in 16 bits (6) or a fraction of all (0.2)"
-        )
-    if isinstance(budget, int) and not isinstance(budget, bool) and 0 <= budget <= total:
-        return budget
-    if isinstance(budget, float) and 0.0 <= budget <= 1.0:
+def budget_count(budget: int | float, total: int) -> int:
+    """The budget as a number of roles: a count in [0, total] or a fraction in [0, 1] of ``total``."""
+    if isinstance(budget, float):
         return round(budget * total)
-    raise UsageError(
-        f"--budget {budget!r} is out of range: a count in 0-{total} or a fraction in [0, 1] of the {total} activations"
-    )
+    if budget > total:
+        raise UsageError(f"--budget {budget} is more than the {total} activations of this model")
+    return budget
 
 
 def calibration_feeds(model: onnx.ModelProto, ranges: RangeTable | None) -> list[dict[str, np.ndarray]]:
@@ -256,10 +249,6 @@ def scan_sensitivity(ctx: SchemeContext, plan: Plan, forced: list[str], candidat
     is at 4 dB and single-role gains were +-1.7 dB of noise, blind to the
     outliers). The reference is the all-16-bit model, so weight rounding cancels.
     """
-    from qonnx_bert.passes.qdq import (
-        insert_qdq,  # passes.qdq imports schemes.plan: import at call time
-    )
-
     feeds = calibration_feeds(ctx.prepared, ctx.ranges)
     wide = insert_qdq(apply_int16(plan, ctx, forced + candidates))
     wide_logits = logits_on(wide, feeds)
@@ -284,19 +273,18 @@ class AutoMixedPrecision:
     """
 
     base: Any
-    name: str = "auto-mp"
-    summary: str = "W8A8 plus the --budget activations most sensitive to 8 bits, measured on the calibration data"
+    config: type[SchemeConfig] = AutoMpConfig
 
     def plan(self, ctx: SchemeContext) -> Plan:
         forced = requested_roles(ctx)
         plan = self.base.plan(ctx)
         activations = ctx.roles.role_of()  # one role per tensor: FFN input and attention LayerNorm share one
-        count = budget_count(ctx.options.get("budget"), len(activations))
+        count = budget_count(ctx.config.budget, len(activations))
         taken = {ctx.roles.tensor(r) for r in forced}
         candidates = [r for t, r in activations.items() if t not in taken]
         scan = scan_sensitivity(ctx, plan, forced, candidates) if 0 < count < len(candidates) else None
         picked = sorted(candidates, key=scan["sqnr_db"].get)[:count] if scan else candidates[:count]
-        save_if_asked(ctx, forced + picked, scan)
+        plan = with_selection(plan, ctx, forced + picked, scan)
         return apply_int16(plan, ctx, forced + picked, notes=_scan_notes(scan, picked))
 
 
@@ -310,14 +298,7 @@ def _scan_notes(scan: dict | None, picked: list[str]) -> list[str]:
     ]
 
 
-_W8A8 = next(s for s in BASELINES if s.name == "w8a8")
 MIXED_SCHEMES = (
-    Int16Scheme(
-        _W8A8,
-        "mp",
-        "the paper's MP-PTQ: W8A8 with FFN input/output/residual sum and the output in uint16",
-        MP_PATTERNS,
-        (("output", "mse:bits=16"),),
-    ),
-    AutoMixedPrecision(_W8A8),
+    Int16Scheme(W8A8, MixedPrecisionConfig, MP_PATTERNS, (("output", "mse:bits=16"),)),
+    AutoMixedPrecision(W8A8),
 )

@@ -62,12 +62,13 @@ from qonnx_bert.calibration.calibrate import estimate_ranges, per_tensor_targets
 from qonnx_bert.calibration.estimators import EstimatorSpec
 from qonnx_bert.calibration.tensors import quantizable_tensors
 from qonnx_bert.core.errors import UsageError
-from qonnx_bert.core.modelinfo import PERMUTED_KEY, permuted_record
+from qonnx_bert.core.modelinfo import PERMUTED_KEY, TARGET_KEY, permuted_record
 from qonnx_bert.inputs.sequences import Sequences
 from qonnx_bert.passes.mixed_precision import int16_overrides
 from qonnx_bert.passes.peg_split_ffn import split_ffn
 from qonnx_bert.passes.permute_stream import permute_stream
-from qonnx_bert.passes.plan import TARGET_KEY, Plan, activation_ranges
+from qonnx_bert.passes.plan import Plan, activation_ranges
+from qonnx_bert.quantize.config import PegConfig, PegEqualConfig, Permutation, Target
 from qonnx_bert.quantize.schemes.context import SchemeContext
 from qonnx_bert.quantize.schemes.peg_groups import (
     intermediate_groups,
@@ -77,40 +78,6 @@ from qonnx_bert.quantize.schemes.peg_groups import (
 )
 
 PEG_ROLES = ("input", "output", "residual_sum")
-PERMUTATIONS = ("layer", "model")
-TARGETS = ("portable", "cpu")
-
-
-@dataclass(frozen=True)
-class PegOptions:
-    groups: int = 6
-    permute: bool = True
-    grouping: str = "outlier"
-    layers: tuple[int, ...] | None = None  # None: all layers
-    permutation: str = "layer"  # "layer": a Gather around each FFN; "model": one order folded into the weights
-    target: str = "portable"  # "cpu": tensors holding every group stay float (see the module docstring)
-    intermediate_groups: int = 1  # groups of GELU output units (1: the paper's FFN, GELU output per-tensor; peg: 2)
-
-    @classmethod
-    def from_options(
-        cls, options: dict, default_grouping: str, default_permutation: str, default_intermediate_groups: int
-    ) -> PegOptions:
-        layers = options.get("layers")
-        if options.get("permutation") == "model" and options.get("no_permute"):
-            raise UsageError("--permutation model folds a permutation into the weights; it cannot go with --no-permute")
-        if (options.get("target") or "portable") not in TARGETS:
-            raise UsageError(f"unknown --target {options['target']!r}; choose one of: {', '.join(TARGETS)}")
-        return cls(
-            groups=int(options.get("groups") or 6),
-            permute=not options.get("no_permute", False),
-            grouping=options.get("grouping") or default_grouping,
-            layers=tuple(layers) if layers else None,
-            permutation=options.get("permutation") or default_permutation,
-            target=options.get("target") or "portable",
-            intermediate_groups=default_intermediate_groups
-            if options.get("intermediate_groups") is None
-            else int(options["intermediate_groups"]),
-        )
 
 
 def dimension_ranges(per_channel: dict, layer: int) -> tuple[np.ndarray, np.ndarray]:
@@ -156,7 +123,7 @@ def _replay(ctx: SchemeContext, model: onnx.ModelProto, known: set[str]) -> dict
     }
 
 
-def _selected_layers(opts: PegOptions, num_layers: int) -> list[int]:
+def _selected_layers(opts: PegConfig, num_layers: int) -> list[int]:
     layers = list(opts.layers) if opts.layers is not None else list(range(num_layers))
     bad = [i for i in layers if not 0 <= i < num_layers]
     if bad:
@@ -179,16 +146,14 @@ class PegGroups:
     units: dict[int, list[np.ndarray] | None]
 
 
-def choose_groups(per_channel: dict, opts: PegOptions, num_layers: int) -> PegGroups:
+def choose_groups(per_channel: dict, opts: PegConfig, num_layers: int) -> PegGroups:
     """The groups of every selected layer from the per-channel calibration statistics."""
-    if opts.permutation not in PERMUTATIONS:
-        raise UsageError(f"unknown --permutation {opts.permutation!r}; choose one of: {', '.join(PERMUTATIONS)}")
     stats = {layer: dimension_ranges(per_channel, layer) for layer in _selected_layers(opts, num_layers)}
     order = (
-        model_order([hi - lo for lo, hi in stats.values()]) if opts.permutation == "model" and opts.permute else None
+        model_order([hi - lo for lo, hi in stats.values()]) if opts.permutation == Permutation.MODEL else None
     )
     hidden = {
-        layer: layer_groups(lo, hi, opts.groups, opts.grouping, opts.permute, order)
+        layer: layer_groups(lo, hi, opts.groups, opts.grouping, _permuted(opts), order)
         for layer, (lo, hi) in stats.items()
     }
     units = {
@@ -200,21 +165,16 @@ def choose_groups(per_channel: dict, opts: PegOptions, num_layers: int) -> PegGr
     return PegGroups(order, stats, hidden, units)
 
 
+def _permuted(opts: PegConfig) -> bool:
+    return opts.permutation != Permutation.NONE
+
+
 @dataclass(frozen=True)
 class PegScheme:
-    name: str
-    default_grouping: str
-    default_permutation: str
-    default_intermediate_groups: int
-    summary: str
-
-    def options(self, options: dict) -> PegOptions:
-        return PegOptions.from_options(
-            options, self.default_grouping, self.default_permutation, self.default_intermediate_groups
-        )
+    config: type[PegConfig]
 
     def plan(self, ctx: SchemeContext) -> Plan:
-        opts = self.options(ctx.options)
+        opts = ctx.config
         base = ctx.calibrated()
         chosen = choose_groups(ctx.require_ranges().per_channel, opts, ctx.roles.num_layers)
         model = ir.from_proto(ctx.prepared)
@@ -228,7 +188,7 @@ class PegScheme:
         RemoveUnusedNodesPass()(model)
         rewritten = ir.to_proto(model)
         entries = {**base, **_replay(ctx, rewritten, set(base))}
-        metadata = ({TARGET_KEY: "cpu"} if opts.target == "cpu" else {}) | (
+        metadata = ({TARGET_KEY: "cpu"} if opts.target == Target.CPU else {}) | (
             {PERMUTED_KEY: permuted_record(permuted)} if permuted else {}
         )
         return Plan(
@@ -260,7 +220,7 @@ def _precision(target: str, model: onnx.ModelProto, results: list) -> dict:
     whole = [t for r in results for t in r.whole]
     partials = [t for r in results for t in r.partials]
     exclude = [n for r in results for n in r.group_nodes]
-    if target == "cpu":
+    if target == Target.CPU:
         return {
             "exclude_nodes": exclude + [n for r in results for n in r.float_nodes + r.accumulate_nodes],
             "float_tensors": partials,
@@ -270,7 +230,7 @@ def _precision(target: str, model: onnx.ModelProto, results: list) -> dict:
     return {"exclude_nodes": exclude, "overrides": overrides, "uint16_readers": readers}
 
 
-def _notes(opts: PegOptions, chosen: PegGroups) -> list[str]:
+def _notes(opts: PegConfig, chosen: PegGroups) -> list[str]:
     """The report lines: each layer's groups, the lowering, the paper's extra-parameter count."""
     notes = [
         _group_note(layer, groups, *chosen.stats[layer])
@@ -283,12 +243,12 @@ def _notes(opts: PegOptions, chosen: PegGroups) -> list[str]:
     ]
     how = (
         "not permuted"
-        if not opts.permute
+        if not _permuted(opts)
         else (
             "one model-wide permutation folded into the weights" if chosen.order is not None else "permuted per layer"
         )
     )
-    precision = "uint16" if opts.target == "portable" else "float (--target cpu)"
+    precision = "uint16" if opts.target == Target.PORTABLE else "float (--target cpu)"
     notes.append(
         f"PEG K={opts.groups} ({opts.grouping} groups, {how}); FFN inputs before the split and residual sums after the concat in {precision}"
     )
@@ -296,7 +256,7 @@ def _notes(opts: PegOptions, chosen: PegGroups) -> list[str]:
     notes.append(
         _extra_parameters(
             opts,
-            per_layer_order=opts.permute and chosen.order is None,
+            per_layer_order=_permuted(opts) and chosen.order is None,
             hidden=len(next(iter(chosen.stats.values()))[0]),
         )
         + (
@@ -309,14 +269,14 @@ def _notes(opts: PegOptions, chosen: PegGroups) -> list[str]:
     return notes
 
 
-def _extra_parameters(opts: PegOptions, per_layer_order: bool, hidden: int) -> str:
+def _extra_parameters(opts: PegConfig, per_layer_order: bool, hidden: int) -> str:
     """The paper's count of PEG's extra parameters per layer: d permutation indices + 2 * 3 * K ranges."""
     indices = hidden if per_layer_order else 0
     ranges = 2 * len(PEG_ROLES) * opts.groups
     where = (
         ""
         if per_layer_order
-        else " (no permutation indices: " + ("folded into the weights)" if opts.permute else "not permuted)")
+        else " (no permutation indices: " + ("folded into the weights)" if _permuted(opts) else "not permuted)")
     )
     return f"extra parameters per PEG layer (the paper's d + 2*3*K): {indices} + {ranges} = {indices + ranges}{where}"
 
@@ -327,19 +287,4 @@ def _group_note(layer: int, groups: list[np.ndarray], lo: np.ndarray, hi: np.nda
     return f"layer {layer}: group sizes [{sizes}], widest group range {hi[widest].max() - lo[widest].min():.1f}, noise objective {quantization_noise(lo, hi, groups):.3g}"
 
 
-PEG_SCHEMES = (
-    PegScheme(
-        "peg",
-        "outlier",
-        "model",
-        2,
-        "PEG on FFN input/output/sum: K groups (default 6), outlier-aware uneven groups, one permutation folded into the weights; GELU outputs with a wide unit in 2 groups",
-    ),
-    PegScheme(
-        "peg-equal",
-        "equal",
-        "layer",
-        1,
-        "PEG as in the paper: K equal-size groups after a range-based permutation per layer",
-    ),
-)
+PEG_SCHEMES = (PegScheme(PegConfig), PegScheme(PegEqualConfig))

@@ -27,8 +27,6 @@ import numpy as np
 
 from qonnx_bert.core.errors import UsageError
 
-GROUPINGS = ("equal", "outlier")
-
 
 def check_group_count(k: int, hidden: int) -> None:
     if k < 1 or k > hidden:
@@ -94,10 +92,6 @@ def layer_groups(
 ) -> list[np.ndarray]:
     """The groups of one layer from its per-dimension (min, max); with ``order`` (one
     model-wide order), contiguous segments of that order instead of this layer's sort."""
-    if grouping not in GROUPINGS:
-        raise UsageError(f"unknown --grouping {grouping!r}; choose one of: {', '.join(GROUPINGS)}")
-    if grouping == "outlier" and not permute:
-        raise UsageError("--grouping outlier forms groups over range-sorted dimensions; drop --no-permute")
     if order is None:
         return equal_groups(hi - lo, k, permute) if grouping == "equal" else outlier_groups(lo, hi, k)
     check_group_count(k, len(lo))

@@ -1,0 +1,234 @@
+"""Typed, frozen configurations of the quantization schemes: one class per scheme.
+
+A configuration is the whole of what a scheme is asked to do, so a run replays
+exactly from its JSON (``to_dict``/``from_dict``, ``qonnx quantize --save-config``
+and ``--config``). Every value is checked when the object is made and every
+problem is reported at once, as a ``ConfigError`` naming the field (the CLI words
+fields as flags). Third-party schemes subclass ``SchemeConfig`` and register
+under the ``qonnx.schemes`` entry-point group (``schemes/registry.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar
+
+from qonnx_bert.core.errors import UsageError
+
+
+class Choice(str, Enum):
+    """An option with named values; prints as its value (``outlier``, not ``Grouping.OUTLIER``)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class Grouping(Choice):
+    """How PEG cuts the embedding dimensions into K groups."""
+
+    EQUAL = "equal"  # K equal-size groups (the paper)
+    OUTLIER = "outlier"  # uneven groups that isolate the widest dimensions (ours)
+
+
+class Permutation(Choice):
+    """How PEG makes each group's dimensions contiguous."""
+
+    NONE = "none"  # groups of consecutive dimensions, no permutation
+    LAYER = "layer"  # a Gather before and after each FFN (the paper)
+    MODEL = "model"  # one order for all layers folded into the weights: no Gather at run time
+
+
+class Target(Choice):
+    """The runtime a PEG lowering is made for."""
+
+    PORTABLE = "portable"  # every provider, QNN HTP included
+    CPU = "cpu"  # the CPU provider only: tensors holding every group stay float
+
+
+class ConfigError(UsageError, ValueError):
+    """Invalid configuration values; ``problems`` holds (field, what is wrong) pairs, all of them."""
+
+    def __init__(self, scheme: str, problems: list[tuple[str, str]]):
+        self.scheme = scheme
+        self.problems = problems
+        super().__init__(f"{scheme}: " + "; ".join(f"{name} {why}" for name, why in problems))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _enum_value(cls: type[Enum], value: Any) -> Enum | None:
+    try:
+        return cls(value)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchemeConfig:
+    """What every scheme takes: roles kept in uint16 on top of it.
+
+    ``int16`` holds role patterns (``layer.*.ffn.residual_sum``, ``layer.4-5.ffn.*``);
+    ``int16_from`` a selection file saved by an earlier ``auto-mp`` run.
+    """
+
+    scheme: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    int16: tuple[str, ...] = ()
+    int16_from: str | None = None
+
+    def __post_init__(self) -> None:
+        problems: list[tuple[str, str]] = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            enum = _ENUM_FIELDS.get(f.name)
+            if enum is not None and not isinstance(value, enum):
+                coerced = _enum_value(enum, value)
+                if coerced is None:
+                    problems.append((f.name, f"is {value!r}; choose one of: {', '.join(e.value for e in enum)}"))
+                else:
+                    object.__setattr__(self, f.name, coerced)
+            elif isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+        problems += self._problems()
+        if problems:
+            raise ConfigError(self.scheme, problems)
+
+    def _problems(self) -> list[tuple[str, str]]:
+        problems = []
+        if not all(isinstance(p, str) and p for p in self.int16):
+            problems.append(("int16", "must be a list of non-empty role patterns"))
+        if self.int16_from is not None and not (isinstance(self.int16_from, str) and self.int16_from):
+            problems.append(("int16_from", "must be the path of a selection file"))
+        return problems
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the scheme name plus every field (enums by value, tuples as lists)."""
+        out: dict[str, Any] = {"scheme": self.scheme}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.value if isinstance(value, Enum) else list(value) if isinstance(value, tuple) else value
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class W8A8Config(SchemeConfig):
+    scheme: ClassVar[str] = "w8a8"
+    summary: ClassVar[str] = "int8 symmetric weights, uint8 asymmetric activations, all per-tensor"
+
+
+@dataclass(frozen=True, kw_only=True)
+class W8A32Config(SchemeConfig):
+    scheme: ClassVar[str] = "w8a32"
+    summary: ClassVar[str] = "int8 symmetric per-tensor weights only; activations stay float"
+
+
+@dataclass(frozen=True, kw_only=True)
+class W32A8Config(SchemeConfig):
+    scheme: ClassVar[str] = "w32a8"
+    summary: ClassVar[str] = "uint8 asymmetric per-tensor activations only; weights stay float"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MixedPrecisionConfig(SchemeConfig):
+    scheme: ClassVar[str] = "mp"
+    summary: ClassVar[str] = "W8A8 with each layer's FFN input, output, residual sum and the final output in uint16"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutoMpConfig(SchemeConfig):
+    """``budget``: how many activations (by role) go to 16 bits, a count (6) or a fraction of all (0.2)."""
+
+    scheme: ClassVar[str] = "auto-mp"
+    summary: ClassVar[str] = "W8A8 plus the budget activations most sensitive to 8 bits, measured on the calibration data"
+    budget: int | float | None = None
+
+    def _problems(self) -> list[tuple[str, str]]:
+        problems = super()._problems()
+        b = self.budget
+        if b is None:
+            problems.append(("budget", "is required: a number of activations to keep in 16 bits (6) or a fraction (0.2)"))
+        elif not (_is_int(b) and b >= 0) and not (isinstance(b, float) and 0.0 <= b <= 1.0):
+            problems.append(("budget", f"is {b!r}; give a count >= 0 or a fraction in [0, 1]"))
+        return problems
+
+
+@dataclass(frozen=True, kw_only=True)
+class PegConfig(SchemeConfig):
+    """Per-embedding-group quantization of the FFN (see ``schemes/peg.py``).
+
+    ``groups``: K groups of embedding dimensions per layer; ``layers``: the layers PEG
+    applies to (None: all); ``intermediate_groups``: J groups of GELU output units
+    (1: the GELU output stays per-tensor, as in the paper).
+    """
+
+    scheme: ClassVar[str] = "peg"
+    summary: ClassVar[str] = (
+        "PEG on FFN input/output/sum: K groups (default 6), outlier-aware uneven groups, one permutation folded into "
+        "the weights; GELU outputs with a wide unit in 2 groups"
+    )
+    groups: int = 6
+    grouping: Grouping = Grouping.OUTLIER
+    permutation: Permutation = Permutation.MODEL
+    layers: tuple[int, ...] | None = None
+    intermediate_groups: int = 2
+    target: Target = Target.PORTABLE
+
+    def _problems(self) -> list[tuple[str, str]]:
+        problems = super()._problems()
+        for name in ("groups", "intermediate_groups"):
+            value = getattr(self, name)
+            if not (_is_int(value) and value >= 1):
+                problems.append((name, f"is {value!r}; give a whole number >= 1"))
+        if self.layers is not None and not (self.layers and all(_is_int(i) and i >= 0 for i in self.layers)):
+            problems.append(("layers", f"is {self.layers!r}; give layer indices >= 0, e.g. 0,2,4-5"))
+        if self.grouping == Grouping.OUTLIER and self.permutation == Permutation.NONE:
+            problems.append(("grouping", "outlier forms groups over range-sorted dimensions: it needs a permutation"))
+        return problems
+
+
+@dataclass(frozen=True, kw_only=True)
+class PegEqualConfig(PegConfig):
+    """The paper's PEG: K equal-size groups after a range-based permutation per layer."""
+
+    scheme: ClassVar[str] = "peg-equal"
+    summary: ClassVar[str] = "PEG as in the paper: K equal-size groups after a range-based permutation per layer"
+    grouping: Grouping = Grouping.EQUAL
+    permutation: Permutation = Permutation.LAYER
+    intermediate_groups: int = 1
+
+
+_ENUM_FIELDS: dict[str, type[Enum]] = {"grouping": Grouping, "permutation": Permutation, "target": Target}
+
+BUILTIN_CONFIGS: tuple[type[SchemeConfig], ...] = (
+    W8A8Config,
+    W8A32Config,
+    W32A8Config,
+    MixedPrecisionConfig,
+    AutoMpConfig,
+    PegConfig,
+    PegEqualConfig,
+)
+
+
+def config_fields(cls: type[SchemeConfig]) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def make_config(cls: type[SchemeConfig], values: dict[str, Any]) -> SchemeConfig:
+    """``cls(**values)``, with unknown keys reported like any other problem (not silently ignored)."""
+    names = config_fields(cls)
+    problems = [(k, f"is not a setting of {cls.scheme} (its settings: {', '.join(names)})") for k in values if k not in names]
+    try:
+        config = cls(**{k: v for k, v in values.items() if k in names})
+    except ConfigError as err:
+        problems += err.problems
+    if problems:
+        raise ConfigError(cls.scheme, problems)
+    return config

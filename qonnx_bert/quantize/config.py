@@ -50,7 +50,7 @@ class Target(Choice):
     CPU = "cpu"  # the CPU provider only: tensors holding every group stay float
 
 
-class ConfigError(UsageError, ValueError):
+class ConfigError(UsageError):
     """Invalid configuration values; ``problems`` holds (field, what is wrong) pairs, all of them."""
 
     def __init__(self, scheme: str, problems: list[tuple[str, str]]):

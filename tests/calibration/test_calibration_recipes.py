@@ -20,7 +20,7 @@ from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.graph.roles import find_roles
 from qonnx_bert.inputs.sequences import sample_sequences
 
-SHIPPED = sorted((Path(__file__).parent.parent / "calibration").glob("*.json"))
+SHIPPED = sorted((Path(__file__).parents[2] / "calibration").glob("*.json"))
 TEXTS = [
     "a b",
     "the quick brown fox jumps over the lazy dog again and again",

@@ -13,7 +13,7 @@ from qonnx_bert.graph.roles import find_roles
 from qonnx_bert.passes.permute_stream import permute_stream
 from qonnx_bert.quantize import config_for, quantize
 from qonnx_bert.quantize.schemes.peg_groups import model_order, segment_groups
-from tests.test_peg import HIDDEN, _logits
+from tests.quantize.test_peg import HIDDEN, _logits
 
 
 def _permuted(model: onnx.ModelProto, perm: np.ndarray, names: list | None = None) -> onnx.ModelProto:
@@ -52,7 +52,7 @@ def test_reported_tensors_are_exactly_the_permuted_ones(fp32):
     each listed tensor is the FP32 one permuted; every other role tensor kept its order."""
     from qonnx_bert.analysis.debug import exposing_session
     from qonnx_bert.inputs.encode import Encoder
-    from tests.test_peg import TEXTS
+    from tests.quantize.test_peg import TEXTS
 
     prepared = prepare(fp32)
     perm = np.random.default_rng(1).permutation(HIDDEN)

@@ -14,7 +14,7 @@ from qonnx_bert.inputs.glue import TASKS, load_task, resolve_data_dir
 from qonnx_bert.inputs.glue.hub import load_task_from_hub, remap_labels
 from qonnx_bert.inputs.glue.tasks import GLUE_DIR_VARIABLE, get_task, limit_split
 
-GLUE = Path(__file__).parent.parent / "data" / "glue"
+GLUE = Path(__file__).parents[2] / "data" / "glue"
 
 # Labelled rows per sample file. QQP train has one truncated row and MNLI dev one
 # gold_label "-" (no annotator consensus); both are skipped, as in the real dumps.

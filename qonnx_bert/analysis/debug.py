@@ -31,14 +31,15 @@ from qonnx_bert.calibration.collector import valid_mask
 from qonnx_bert.calibration.tensors import MASK_INPUT, TensorLayout, quantizable_tensors
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.core.modelinfo import read_permuted
+from qonnx_bert.core.runtime import cpu_session
 from qonnx_bert.graph.prepare import prepare
+from qonnx_bert.graph.qdq import GRAPH_OUTPUT_SUFFIX
 from qonnx_bert.graph.roles import find_roles
 from qonnx_bert.inputs.encode import Encoder
 from qonnx_bert.inputs.sequences import Sequences
 
 QUANTIZED, FLOAT, ABSENT = "quantized", "float", "not present"
 _WIDE = {onnx.TensorProto.UINT16, onnx.TensorProto.INT16}
-_GRAPH_OUTPUT_SUFFIX = "_QuantizeLinear_Input"
 
 
 def first_sequences(n: int, *, task: str | None = None, data_dir=None, texts: str | None = None) -> Sequences:
@@ -63,9 +64,7 @@ def exposing_session(model: onnx.ModelProto, names: list[str]) -> ort.InferenceS
     exposed.CopyFrom(model)
     existing = {o.name for o in exposed.graph.output}
     exposed.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in existing)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return cpu_session(exposed, fused=False)
 
 
 def sequence_feeds(encoder: Encoder, sequences: Sequences) -> Iterator[dict[str, np.ndarray]]:
@@ -94,7 +93,7 @@ def match_tensor(qdq: onnx.ModelProto, tensor: str) -> Match:
     """The quantized model's tensors for FP32 ``tensor``: its Q input and the DQ output after it."""
     nodes = list(qdq.graph.node)
     quant = next(
-        (n for n in nodes if n.op_type == "QuantizeLinear" and n.input[0] in (tensor, tensor + _GRAPH_OUTPUT_SUFFIX)),
+        (n for n in nodes if n.op_type == "QuantizeLinear" and n.input[0] in (tensor, tensor + GRAPH_OUTPUT_SUFFIX)),
         None,
     )
     if quant is None:

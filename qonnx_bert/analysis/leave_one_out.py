@@ -25,13 +25,13 @@ import onnx
 
 from qonnx_bert.calibration.ranges import RangeTable
 from qonnx_bert.core.errors import UsageError
+from qonnx_bert.graph.cleanup import drop_unused_initializers
+from qonnx_bert.graph.ops import DATA_MOVEMENT_OPS
 from qonnx_bert.graph.prepare import prepare
+from qonnx_bert.graph.qdq import GRAPH_OUTPUT_SUFFIX, quantizer_of
 from qonnx_bert.graph.roles import RoleMap, find_roles
 from qonnx_bert.quantize.api import QuantReport, quantize, report
 from qonnx_bert.quantize.config import W32A8Config
-
-DATA_MOVEMENT = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Gather", "Slice")
-_GRAPH_OUTPUT_SUFFIX = "_QuantizeLinear_Input"  # ORT renames a quantized graph output's producer output so
 
 
 def family_pattern(family: str) -> str:
@@ -58,7 +58,7 @@ def _remove_pair(model: onnx.ModelProto, quant: onnx.NodeProto) -> str:
     dqs = [n for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] == quant.output[0]]
     source = quant.input[0]
     outputs = {o.name for o in model.graph.output}
-    if source.endswith(_GRAPH_OUTPUT_SUFFIX) and any(d.output[0] in outputs for d in dqs):
+    if source.endswith(GRAPH_OUTPUT_SUFFIX) and any(d.output[0] in outputs for d in dqs):
         target = next(d.output[0] for d in dqs if d.output[0] in outputs)  # the graph output keeps its name
         for node in nodes:
             node.output[:] = [target if o == source else o for o in node.output]
@@ -78,11 +78,6 @@ def _remove_pair(model: onnx.ModelProto, quant: onnx.NodeProto) -> str:
     return source
 
 
-def _quantizer_of(model: onnx.ModelProto, tensor: str) -> onnx.NodeProto | None:
-    names = (tensor, tensor + _GRAPH_OUTPUT_SUFFIX)
-    return next((n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in names), None)
-
-
 def keep_float(qdq: onnx.ModelProto, tensors: list[str]) -> tuple[onnx.ModelProto, list[str]]:
     """A copy of ``qdq`` without the quantizers of ``tensors`` and of the data-movement outputs they feed.
 
@@ -93,22 +88,15 @@ def keep_float(qdq: onnx.ModelProto, tensors: list[str]) -> tuple[onnx.ModelProt
     todo, done = list(tensors), []
     while todo:
         tensor = todo.pop(0)
-        quant = _quantizer_of(out, tensor)
+        quant = quantizer_of(out, tensor)
         if quant is None or tensor in done:
             continue
         done.append(_remove_pair(out, quant))
         todo += [
-            n.output[0] for n in out.graph.node if n.op_type in DATA_MOVEMENT and n.input and n.input[0] == done[-1]
+            n.output[0] for n in out.graph.node if n.op_type in DATA_MOVEMENT_OPS and n.input and n.input[0] == done[-1]
         ]
-    _drop_unused_initializers(out)
+    drop_unused_initializers(out)
     return out, done
-
-
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {i for n in model.graph.node for i in n.input}
-    kept = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
 
 
 def quantize_leave_one_out(

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from qonnx_bert.core.errors import UsageError
+from qonnx_bert.graph.shapes import value_infos
 
 MB = 2**20
 DEFAULT_MAX_MEMORY_MB = 512.0  # BERT-base, 8 x 128 tokens: three segments, peak RSS about 1.3 GB
@@ -22,10 +23,8 @@ DEFAULT_MAX_MEMORY_MB = 512.0  # BERT-base, 8 x 128 tokens: three segments, peak
 
 def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, list]]:
     """tensor -> (bytes per element, dims as ints or symbol names)."""
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    infos = list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
     out = {}
-    for v in infos:
+    for v in value_infos(model):
         t = v.type.tensor_type
         if t.elem_type and t.HasField("shape"):
             itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize

@@ -31,13 +31,13 @@ from qonnx_bert.calibration.memory import tensor_shapes
 from qonnx_bert.calibration.recipes import Recipe, load_recipe, parse_recipe
 from qonnx_bert.calibration.tensors import TensorLayout, quantizable_tensors
 from qonnx_bert.core.errors import UsageError
+from qonnx_bert.graph.ops import LAYOUT_OPS
 from qonnx_bert.graph.roles import RoleMap, find_roles
 
 # Roles whose per-channel ranges are recorded: the residual-stream roles (PEG's permutation
 # and groups need them) and the GELU output (PEG's --intermediate-groups).
 PER_CHANNEL_ROLES = ("layer.*.ffn.input", "layer.*.ffn.output", "layer.*.ffn.residual_sum", "layer.*.ffn.gelu")
 # Ops whose output holds exactly the input's values, rearranged.
-DATA_MOVEMENT_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity")
 
 
 def resolve_recipe(recipe: Recipe | Mapping | str | Path | None, estimator: str | None, roles: RoleMap) -> Recipe:
@@ -63,7 +63,7 @@ def shared_ranges(
     by_name = {lay.name: lay for lay in layouts}
     source: dict[str, str] = {}
     for node in model.graph.node:
-        if node.op_type not in DATA_MOVEMENT_OPS or not node.input or not node.output:
+        if node.op_type not in LAYOUT_OPS or not node.input or not node.output:
             continue
         src, out = source.get(node.input[0], node.input[0]), node.output[0]
         if (

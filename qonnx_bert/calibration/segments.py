@@ -28,6 +28,8 @@ from onnx import numpy_helper
 
 from qonnx_bert.calibration.ranges import model_fingerprint
 from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.runtime import cpu_session
+from qonnx_bert.graph.shapes import value_infos
 
 LARGE_INITIALIZER_BYTES = 1024  # smaller initializers (shape constants, mask fills) stay in the graph
 _SHARED_LOCATION = "qonnx-shared-weights"  # stubs' external-data location: never read, segments feed the arrays
@@ -224,12 +226,8 @@ class Pipeline:
         )
         part = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
         part.functions.extend(model.functions)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor as exported
-        options.enable_cpu_mem_arena = False  # freed activations go back to the system, not to a per-session arena
-        options.log_severity_level = 3
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle while NumPy estimates
-        return ort.InferenceSession(part.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        # Every tensor as exported; freed activations back to the system; threads idle while NumPy estimates.
+        return cpu_session(part, fused=False, arena=False, spinning=False, quiet=True)
 
     def run(self, feeds: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """Each segment's exposed tensors for one batch, segment by segment."""
@@ -246,6 +244,4 @@ class Pipeline:
 
 def _value_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every tensor shape inference can type (segment inputs need one)."""
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    infos = list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
-    return {v.name: v.type.tensor_type.elem_type for v in infos if v.type.tensor_type.elem_type}
+    return {v.name: v.type.tensor_type.elem_type for v in value_infos(model) if v.type.tensor_type.elem_type}

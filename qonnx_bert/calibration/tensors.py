@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import onnx
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
+from qonnx_bert.graph.shapes import value_infos
+
 # Gelu is not in ORT's registries: its input and output are quantized by the ops around
 # it. PEG's split GELU output is read only by a Split kept from the quantizer, so Gelu is
 # listed (ORT's generic handler then quantizes its output too; the same tensors as before).
@@ -40,11 +42,9 @@ class TensorLayout:
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, list]:
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    infos = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
     return {
         v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-        for v in infos
+        for v in value_infos(model)
         if v.type.tensor_type.elem_type in _FLOAT_TYPES
     }
 

@@ -16,8 +16,17 @@ from qonnx_bert.core.errors import UsageError
 logger = logging.getLogger(__name__)
 
 # Flags that set a config field (dest == field name); any scheme's config may take them.
-CONFIG_FLAGS = ("groups", "grouping", "permutation", "layers", "intermediate_groups", "target", "budget", "int16",
-                "int16_from")
+CONFIG_FLAGS = (
+    "groups",
+    "grouping",
+    "permutation",
+    "layers",
+    "intermediate_groups",
+    "target",
+    "budget",
+    "int16",
+    "int16_from",
+)
 
 
 def register(sub) -> None:
@@ -32,26 +41,50 @@ def register(sub) -> None:
     p.add_argument("--config", metavar="FILE", help="replay a scheme config saved with --save-config (no scheme flags)")
     p.add_argument("--save-config", metavar="FILE", help="write the scheme config of this run as JSON, for --config")
     g = p.add_argument_group("16-bit activations (any scheme; see --scheme mp / auto-mp)")
-    g.add_argument("--int16", action="append", metavar="PATTERN",
-                   help="keep the roles matching PATTERN in uint16, e.g. 'layer.*.ffn.residual_sum', "
-                   "'layer.4-5.ffn.*', 'output' (repeatable)")
-    g.add_argument("--int16-from", metavar="FILE", help="keep the roles of a selection saved with --save-selection in uint16")
-    g.add_argument("--budget", type=budget, help="auto-mp: how many activations (by role) go to 16 bits: a count (6) "
-                   "or a fraction of all (0.2)")
-    g.add_argument("--save-selection", metavar="FILE", help="write the 16-bit roles (and auto-mp's measurements) for --int16-from")
+    g.add_argument(
+        "--int16",
+        action="append",
+        metavar="PATTERN",
+        help="keep the roles matching PATTERN in uint16, e.g. 'layer.*.ffn.residual_sum', "
+        "'layer.4-5.ffn.*', 'output' (repeatable)",
+    )
+    g.add_argument(
+        "--int16-from", metavar="FILE", help="keep the roles of a selection saved with --save-selection in uint16"
+    )
+    g.add_argument(
+        "--budget",
+        type=budget,
+        help="auto-mp: how many activations (by role) go to 16 bits: a count (6) or a fraction of all (0.2)",
+    )
+    g.add_argument(
+        "--save-selection", metavar="FILE", help="write the 16-bit roles (and auto-mp's measurements) for --int16-from"
+    )
     g = p.add_argument_group("per-embedding-group quantization (--scheme peg / peg-equal)")
     g.add_argument("--groups", type=int, metavar="K", help="groups of embedding dimensions per layer (default 6)")
-    g.add_argument("--grouping", choices=[e.value for e in Grouping],
-                   help="equal-size groups (the paper; peg-equal's default) or outlier-aware uneven groups (peg's default)")
-    g.add_argument("--permutation", choices=[e.value for e in Permutation],
-                   help="none: groups of consecutive dimensions; layer: a Gather before and after each FFN (the paper, "
-                   "peg-equal's default); model: one order for all layers folded into the weights (peg's default)")
+    g.add_argument(
+        "--grouping",
+        choices=[e.value for e in Grouping],
+        help="equal-size groups (the paper; peg-equal's default) or outlier-aware uneven groups (peg's default)",
+    )
+    g.add_argument(
+        "--permutation",
+        choices=[e.value for e in Permutation],
+        help="none: groups of consecutive dimensions; layer: a Gather before and after each FFN (the paper, "
+        "peg-equal's default); model: one order for all layers folded into the weights (peg's default)",
+    )
     g.add_argument("--layers", type=layer_list, help="layers to apply PEG to, e.g. 0,2,4-5 (default all)")
-    g.add_argument("--intermediate-groups", type=int, metavar="J",
-                   help="split each FFN's GELU output into J outlier-aware groups of units where that cuts its "
-                   "quantization noise 8-fold; peg's default 2, peg-equal's 1 (not split)")
-    g.add_argument("--target", choices=[e.value for e in Target],
-                   help="portable (default): every provider, QNN HTP included; cpu: faster on the CPU provider only")
+    g.add_argument(
+        "--intermediate-groups",
+        type=int,
+        metavar="J",
+        help="split each FFN's GELU output into J outlier-aware groups of units where that cuts its "
+        "quantization noise 8-fold; peg's default 2, peg-equal's 1 (not split)",
+    )
+    g.add_argument(
+        "--target",
+        choices=[e.value for e in Target],
+        help="portable (default): every provider, QNN HTP included; cpu: faster on the CPU provider only",
+    )
     p.set_defaults(func=run)
 
 

@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions as qonnx runs them."""
+"""ONNX Runtime CPU sessions as qonnx runs them: one builder for every stage."""
 
 from __future__ import annotations
 
@@ -6,16 +6,35 @@ import onnx
 import onnxruntime as ort
 
 
-def cpu_session(model: onnx.ModelProto, threads: int | None = None, *, fused: bool = True) -> ort.InferenceSession:
-    """A CPU-provider session with the default (full) graph optimizations: integer kernels fused.
+def cpu_session(
+    model: onnx.ModelProto,
+    threads: int | None = None,
+    *,
+    fused: bool = True,
+    arena: bool = True,
+    spinning: bool = True,
+    quiet: bool = False,
+    optimized_path: str | None = None,
+) -> ort.InferenceSession:
+    """A CPU-provider session, by default with the full graph optimizations: integer kernels fused.
 
-    ``fused=False`` turns every graph optimization off: each QDQ unit then runs as
-    written, DequantizeLinear -> float op -> QuantizeLinear, the QDQ graph's own
-    arithmetic rather than an integer kernel's.
+    ``fused=False`` turns every graph optimization off: each tensor keeps its exported
+    name, and each QDQ unit runs as written (DequantizeLinear -> float op ->
+    QuantizeLinear), the QDQ graph's own arithmetic rather than an integer kernel's.
+    ``arena=False`` gives freed activations back to the system (bounded calibration
+    memory); ``spinning=False`` idles the worker threads between runs (NumPy work
+    interleaved); ``optimized_path`` saves the graph the provider runs.
     """
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     if not fused:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_cpu_mem_arena = arena
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if quiet:
+        options.log_severity_level = 3
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

@@ -204,9 +204,3 @@ def _head_roles(graph: ir.Graph, last: ir.Value) -> dict[str, ir.Value]:
         out["pooler.output"] = tanh[-1].outputs[0]
     out["output"] = graph.outputs[0]
     return out
-
-
-def roles_for_tensors(role_map: RoleMap, tensors: Iterable[str]) -> dict[str, str]:
-    """tensor -> role for the given tensors; tensors without a role are left out."""
-    names = role_map.role_of()
-    return {t: names[t] for t in tensors if t in names}

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.core.files import atomic_output
 from qonnx_bert.core.modelinfo import INPUT_NAMES, ModelInfo, embed
+from qonnx_bert.core.runtime import cpu_session
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _max_logit_diff(model, proto: onnx.ModelProto, feeds: dict) -> float:
 
     with torch.no_grad():
         expected = model(**feeds).logits.numpy()
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = cpu_session(proto)
     names = {i.name for i in session.get_inputs()}
     got = session.run(["logits"], {k: v.numpy() for k, v in feeds.items() if k in names})[0]
     return float(np.max(np.abs(got - expected)))

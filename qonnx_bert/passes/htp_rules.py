@@ -37,8 +37,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from qonnx_bert.graph.cleanup import drop_unused_initializers
+from qonnx_bert.graph.ops import ELEMENTWISE_OPS
+
 # Consumers whose float constants must be in the op's activation type.
-_ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Where")
 
 
 def _quant_types():
@@ -77,7 +79,7 @@ def htp_overrides(model: onnx.ModelProto, overrides: dict[str, list[dict]] | Non
     for node in model.graph.node:
         if node.op_type == "LayerNormalization" and len(node.input) > 1 and node.input[1] in floats:
             out[node.input[1]] = [{"quant_type": u8, "symmetric": False}]  # u8 even under 16-bit activations
-        elif node.op_type in _ELEMENTWISE:
+        elif node.op_type in ELEMENTWISE_OPS:
             qtype = activation_type(node, overrides, floats)
             out.update({i: [{"quant_type": qtype, "symmetric": False}] for i in node.input if i in floats})
     return out
@@ -202,7 +204,7 @@ def unshare_elementwise_constants(model: onnx.ModelProto) -> dict[str, str]:
     uses = Counter(i for n in model.graph.node for i in n.input if i in inits)
     copies: dict[str, str] = {}
     for node in model.graph.node:
-        if node.op_type not in _ELEMENTWISE:
+        if node.op_type not in ELEMENTWISE_OPS:
             continue
         for k, name in enumerate(node.input):
             if uses[name] > 1:
@@ -239,16 +241,8 @@ def quantize_where_constants(model: onnx.ModelProto) -> int:
         for k in branches:
             replaced.add(node.input[k])
             node.input[k] = _dequantized_constant(model, inits[node.input[k]], scale, zp, f"{node.name}_{k}")
-    _drop_unused(model, replaced)
+    drop_unused_initializers(model, replaced)
     return len(replaced)
-
-
-def _drop_unused(model: onnx.ModelProto, names: set[str]) -> None:
-    """Remove the initializers in ``names`` that no node reads any more."""
-    used = {i for n in model.graph.node for i in n.input}
-    kept = [i for i in model.graph.initializer if i.name not in names or i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
 
 
 def _dequantized_constant(

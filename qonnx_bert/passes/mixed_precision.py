@@ -39,9 +39,11 @@ from onnxruntime.quantization.quant_utils import (
 )
 from onnxruntime.quantization.tensor_quant_overrides import TensorQuantOverridesHelper
 
+from qonnx_bert.graph.ops import LAYOUT_OPS
+from qonnx_bert.graph.qdq import quantizer_of
+
 ACTIVATION_TYPE = QuantType.QUInt8
 WIDE_TYPE = QuantType.QUInt16
-LAYOUT_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity")
 
 
 def int16_overrides(
@@ -170,15 +172,6 @@ def value_group(model: onnx.ModelProto, tensor: str) -> list[str]:
     return group
 
 
-def _home_quantizer(model: onnx.ModelProto, tensor: str) -> onnx.NodeProto:
-    """The QuantizeLinear that quantizes ``tensor`` (ORT renames a graph output's producer output)."""
-    inputs = (tensor, f"{tensor}_QuantizeLinear_Input")
-    for node in model.graph.node:
-        if node.op_type == "QuantizeLinear" and node.input[0] in inputs:
-            return node
-    raise ValueError(f"tensor {tensor!r} has no QuantizeLinear in this QDQ model")
-
-
 def with_quantizer_bits(qdq: onnx.ModelProto, ranges: dict[str, tuple[float, float]], bits: int) -> onnx.ModelProto:
     """A copy of a QDQ model whose quantizers of ``ranges``' tensors use the ``bits`` (8 or 16) grid of their range.
 
@@ -194,7 +187,9 @@ def with_quantizer_bits(qdq: onnx.ModelProto, ranges: dict[str, tuple[float, flo
     qmin, qmax = get_qmin_qmax_for_qType(qtype)
     values = {}
     for tensor, (lo, hi) in ranges.items():
-        node = _home_quantizer(out, tensor)
+        node = quantizer_of(out, tensor)
+        if node is None:
+            raise ValueError(f"tensor {tensor!r} has no QuantizeLinear in this QDQ model")
         zero, scale = compute_scale_zp(np.float32(lo), np.float32(hi), qmin, qmax, symmetric=False)
         values[node.input[1]], values[node.input[2]] = np.asarray(scale, np.float32), np.asarray(zero, qmin.dtype)
     for init in out.graph.initializer:

@@ -27,8 +27,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qonnx_bert.core.errors import UsageError
-
-_ELEMENTWISE = {"Add", "Sub", "Mul", "Div"}
+from qonnx_bert.graph.ops import ARITHMETIC_OPS
 
 
 class _Folder:
@@ -73,7 +72,7 @@ class _Folder:
             )
         self.permuted[id(value)] = value
         self.done.add(id(node))
-        if node.op_type in _ELEMENTWISE:
+        if node.op_type in ARITHMETIC_OPS:
             for i, x in enumerate(node.inputs):
                 self.constant(node, i, "vector") if x.const_value is not None else self.backward(x)
         elif node.op_type == "MatMul" and node.inputs[1].const_value is not None:

@@ -9,13 +9,13 @@ import onnx
 
 from qonnx_bert.calibration.ranges import RangeTable
 from qonnx_bert.core.modelinfo import check_encoder_inputs
+from qonnx_bert.graph.cleanup import drop_unused_initializers
 from qonnx_bert.graph.prepare import prepare
+from qonnx_bert.graph.qdq import BITS
 from qonnx_bert.graph.roles import find_roles
 from qonnx_bert.passes.qdq import insert_qdq
 from qonnx_bert.quantize.config import SchemeConfig
 from qonnx_bert.quantize.schemes import SchemeContext, get_scheme
-
-_BITS = {onnx.TensorProto.UINT8: 8, onnx.TensorProto.INT8: 8, onnx.TensorProto.UINT16: 16, onnx.TensorProto.INT16: 16}
 
 
 @dataclass(frozen=True)
@@ -45,18 +45,10 @@ def report(
     for node in model.graph.node:
         if node.op_type == "QuantizeLinear":
             zp = inits.get(node.input[2]) if len(node.input) > 2 else None
-            bits[_BITS.get(zp.data_type, 8) if zp is not None else 8] += 1
+            bits[BITS.get(zp.data_type, 8) if zp is not None else 8] += 1
         elif node.op_type == "DequantizeLinear" and node.input[0] in inits:
             weights += 1
     return QuantReport(scheme, dict(bits), weights, list(notes or []), selection)
-
-
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    """QDQ insertion leaves constants that no node reads (e.g. the float weights it replaced)."""
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-    kept = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
 
 
 def quantize(
@@ -71,7 +63,7 @@ def quantize(
     roles = find_roles(prepared)  # fails early, naming the layer, on a graph we cannot map
     plan = scheme.plan(SchemeContext(config, model, prepared, roles, ranges, path))
     quantized = insert_qdq(plan)
-    _drop_unused_initializers(quantized)
+    drop_unused_initializers(quantized)  # the float weights QDQ insertion replaced
     del quantized.metadata_props[:]
     quantized.metadata_props.extend(model.metadata_props)
     for key, value in plan.metadata.items():

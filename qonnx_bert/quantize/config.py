@@ -146,14 +146,18 @@ class AutoMpConfig(SchemeConfig):
     """``budget``: how many activations (by role) go to 16 bits, a count (6) or a fraction of all (0.2)."""
 
     scheme: ClassVar[str] = "auto-mp"
-    summary: ClassVar[str] = "W8A8 plus the budget activations most sensitive to 8 bits, measured on the calibration data"
+    summary: ClassVar[str] = (
+        "W8A8 plus the budget activations most sensitive to 8 bits, measured on the calibration data"
+    )
     budget: int | float | None = None
 
     def _problems(self) -> list[tuple[str, str]]:
         problems = super()._problems()
         b = self.budget
         if b is None:
-            problems.append(("budget", "is required: a number of activations to keep in 16 bits (6) or a fraction (0.2)"))
+            problems.append(
+                ("budget", "is required: a number of activations to keep in 16 bits (6) or a fraction (0.2)")
+            )
         elif not (_is_int(b) and b >= 0) and not (isinstance(b, float) and 0.0 <= b <= 1.0):
             problems.append(("budget", f"is {b!r}; give a count >= 0 or a fraction in [0, 1]"))
         return problems
@@ -224,7 +228,9 @@ def config_fields(cls: type[SchemeConfig]) -> list[str]:
 def make_config(cls: type[SchemeConfig], values: dict[str, Any]) -> SchemeConfig:
     """``cls(**values)``, with unknown keys reported like any other problem (not silently ignored)."""
     names = config_fields(cls)
-    problems = [(k, f"is not a setting of {cls.scheme} (its settings: {', '.join(names)})") for k in values if k not in names]
+    problems = [
+        (k, f"is not a setting of {cls.scheme} (its settings: {', '.join(names)})") for k in values if k not in names
+    ]
     try:
         config = cls(**{k: v for k, v in values.items() if k in names})
     except ConfigError as err:

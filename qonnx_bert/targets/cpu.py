@@ -15,10 +15,10 @@ from collections import Counter
 from pathlib import Path
 
 import onnx
-import onnxruntime as ort
 
 from qonnx_bert.core.errors import UsageError
-from qonnx_bert.targets.htp_fixes import QdqView, is_qdq
+from qonnx_bert.core.runtime import cpu_session
+from qonnx_bert.graph.qdq import QdqView, is_qdq
 from qonnx_bert.targets.report import CheckReport, Finding
 
 HEAVY = ("MatMul", "Gemm", "Conv")
@@ -33,11 +33,9 @@ UNVERIFIED = (
 def optimized_model(model: onnx.ModelProto) -> onnx.ModelProto:
     """The graph the CPU provider runs, after its full (level 99) optimizations."""
     with tempfile.TemporaryDirectory(prefix="qonnx.cpu.") as tmp:
-        so = ort.SessionOptions()
-        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        so.log_severity_level = 3  # it warns that the saved graph is machine-specific: known, and not shipped
-        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        return onnx.load(so.optimized_model_filepath)
+        path = str(Path(tmp) / "optimized.onnx")
+        cpu_session(model, quiet=True, optimized_path=path)  # quiet: it warns the saved graph is machine-specific
+        return onnx.load(path)
 
 
 def qdq_units(model: onnx.ModelProto) -> list[onnx.NodeProto]:

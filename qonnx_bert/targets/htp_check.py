@@ -24,7 +24,8 @@ from pathlib import Path
 import onnx
 
 from qonnx_bert.core.modelinfo import TARGET_KEY
-from qonnx_bert.targets.htp_fixes import QdqView, diagnose, unit_owner
+from qonnx_bert.graph.qdq import QdqView
+from qonnx_bert.targets.htp_fixes import diagnose, unit_owner
 from qonnx_bert.targets.qnn import (
     EP_NAME,
     Compiled,

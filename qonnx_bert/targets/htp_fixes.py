@@ -8,61 +8,12 @@ constant, 16-bit weights under 8-bit activations, a float op between QDQ'd ops.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import onnx
 
-_QTYPES = {
-    onnx.TensorProto.UINT8: "uint8",
-    onnx.TensorProto.INT8: "int8",
-    onnx.TensorProto.UINT16: "uint16",
-    onnx.TensorProto.INT16: "int16",
-    onnx.TensorProto.INT32: "int32",
-}
-_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Where"}
-_QDQ = {"QuantizeLinear", "DequantizeLinear"}
+from qonnx_bert.graph.ops import ELEMENTWISE_OPS
+from qonnx_bert.graph.qdq import QdqView, is_qdq
+
 CONVERT_FIX = "insert a convert (DQ -> Q) before the op so that its inputs and output share one type"
-
-
-@dataclass
-class QdqView:
-    """Producers, consumers and initializers of a QDQ model: the types a node unit sees."""
-
-    model: onnx.ModelProto
-
-    def __post_init__(self) -> None:
-        self.inits = {i.name: i for i in self.model.graph.initializer}
-        self.producer = {o: n for n in self.model.graph.node for o in n.output}
-        self.nodes = {n.name: n for n in self.model.graph.node}
-
-    def _zero_point_type(self, node: onnx.NodeProto) -> str:
-        """The integer type of a Q/DQ: its zero point's, else a DQ'd initializer's, else uint8 (ONNX default)."""
-        zp = self.inits.get(node.input[2]) if len(node.input) > 2 else None
-        data = self.inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
-        known = zp if zp is not None else data
-        return _QTYPES.get(known.data_type, "?") if known is not None else "uint8"
-
-    def input_type(self, name: str) -> str:
-        """``uint8``... when fed by a DequantizeLinear, ``float constant`` or ``float`` otherwise."""
-        node = self.producer.get(name)
-        if node is not None and node.op_type == "DequantizeLinear":
-            return self._zero_point_type(node)
-        init = self.inits.get(name)
-        if init is None:
-            return "float"
-        return (
-            "float constant"
-            if init.data_type == onnx.TensorProto.FLOAT
-            else _QTYPES.get(init.data_type, "integer constant")
-        )
-
-    def is_dequantized_constant(self, name: str) -> bool:
-        node = self.producer.get(name)
-        return node is not None and node.op_type == "DequantizeLinear" and node.input[0] in self.inits
-
-    def output_type(self, name: str) -> str:
-        q = [n for n in self.model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == name]
-        return self._zero_point_type(q[0]) if q else "float"
 
 
 def _activation_types(view: QdqView, node: onnx.NodeProto) -> set[str]:
@@ -119,7 +70,7 @@ def _constant_problem(view: QdqView, node: onnx.NodeProto, acts: set[str]) -> tu
     }
     act = next(iter(acts)) if len(acts) == 1 else None
     wrong = [(name, t) for name, t in consts.items() if act and t != act]
-    if node.op_type in _ELEMENTWISE and wrong:
+    if node.op_type in ELEMENTWISE_OPS and wrong:
         name, t = wrong[0]
         return (
             f"constant {name} is {t} under {act} activations",
@@ -151,10 +102,6 @@ def _float_problem(view: QdqView, node: onnx.NodeProto) -> tuple[str, str]:
         "QNN cannot map this node unit to a fixed-point op",
         "keep the node unit's inputs and outputs in one 8- or 16-bit type (per-tensor); see QNN's HTP op definitions",
     )
-
-
-def is_qdq(node: onnx.NodeProto) -> bool:
-    return node.op_type in _QDQ
 
 
 def unit_owner(view: QdqView, node: onnx.NodeProto) -> onnx.NodeProto:

@@ -68,8 +68,16 @@ def test_every_problem_is_reported_at_once():
 
 @pytest.mark.parametrize(
     "values",
-    [{"groups": 0}, {"groups": -2}, {"groups": 2.5}, {"groups": True}, {"layers": []}, {"intermediate_groups": 0},
-     {"permutation": "global"}, {"grouping": "outlier", "permutation": "none"}],
+    [
+        {"groups": 0},
+        {"groups": -2},
+        {"groups": 2.5},
+        {"groups": True},
+        {"layers": []},
+        {"intermediate_groups": 0},
+        {"permutation": "global"},
+        {"grouping": "outlier", "permutation": "none"},
+    ],
 )
 def test_bad_peg_values_are_refused(values):
     with pytest.raises(ConfigError):

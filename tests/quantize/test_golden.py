@@ -58,10 +58,10 @@ def test_quantized_structure_is_unchanged(fp32, ranges, name):
 if __name__ == "__main__":  # regenerate the golden file from the current code
     import tempfile
 
-    from tests.conftest import build_tiny_bert
     from qonnx_bert.calibration.calibrate import calibrate
     from qonnx_bert.inputs.export import export_model
     from qonnx_bert.inputs.sequences import sample_sequences, shipped_sentences
+    from tests.conftest import build_tiny_bert
 
     with tempfile.TemporaryDirectory() as tmp:
         export_model(str(build_tiny_bert(Path(tmp) / "bert")), Path(tmp) / "tiny.onnx")

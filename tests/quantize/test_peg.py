@@ -146,7 +146,9 @@ def _fp32_order(model, tensor, texts=TEXTS):
 
 
 @pytest.mark.parametrize("target", ["portable", "cpu"])
-@pytest.mark.parametrize("scheme, options", [("peg-equal", {"groups": 4, "permutation": "none"}), ("peg", {"groups": 3})])
+@pytest.mark.parametrize(
+    "scheme, options", [("peg-equal", {"groups": 4, "permutation": "none"}), ("peg", {"groups": 3})]
+)
 def test_lowered_peg_matches_per_channel_reference(fp32, ranges, scheme, options, target):
     peg, ref = _peg_and_reference(fp32, ranges, scheme, target=target, **options)
     last = find_roles(fp32).tensor("layer.1.ffn.layernorm")

@@ -149,9 +149,7 @@ class PegGroups:
 def choose_groups(per_channel: dict, opts: PegConfig, num_layers: int) -> PegGroups:
     """The groups of every selected layer from the per-channel calibration statistics."""
     stats = {layer: dimension_ranges(per_channel, layer) for layer in _selected_layers(opts, num_layers)}
-    order = (
-        model_order([hi - lo for lo, hi in stats.values()]) if opts.permutation == Permutation.MODEL else None
-    )
+    order = model_order([hi - lo for lo, hi in stats.values()]) if opts.permutation == Permutation.MODEL else None
     hidden = {
         layer: layer_groups(lo, hi, opts.groups, opts.grouping, _permuted(opts), order)
         for layer, (lo, hi) in stats.items()

@@ -24,9 +24,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from qonnx_bert.analysis.debug import exposing_session
 from qonnx_bert.calibration.calibrate import calibrate
 from qonnx_bert.core.files import atomic_output
+from qonnx_bert.core.runtime import exposing_session
 from qonnx_bert.inputs.encode import Encoder
 from qonnx_bert.inputs.export import export_model
 from qonnx_bert.inputs.glue import load_task

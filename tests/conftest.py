@@ -40,6 +40,20 @@ def tensor_values(model, tensor: str, texts: list[str]):
     return np.concatenate([session.run([tensor], encoder.feeds([t]))[0].reshape(-1) for t in texts])
 
 
+def assert_models_close(ref, test, feeds: list[dict], *, rtol: float = 0.0, atol: float) -> None:
+    """Every output of ``test`` within ``atol + rtol * |ref|`` of ``ref``'s on each feed.
+
+    Both run on the CPU provider with graph optimisations off, so what is compared is
+    the two graphs as written, not two sets of fused kernels.
+    """
+    from qonnx_bert.core.runtime import cpu_session
+
+    want, got = cpu_session(ref, fused=False), cpu_session(test, fused=False)
+    for feed in feeds:
+        for name, w, g in zip([o.name for o in want.get_outputs()], want.run(None, feed), got.run(None, feed)):
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg=name)
+
+
 def plant_gelu_outlier(model, layer: int = 0, unit: int = 5, dim: int = 7, factor: float = 30.0, weight: float = 100.0):
     """A copy of an FP32 export where FFN unit ``unit`` of ``layer`` has ``factor`` x its pre-GELU
     values (W1 column and b1 entry scaled) and writes into hidden dimension ``dim`` only, ``weight``

@@ -20,7 +20,6 @@ GELU units in groups) is compared with the FP32 value in the same order.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,48 +28,16 @@ import onnxruntime as ort
 
 from qonnx_bert.calibration.collector import valid_mask
 from qonnx_bert.calibration.tensors import MASK_INPUT, TensorLayout, quantizable_tensors
-from qonnx_bert.core.errors import UsageError
 from qonnx_bert.core.modelinfo import read_permuted
-from qonnx_bert.core.runtime import cpu_session
+from qonnx_bert.core.runtime import exposing_session
 from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.graph.qdq import GRAPH_OUTPUT_SUFFIX
 from qonnx_bert.graph.roles import find_roles
 from qonnx_bert.inputs.encode import Encoder
-from qonnx_bert.inputs.sequences import Sequences
+from qonnx_bert.inputs.sequences import Sequences, sequence_feeds
 
 QUANTIZED, FLOAT, ABSENT = "quantized", "float", "not present"
 _WIDE = {onnx.TensorProto.UINT16, onnx.TensorProto.INT16}
-
-
-def first_sequences(n: int, *, task: str | None = None, data_dir=None, texts: str | None = None) -> Sequences:
-    """The first ``n`` dev examples of a GLUE task, lines of a text file, or shipped sentences."""
-    from qonnx_bert.inputs.sequences import shipped_sentences, text_file_sentences
-
-    if n < 1:
-        raise UsageError("-n must be at least 1")
-    if task:
-        from qonnx_bert.inputs.glue import load_task
-
-        split = load_task(task, "dev", data_dir)
-        b = None if split.texts_b is None else split.texts_b[:n]
-        return Sequences(split.texts_a[:n], b, f"glue:{split.task.name}:dev", 0)
-    lines = text_file_sentences(texts) if texts else shipped_sentences()
-    return Sequences(lines[:n], None, f"file:{texts}" if texts else "shipped", 0)
-
-
-def exposing_session(model: onnx.ModelProto, names: list[str]) -> ort.InferenceSession:
-    """A CPU session that returns ``names`` too; no graph optimizations, so every tensor keeps its name."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    existing = {o.name for o in exposed.graph.output}
-    exposed.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in existing)
-    return cpu_session(exposed, fused=False)
-
-
-def sequence_feeds(encoder: Encoder, sequences: Sequences) -> Iterator[dict[str, np.ndarray]]:
-    """One feed per sequence (no padding except a static shape's)."""
-    for i, a in enumerate(sequences.texts_a):
-        yield encoder.feeds([a], None if sequences.texts_b is None else [sequences.texts_b[i]])
 
 
 def valid_values(x: np.ndarray, layout: TensorLayout, mask: np.ndarray | None) -> np.ndarray:
@@ -144,18 +111,10 @@ class RoleError:
         return self._db(self.sums["pre"], self.sums["qerr"]) if self.status == QUANTIZED else None
 
 
-def role_tensors(fp32: onnx.ModelProto) -> dict[str, str]:
-    """tensor -> role, one role per tensor (the later name where two roles share one, e.g. ffn.input)."""
-    out: dict[str, str] = {}
-    for role, tensor in find_roles(fp32).roles.items():
-        out[tensor] = role
-    return out
-
-
 def compare(fp32: onnx.ModelProto, qdq: onnx.ModelProto, sequences: Sequences) -> list[RoleError]:
     """Per-role error of ``qdq`` against ``fp32`` on ``sequences``, worst SQNR first, absent roles last."""
     ref_model = prepare(fp32)
-    tensors = role_tensors(ref_model)
+    tensors = find_roles(ref_model).role_of(last=True)  # ffn.input, not attention.layernorm, for the shared one
     layouts = {t.name: t for t in quantizable_tensors(ref_model)}
     matches = {t: match_tensor(qdq, t) for t in tensors}
     errors = {t: RoleError(role, t, matches[t].status, matches[t].bits) for t, role in tensors.items()}
@@ -238,10 +197,3 @@ def plot_errors(errors: list[RoleError], path: str, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
-
-
-def require_matplotlib(flag: str) -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise UsageError(f"{flag} needs matplotlib: pip install 'qonnx-bert[plot]'") from None

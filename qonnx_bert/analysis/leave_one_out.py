@@ -30,7 +30,7 @@ from qonnx_bert.graph.ops import DATA_MOVEMENT_OPS
 from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.graph.qdq import GRAPH_OUTPUT_SUFFIX, quantizer_of
 from qonnx_bert.graph.roles import RoleMap, find_roles
-from qonnx_bert.quantize.api import QuantReport, quantize, report
+from qonnx_bert.quantize.api import QuantReport, quant_report, quantize
 from qonnx_bert.quantize.config import W32A8Config
 
 
@@ -107,4 +107,4 @@ def quantize_leave_one_out(
     base, base_report = quantize(model, W32A8Config(), ranges)
     quantized, floats = keep_float(base, tensors)
     note = f"leave-one-out: {', '.join(patterns)} in float ({len(floats)} quantizers removed from w32a8)"
-    return quantized, report(quantized, "w32a8", [*base_report.notes, note])
+    return quantized, quant_report(quantized, "w32a8", [*base_report.notes, note])

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from qonnx_bert.analysis.debug import exposing_session, sequence_feeds
 from qonnx_bert.calibration.tensors import MASK_INPUT
 from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.runtime import exposing_session
 from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.graph.roles import find_roles
 from qonnx_bert.inputs.encode import Encoder
-from qonnx_bert.inputs.sequences import Sequences
+from qonnx_bert.inputs.sequences import Sequences, sequence_feeds
 
 ROLES = ("input", "output", "residual_sum")
 SEPARATORS = {"[CLS]", "[SEP]", "<s>", "</s>"}  # marked in the per-token plot

@@ -258,8 +258,8 @@ def _perf(cfg, variants: list[str], runs: int) -> dict:
 
 
 def _bit_counts(model) -> dict:
-    from qonnx_bert.quantize.api import report
+    from qonnx_bert.quantize.api import quant_report
 
-    bits = report(model, "").activation_bits
+    bits = quant_report(model, "").activation_bits
     total = sum(bits.values())
     return {"activation_quantizers": total, "int16_fraction": (bits.get(16, 0) / total) if total else 0.0}

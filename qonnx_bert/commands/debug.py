@@ -32,15 +32,11 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from qonnx_bert.analysis.debug import (
-        compare,
-        first_sequences,
-        plot_errors,
-        render_errors,
-        require_matplotlib,
-    )
+    from qonnx_bert.analysis.debug import compare, plot_errors, render_errors
     from qonnx_bert.core.files import atomic_output
     from qonnx_bert.core.modelinfo import load_onnx
+    from qonnx_bert.core.optional import require_matplotlib
+    from qonnx_bert.inputs.sequences import first_sequences
 
     if args.plot:
         require_matplotlib("--plot")

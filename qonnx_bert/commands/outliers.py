@@ -31,11 +31,12 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from qonnx_bert.analysis.debug import first_sequences, require_matplotlib
     from qonnx_bert.analysis.outliers import plot, render, scan
     from qonnx_bert.core.errors import UsageError
     from qonnx_bert.core.files import atomic_output
     from qonnx_bert.core.modelinfo import load_onnx
+    from qonnx_bert.core.optional import require_matplotlib
+    from qonnx_bert.inputs.sequences import first_sequences
 
     if args.output:
         require_matplotlib("-o")

@@ -38,3 +38,12 @@ def cpu_session(
     if optimized_path:
         options.optimized_model_filepath = optimized_path
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def exposing_session(model: onnx.ModelProto, names: list[str]) -> ort.InferenceSession:
+    """A CPU session that returns ``names`` too; no graph optimizations, so every tensor keeps its name."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    existing = {o.name for o in exposed.graph.output}
+    exposed.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in existing)
+    return cpu_session(exposed, fused=False)

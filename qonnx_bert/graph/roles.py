@@ -17,7 +17,6 @@ DistilBERT layouts). Per layer, from the attention ``Softmax``::
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import onnx
@@ -57,11 +56,14 @@ class RoleMap:
         """Roles matching a glob (``layer.*.ffn.output``) or range (``layer.4-5.ffn.*``)."""
         return [r for r in self.roles if any(fnmatch.fnmatchcase(r, p) for p in expand_layer_ranges(pattern))]
 
-    def role_of(self) -> dict[str, str]:
-        """tensor name -> first role naming it (FFN input and attention LayerNorm share a tensor)."""
+    def role_of(self, *, last: bool = False) -> dict[str, str]:
+        """tensor name -> first (or ``last``) role naming it (FFN input and attention LayerNorm share a tensor)."""
         out: dict[str, str] = {}
         for role, tensor in self.roles.items():
-            out.setdefault(tensor, role)
+            if last:
+                out[tensor] = role
+            else:
+                out.setdefault(tensor, role)
         return out
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from qonnx_bert.core.errors import UsageError
+from qonnx_bert.inputs.encode import Encoder
 
 SHIPPED = "calibration_sentences.txt"
 
@@ -77,3 +78,23 @@ def calibration_sequences(
     if texts:
         return sample_sequences(text_file_sentences(texts), None, n, seed, f"file:{texts}")
     return sample_sequences(shipped_sentences(), None, n, seed, "shipped")
+
+
+def first_sequences(n: int, *, task: str | None = None, data_dir=None, texts: str | None = None) -> Sequences:
+    """The first ``n`` dev examples of a GLUE task, lines of a text file, or shipped sentences."""
+    if n < 1:
+        raise UsageError(f"asked for {n} sequences; need at least 1")
+    if task:
+        from qonnx_bert.inputs.glue import load_task
+
+        split = load_task(task, "dev", data_dir)
+        b = None if split.texts_b is None else split.texts_b[:n]
+        return Sequences(split.texts_a[:n], b, f"glue:{split.task.name}:dev", 0)
+    lines = text_file_sentences(texts) if texts else shipped_sentences()
+    return Sequences(lines[:n], None, f"file:{texts}" if texts else "shipped", 0)
+
+
+def sequence_feeds(encoder: Encoder, sequences: Sequences) -> Iterator[dict[str, np.ndarray]]:
+    """One feed per sequence (no padding except a static shape's)."""
+    for i, a in enumerate(sequences.texts_a):
+        yield encoder.feeds([a], None if sequences.texts_b is None else [sequences.texts_b[i]])

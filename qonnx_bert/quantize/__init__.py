@@ -1,6 +1,6 @@
 """The quantize stage: typed scheme configurations, the schemes that plan, and the one entry point."""
 
-from qonnx_bert.quantize.api import QuantReport, quantize, report
+from qonnx_bert.quantize.api import QuantReport, quant_report, quantize
 from qonnx_bert.quantize.config import (
     AutoMpConfig,
     ConfigError,
@@ -34,6 +34,6 @@ __all__ = [
     "config_for",
     "config_from_dict",
     "quantize",
-    "report",
+    "quant_report",
     "scheme_names",
 ]

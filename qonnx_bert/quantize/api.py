@@ -35,7 +35,7 @@ class QuantReport:
         return [head, *self.notes]
 
 
-def report(
+def quant_report(
     model: onnx.ModelProto, scheme: str, notes: list[str] | None = None, selection: dict | None = None
 ) -> QuantReport:
     """Count activation QuantizeLinear nodes per bit-width and constant-fed DequantizeLinear nodes."""
@@ -68,4 +68,4 @@ def quantize(
     quantized.metadata_props.extend(model.metadata_props)
     for key, value in plan.metadata.items():
         quantized.metadata_props.add(key=key, value=value)
-    return quantized, report(quantized, config.scheme, plan.notes, plan.selection)
+    return quantized, quant_report(quantized, config.scheme, plan.notes, plan.selection)

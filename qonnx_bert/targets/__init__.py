@@ -8,7 +8,7 @@ ONNX Runtime's CPU provider. Each target's check returns a ``CheckReport``.
 from __future__ import annotations
 
 from qonnx_bert.core.errors import UsageError
-from qonnx_bert.targets.report import CheckReport, Finding
+from qonnx_bert.targets.findings import CheckReport, Finding
 
 EPS = ("qnn-htp", "cpu")
 

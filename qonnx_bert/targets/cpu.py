@@ -19,7 +19,7 @@ import onnx
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.core.runtime import cpu_session
 from qonnx_bert.graph.qdq import QdqView, is_qdq
-from qonnx_bert.targets.report import CheckReport, Finding
+from qonnx_bert.targets.findings import CheckReport, Finding
 
 HEAVY = ("MatMul", "Gemm", "Conv")
 # A MatMul whose int8 weight ORT folded into a block-quantized kernel that still computes on float

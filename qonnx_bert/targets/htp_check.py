@@ -25,6 +25,7 @@ import onnx
 
 from qonnx_bert.core.modelinfo import TARGET_KEY
 from qonnx_bert.graph.qdq import QdqView
+from qonnx_bert.targets.findings import CheckReport, Finding
 from qonnx_bert.targets.htp_fixes import diagnose, unit_owner
 from qonnx_bert.targets.qnn import (
     EP_NAME,
@@ -42,7 +43,6 @@ from qonnx_bert.targets.qnn_graph import (
     mixed_type_nodes,
     tensor_types,
 )
-from qonnx_bert.targets.report import CheckReport, Finding
 
 UNVERIFIED = (
     "bit-exactness on silicon (the x86 emulator itself differs from the CPU provider by up to a few uint8 steps per op), "

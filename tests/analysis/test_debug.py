@@ -7,12 +7,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from qonnx_bert.analysis.debug import ABSENT, FLOAT, QUANTIZED, compare, first_sequences
+from qonnx_bert.analysis.debug import ABSENT, FLOAT, QUANTIZED, compare
 from qonnx_bert.cli import main
 from qonnx_bert.core.modelinfo import PERMUTED_KEY, permuted_record
 from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.graph.roles import find_roles
 from qonnx_bert.inputs.encode import Encoder
+from qonnx_bert.inputs.sequences import first_sequences
 
 
 @pytest.fixture(scope="module")

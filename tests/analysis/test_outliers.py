@@ -7,12 +7,13 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from qonnx_bert.analysis.debug import exposing_session, first_sequences
 from qonnx_bert.analysis.outliers import render, scan
 from qonnx_bert.cli import main
+from qonnx_bert.core.runtime import exposing_session
 from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.graph.roles import find_roles
 from qonnx_bert.inputs.encode import Encoder
+from qonnx_bert.inputs.sequences import first_sequences
 
 LAYER, DIM, NEURON = 1, 7, 3
 

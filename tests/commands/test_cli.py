@@ -137,7 +137,7 @@ def _non_bert(tmp_path):
         (["calibrate", "{tiny}", "-o", "{tmp}/r.json", "--estimator", "bogus"], "unknown estimator 'bogus'"),
         (
             ["quantize", "{tiny}", "-o", "{tmp}/o.onnx", "--scheme", "w8a8", "--groups", "3"],
-            "--groups applies to --scheme peg or peg-equal",
+            "--groups is not a setting of w8a8",
         ),
         (["quantize", "{tiny}", "-o", "{tmp}/o.onnx", "--scheme", "peg", "--layers", "x"], "is not a layer list"),
     ],

@@ -122,7 +122,7 @@ def budget(text: str) -> int | float:
 def as_flags(err, where: str = "") -> UsageError:
     """A ``ConfigError`` worded with the flags that set each field."""
     problems = "; ".join(f"--{name.replace('_', '-')} {why}" for name, why in err.problems)
-    return UsageError(f"{where}{err.scheme}: {problems}")
+    return UsageError(f"{where}{err.scheme}: {problems}" if err.scheme else f"{where}{problems}")
 
 
 def scheme_config(args):
@@ -154,6 +154,7 @@ def run(args) -> int:
     from qonnx_bert.core.files import atomic_output
     from qonnx_bert.core.modelinfo import load_onnx
     from qonnx_bert.quantize.api import quantize
+    from qonnx_bert.quantize.config import ConfigError
     from qonnx_bert.quantize.schemes.mixed import save_selection
 
     config = scheme_config(args)
@@ -161,7 +162,10 @@ def run(args) -> int:
     model = load_onnx(args.model)
     ranges = RangeTable.load(args.ranges) if args.ranges else None
     with atomic_output(args.output, inputs=inputs) as tmp:
-        quantized, report = quantize(model, config, ranges, path=args.model)
+        try:
+            quantized, report = quantize(model, config, ranges, path=args.model)
+        except ConfigError as err:  # a value that does not fit this model
+            raise as_flags(err) from None
         onnx.save(quantized, str(tmp))
     if args.save_selection:
         if report.selection is None:

@@ -51,12 +51,16 @@ class Target(Choice):
 
 
 class ConfigError(UsageError):
-    """Invalid configuration values; ``problems`` holds (field, what is wrong) pairs, all of them."""
+    """Invalid configuration values; ``problems`` holds (field, what is wrong) pairs, all of them.
 
-    def __init__(self, scheme: str, problems: list[tuple[str, str]]):
+    Raised when a config is made, and by a scheme when a value does not fit the model
+    (``groups`` larger than the hidden size); the CLI words each field as its flag.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]], scheme: str = ""):
         self.scheme = scheme
         self.problems = problems
-        super().__init__(f"{scheme}: " + "; ".join(f"{name} {why}" for name, why in problems))
+        super().__init__((f"{scheme}: " if scheme else "") + "; ".join(f"{name} {why}" for name, why in problems))
 
 
 def _is_int(value: Any) -> bool:
@@ -98,7 +102,7 @@ class SchemeConfig:
                 object.__setattr__(self, f.name, tuple(value))
         problems += self._problems()
         if problems:
-            raise ConfigError(self.scheme, problems)
+            raise ConfigError(problems, self.scheme)
 
     def _problems(self) -> list[tuple[str, str]]:
         problems = []
@@ -236,5 +240,5 @@ def make_config(cls: type[SchemeConfig], values: dict[str, Any]) -> SchemeConfig
     except ConfigError as err:
         problems += err.problems
     if problems:
-        raise ConfigError(cls.scheme, problems)
+        raise ConfigError(problems, cls.scheme)
     return config

@@ -167,3 +167,18 @@ def test_a_scheme_plugin_registers_through_its_entry_point(tmp_path, monkeypatch
     assert "half" in scheme_names()
     model, report = quantize(fp32, config_for("half"), ranges)
     assert report.scheme == "half" and report.activation_bits
+
+
+def test_values_that_do_not_fit_the_model_come_back_as_flags(tiny_onnx, ranges, tmp_path, capfd):
+    """Checked at plan time (the model's size decides), worded like the config's own problems."""
+    ranges.save(tmp_path / "r.json")
+    base = ["quantize", str(tiny_onnx), "--ranges", str(tmp_path / "r.json"), "-o", str(tmp_path / "q.onnx")]
+    for flags, words in (
+        (["--scheme", "peg", "--groups", "33"], "--groups is 33: out of range for this model"),
+        (["--scheme", "peg", "--layers", "7"], "--layers has 7: out of range"),
+        (["--int16", "layer.9.*"], "--int16 pattern 'layer.9.*' matches no role"),
+    ):
+        assert main([*base, *flags]) == 2
+        err = capfd.readouterr().err.strip()
+        assert words in err and "\n" not in err
+    assert not (tmp_path / "q.onnx").exists()

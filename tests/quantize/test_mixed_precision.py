@@ -259,7 +259,7 @@ def test_selection_from_another_model_is_refused(fp32, ranges, tmp_path):
 
 
 def test_int16_needs_quantized_activations(fp32):
-    with pytest.raises(UsageError, match="--int16 needs a scheme that quantizes activations"):
+    with pytest.raises(UsageError, match="int16 needs a scheme that quantizes activations"):
         quantize(fp32, config_for("w8a32", int16=["output"]), None)
 
 

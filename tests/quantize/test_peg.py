@@ -363,7 +363,7 @@ def test_outlier_groups_isolate_planted_outliers():
 def test_bad_input(fp32, ranges):
     with pytest.raises(UsageError, match="out of range"):
         quantize(fp32, config_for("peg", groups=HIDDEN + 1), ranges)
-    with pytest.raises(UsageError, match="--layers 7"):
+    with pytest.raises(ConfigError, match="layers has 7: out of range, this model has layers 0-1"):
         quantize(fp32, config_for("peg", layers=[7]), ranges)
     with pytest.raises(ConfigError, match="grouping outlier forms groups over range-sorted dimensions"):
         quantize(fp32, config_for("peg", permutation="none"), ranges)
@@ -380,5 +380,5 @@ def test_bad_input(fp32, ranges):
         quantize(fp32, config_for("peg", intermediate_groups=2), no_gelu)
     with pytest.raises(ConfigError, match="intermediate_groups is 0; give a whole number >= 1"):
         quantize(fp32, config_for("peg", intermediate_groups=0), ranges)
-    with pytest.raises(UsageError, match=f"--intermediate-groups {2 * HIDDEN + 1} is out of range"):
+    with pytest.raises(UsageError, match=f"intermediate_groups is {2 * HIDDEN + 1}: out of range"):
         quantize(fp32, config_for("peg", intermediate_groups=2 * HIDDEN + 1), ranges)

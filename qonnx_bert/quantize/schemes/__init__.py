@@ -59,7 +59,7 @@ def config_for(name: str, **values: Any) -> SchemeConfig:
 def config_from_dict(data: dict[str, Any]) -> SchemeConfig:
     """Inverse of ``SchemeConfig.to_dict``."""
     if not isinstance(data, dict) or not isinstance(data.get("scheme"), str):
-        raise ConfigError("config", [("scheme", "is missing: a config is a JSON object with a 'scheme' name")])
+        raise ConfigError([("scheme", "is missing: a config is a JSON object with a 'scheme' name")])
     return config_for(data["scheme"], **{k: v for k, v in data.items() if k != "scheme"})
 
 

@@ -58,7 +58,7 @@ from qonnx_bert.passes.mixed_precision import (
 )
 from qonnx_bert.passes.plan import Plan
 from qonnx_bert.passes.qdq import insert_qdq
-from qonnx_bert.quantize.config import AutoMpConfig, MixedPrecisionConfig, SchemeConfig
+from qonnx_bert.quantize.config import AutoMpConfig, ConfigError, MixedPrecisionConfig, SchemeConfig
 from qonnx_bert.quantize.schemes.baseline import W8A8
 from qonnx_bert.quantize.schemes.context import SchemeContext
 
@@ -91,7 +91,7 @@ def select_roles(roles: RoleMap, patterns: Iterable[str]) -> list[str]:
     patterns = list(patterns)
     for pattern in patterns:
         if not roles.select(pattern):
-            raise UsageError(f"--int16 {pattern!r} matches no role; known roles: {compact(roles.roles)}")
+            raise ConfigError([("int16", f"pattern {pattern!r} matches no role; known roles: {compact(roles.roles)}")])
     matched = {r for p in patterns for r in roles.select(p)}
     return [r for r in roles.roles if r in matched]
 
@@ -155,7 +155,7 @@ def apply_int16(
 ) -> Plan:
     """``plan`` with the tensors of ``roles`` in uint16 (``ranges``: their own, else the calibrated ones)."""
     if plan.ranges is None:
-        raise UsageError(f"--int16 needs a scheme that quantizes activations; {ctx.scheme} keeps them in float")
+        raise ConfigError([("int16", f"needs a scheme that quantizes activations; {ctx.scheme} keeps them in float")])
     ordered = in_graph_order(ctx, roles)
     if not ordered:
         return replace(plan, notes=[*plan.notes, *notes])
@@ -223,7 +223,7 @@ def budget_count(budget: int | float, total: int) -> int:
     if isinstance(budget, float):
         return round(budget * total)
     if budget > total:
-        raise UsageError(f"--budget {budget} is more than the {total} activations of this model")
+        raise ConfigError([("budget", f"is {budget}: more than the {total} activations of this model")])
     return budget
 
 

@@ -68,7 +68,7 @@ from qonnx_bert.passes.mixed_precision import int16_overrides
 from qonnx_bert.passes.peg_split_ffn import split_ffn
 from qonnx_bert.passes.permute_stream import permute_stream
 from qonnx_bert.passes.plan import Plan, activation_ranges
-from qonnx_bert.quantize.config import PegConfig, PegEqualConfig, Permutation, Target
+from qonnx_bert.quantize.config import ConfigError, PegConfig, PegEqualConfig, Permutation, Target
 from qonnx_bert.quantize.schemes.context import SchemeContext
 from qonnx_bert.quantize.schemes.peg_groups import (
     intermediate_groups,
@@ -98,7 +98,7 @@ def gelu_ranges(per_channel: dict, layer: int) -> tuple[np.ndarray, np.ndarray]:
     key = f"layer.{layer}.ffn.gelu"
     if key not in per_channel:
         raise UsageError(
-            f"ranges file has no per-unit statistics for {key} (needed by --intermediate-groups); "
+            f"ranges file has no per-unit statistics for {key} (needed by GELU groups); "
             "re-run `qonnx calibrate` with this qonnx version"
         )
     return np.minimum(per_channel[key]["min"], 0.0), np.maximum(per_channel[key]["max"], 0.0)
@@ -127,7 +127,7 @@ def _selected_layers(opts: PegConfig, num_layers: int) -> list[int]:
     layers = list(opts.layers) if opts.layers is not None else list(range(num_layers))
     bad = [i for i in layers if not 0 <= i < num_layers]
     if bad:
-        raise UsageError(f"--layers {bad[0]} is out of range: this model has layers 0-{num_layers - 1}")
+        raise ConfigError([("layers", f"has {bad[0]}: out of range, this model has layers 0-{num_layers - 1}")])
     return layers
 
 

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from qonnx_bert.core.errors import UsageError
+from qonnx_bert.quantize.config import ConfigError
 
 
 def check_group_count(k: int, hidden: int) -> None:
     if k < 1 or k > hidden:
-        raise UsageError(f"--groups {k} is out of range: use 1 <= K <= hidden size ({hidden})")
+        raise ConfigError([("groups", f"is {k}: out of range for this model, use 1 <= K <= hidden size ({hidden})")])
 
 
 def equal_groups(ranges: np.ndarray, k: int, permute: bool) -> list[np.ndarray]:
@@ -108,7 +108,8 @@ def intermediate_groups(lo: np.ndarray, hi: np.ndarray, k: int) -> list[np.ndarr
     """Outlier-aware groups of a layer's intermediate (GELU output) units, or None where
     one group is nearly as good (see ``MIN_INTERMEDIATE_GAIN``)."""
     if not 1 <= k <= len(lo):
-        raise UsageError(f"--intermediate-groups {k} is out of range: use 1 <= J <= intermediate size ({len(lo)})")
+        why = f"is {k}: out of range for this model, use 1 <= J <= intermediate size ({len(lo)})"
+        raise ConfigError([("intermediate_groups", why)])
     if k == 1:
         return None
     groups = outlier_groups(lo, hi, k)

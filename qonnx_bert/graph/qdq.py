@@ -69,3 +69,14 @@ class QdqView:
     def output_type(self, name: str) -> str:
         q = [n for n in self.model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == name]
         return self._zero_point_type(q[0]) if q else "float"
+
+
+def unit_owner(view: QdqView, node: onnx.NodeProto) -> onnx.NodeProto:
+    """The compute node a rejected Q/DQ node belongs to (its consumer or producer); else itself."""
+    if node.op_type == "DequantizeLinear":
+        users = [n for n in view.model.graph.node if node.output[0] in n.input and not is_qdq(n)]
+        return users[0] if users else node
+    if node.op_type == "QuantizeLinear":
+        producer = view.producer.get(node.input[0])
+        return producer if producer is not None and not is_qdq(producer) else node
+    return node

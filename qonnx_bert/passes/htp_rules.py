@@ -23,6 +23,9 @@ graph without a word. What was measured with onnxruntime-qnn 2.7 (QNN 2.51):
   quantizer quantizes Where only when its branches already are. The constants
   are quantized on the output's grid after ORT's pass (``quantize_where_constants``).
 
+Each rule is also in ``RULES`` with what applies it and how ``qonnx check --ep qnn-htp``
+recognises a node unit that breaks it (``diagnose``): one place per rule.
+
 The rules are ``TensorQuantOverrides`` entries plus a small graph fix-up, so
 the QDQ model stays a plain ONNX model that the CPU provider runs too. Scheme
 overrides win over these (``passes.qdq`` merges them that way): a scheme that
@@ -32,6 +35,8 @@ breaks a rule gets caught by ``qonnx check --ep qnn-htp``, not silently fixed.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -39,6 +44,7 @@ from onnx import helper, numpy_helper
 
 from qonnx_bert.graph.cleanup import drop_unused_initializers
 from qonnx_bert.graph.ops import ELEMENTWISE_OPS
+from qonnx_bert.graph.qdq import QdqView
 
 # Consumers whose float constants must be in the op's activation type.
 
@@ -259,3 +265,154 @@ def _dequantized_constant(
         0, helper.make_node("DequantizeLinear", list(names), [f"{stem}_dq"], name=f"{stem}_DequantizeLinear")
     )
     return f"{stem}_dq"
+
+
+# --- Diagnosis: the same rules, recognised in a finished QDQ graph (``qonnx check --ep qnn-htp``) ---
+# QNN only says "error code 3110" (op config not supported); the QDQ types around a node say
+# which rule it breaks. Each rule's ``fixed_by`` names what keeps qonnx's own graphs to it.
+
+CONVERT_FIX = "insert a convert (DQ -> Q) before the op so that its inputs and output share one type"
+Diagnosis = tuple[str, str]  # (problem, fix)
+
+
+@dataclass(frozen=True)
+class HtpRule:
+    """One measured HTP rule: what keeps the QDQ writer to it, and how a unit breaking it is recognised."""
+
+    name: str
+    fixed_by: str
+    diagnose: Callable[[QdqView, onnx.NodeProto], Diagnosis | None]
+
+
+def _activation_types(view: QdqView, node: onnx.NodeProto) -> set[str]:
+    """The 8/16-bit types of the node's non-constant inputs and of its outputs."""
+    ins = [view.input_type(i) for i in node.input if i and i not in view.inits and not view.is_dequantized_constant(i)]
+    return {t for t in ins + [view.output_type(o) for o in node.output] if t in ("uint8", "uint16", "int8", "int16")}
+
+
+def _erf(view: QdqView, node: onnx.NodeProto) -> Diagnosis | None:
+    if node.op_type != "Erf":
+        return None
+    return (
+        "Erf is not an HTP op (an unfused GELU)",
+        "Erf: fuse GELU into one Gelu op before quantizing (export at opset >= 20, or onnxscript's erf-GELU rewrite)",
+    )
+
+
+def _gather_nd(view: QdqView, node: onnx.NodeProto) -> Diagnosis | None:
+    if node.op_type != "GatherND":
+        return None
+    return (
+        "GatherND is rejected by HTP",
+        "rewrite a constant-index GatherND as Reshape/Gather "
+        "(qonnx's HTP rules do this for the attention mask; re-run `qonnx quantize`)",
+    )
+
+
+def _layernorm_gamma(view: QdqView, node: onnx.NodeProto) -> Diagnosis | None:
+    gamma = view.input_type(node.input[1]) if node.op_type == "LayerNormalization" and len(node.input) > 1 else "uint8"
+    if gamma == "uint8":
+        return None
+    return (
+        f"LayerNorm gamma is {gamma}",
+        "LayerNorm gamma must be uint8 (asymmetric), also under 16-bit activations: "
+        "drop the override on it (qonnx's HTP rules set uint8)",
+    )
+
+
+def _layernorm_beta(view: QdqView, node: onnx.NodeProto) -> Diagnosis | None:
+    has_beta = node.op_type == "LayerNormalization" and len(node.input) > 2 and node.input[2]
+    beta = view.input_type(node.input[2]) if has_beta else "int32"
+    if beta in ("int32", "float constant"):
+        return None
+    return (
+        f"LayerNorm beta is {beta}",
+        "LayerNorm beta must stay ORT's int32 bias (scale = input scale x gamma scale): drop the override on it",
+    )
+
+
+def _mixed_types(view: QdqView, node: onnx.NodeProto) -> Diagnosis | None:
+    kinds = _activation_types(view, node)
+    if not {"uint8", "uint16"} <= kinds:
+        return None
+    return f"mixed u8/u16 activations ({', '.join(sorted(kinds))})", f"mixed u8/u16 inputs: {CONVERT_FIX}"
+
+
+def _dequantized_constants(view: QdqView, node: onnx.NodeProto) -> dict[str, str]:
+    return {
+        view.producer[i].input[0].removesuffix("_quantized"): view.input_type(i)
+        for i in node.input
+        if i and view.is_dequantized_constant(i)
+    }
+
+
+def _elementwise_constant(view: QdqView, node: onnx.NodeProto) -> Diagnosis | None:
+    acts = _activation_types(view, node)
+    act = next(iter(acts)) if len(acts) == 1 else None
+    wrong = [(name, t) for name, t in _dequantized_constants(view, node).items() if act and t != act]
+    if node.op_type not in ELEMENTWISE_OPS or not wrong:
+        return None
+    name, t = wrong[0]
+    return (
+        f"constant {name} is {t} under {act} activations",
+        f"{node.op_type} constant (bias) must be in the activation type ({act}, asymmetric)",
+    )
+
+
+def _wide_weights(view: QdqView, node: onnx.NodeProto) -> Diagnosis | None:
+    wide = "uint16" in _dequantized_constants(view, node).values()
+    if node.op_type not in ("MatMul", "Gemm") or not wide or _activation_types(view, node) != {"uint8"}:
+        return None
+    return (
+        "uint16 weights with uint8 activations",
+        "use int8 weights, or 16-bit activations on both sides of the MatMul",
+    )
+
+
+def _float_constant(view: QdqView, node: onnx.NodeProto) -> Diagnosis | None:
+    floats = [i for i in node.input if view.input_type(i) == "float constant"]
+    if not floats:
+        return None
+    return f"float constant input {floats[0]}", "quantize the constant in the activation type (a DQ'd initializer)"
+
+
+def _float_tensor(view: QdqView, node: onnx.NodeProto) -> Diagnosis | None:
+    floats = [i for i in node.input if i and view.input_type(i) == "float"]
+    floats += [o for o in node.output if view.output_type(o) == "float"]
+    if not floats:
+        return None
+    return (
+        f"float tensor {floats[0]} between quantized ops",
+        f"add a Q/DQ pair on {floats[0]} so HTP gets a fixed-point {node.op_type} "
+        "(or fuse the pattern into an op HTP quantizes)",
+    )
+
+
+# In diagnosis order: the first rule a unit breaks is reported.
+RULES = (
+    HtpRule("GELU is one Gelu op", "export at opset >= 20 / graph canonicalization", _erf),
+    HtpRule("no bool GatherND", "constant_gather_nd", _gather_nd),
+    HtpRule("LayerNorm gamma in uint8", "htp_overrides", _layernorm_gamma),
+    HtpRule("LayerNorm beta is ORT's int32 bias", "htp_overrides (no override on beta)", _layernorm_beta),
+    HtpRule("one activation type per node unit", "passes.mixed_precision (8/16 converts)", _mixed_types),
+    HtpRule(
+        "elementwise constants in the activation type",
+        "htp_overrides, unshare_elementwise_constants",
+        _elementwise_constant,
+    ),
+    HtpRule("no uint16 weights under uint8 activations", "schemes keep weights int8", _wide_weights),
+    HtpRule("no float constant inputs", "quantize_where_constants", _float_constant),
+    HtpRule("no float tensor between quantized ops", "the schemes quantize every activation", _float_tensor),
+)
+
+
+def diagnose(view: QdqView, node: onnx.NodeProto) -> Diagnosis:
+    """(problem, fix) for an ONNX node that HTP rejected or runs in float: the first rule it breaks."""
+    for rule in RULES:
+        found = rule.diagnose(view, node)
+        if found:
+            return found
+    return (
+        "QNN cannot map this node unit to a fixed-point op",
+        "keep the node unit's inputs and outputs in one 8- or 16-bit type (per-tensor); see QNN's HTP op definitions",
+    )

@@ -9,7 +9,7 @@ Two conditions, both required:
 (b) the graph QNN built (``dump_json_qnn_graph``) has no fp32/fp16 tensor except
     at the edge conversions, and no elementwise op mixes 8/16-bit types.
 
-Each problem is named by node, with the fix (``targets.htp_fixes``).
+Each problem is named by node, with the fix (the rule it breaks: ``passes.htp_rules.RULES``).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from pathlib import Path
 import onnx
 
 from qonnx_bert.core.modelinfo import TARGET_KEY
-from qonnx_bert.graph.qdq import QdqView
+from qonnx_bert.graph.qdq import QdqView, unit_owner
+from qonnx_bert.passes.htp_rules import diagnose
 from qonnx_bert.targets.findings import CheckReport, Finding
-from qonnx_bert.targets.htp_fixes import diagnose, unit_owner
 from qonnx_bert.targets.qnn import (
     EP_NAME,
     Compiled,

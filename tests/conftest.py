@@ -17,6 +17,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA = Path(__file__).parent / "data"
 GLUE_SAMPLE = DATA / "glue"
 SST2_SAMPLE = DATA / "sst2-finetune"  # 512 train, 128 dev sentences of GLUE SST-2
+# Sentences of very different lengths: batches of them are padded, so padding handling shows.
+RAGGED_TEXTS = [
+    "a b",
+    "the quick brown fox jumps over the lazy dog again and again",
+    "short",
+    "one two three four five six",
+    "lorem ipsum dolor sit amet consectetur",
+    "x y z",
+    "it was the best of times, it was the worst of times",
+    "hello",
+]
 
 
 def tensor_values(model, tensor: str, texts: list[str]):

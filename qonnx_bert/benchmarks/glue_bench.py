@@ -31,19 +31,8 @@ from qonnx_bert.core.files import atomic_output
 from qonnx_bert.inputs.export import export_model
 from qonnx_bert.inputs.glue import load_task
 from qonnx_bert.inputs.sequences import glue_train_sequences
+from qonnx_bert.quantize import Grouping, PegConfig, PegEqualConfig, Permutation, SchemeConfig, config_for
 from qonnx_bert.quantize.api import QuantReport, quantize
-from qonnx_bert.quantize.config import (
-    AutoMpConfig,
-    Grouping,
-    MixedPrecisionConfig,
-    PegConfig,
-    PegEqualConfig,
-    Permutation,
-    SchemeConfig,
-    W8A8Config,
-    W8A32Config,
-    W32A8Config,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +85,7 @@ LOO_FAMILIES = {
 def _loo(family: str, label: str) -> Variant:
     from qonnx_bert.analysis.leave_one_out import family_pattern
 
-    return Variant(f"loo-{family}", W32A8Config(), label, LEAVE_ONE_OUT, keep_float=(family_pattern(family),))
+    return Variant(f"loo-{family}", config_for("w32a8"), label, LEAVE_ONE_OUT, keep_float=(family_pattern(family),))
 
 
 def _equal(k: int, permutation: Permutation = Permutation.LAYER) -> PegEqualConfig:
@@ -128,11 +117,11 @@ VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
         Variant("fp32", None, "FP32"),
-        Variant("w8a32", W8A32Config(), "W8A32"),
-        Variant("w32a8", W32A8Config(), "W32A8"),
-        Variant("w8a8", W8A8Config(), "W8A8 PTQ (per-tensor)"),
-        Variant("mp", MixedPrecisionConfig(), "W8A{8,16} MP-PTQ"),
-        Variant("auto-mp", AutoMpConfig(budget=0.1), "W8A{8,16} auto-MP, 10% of activations (ours)"),
+        Variant("w8a32", config_for("w8a32"), "W8A32"),
+        Variant("w32a8", config_for("w32a8"), "W32A8"),
+        Variant("w8a8", config_for("w8a8"), "W8A8 PTQ (per-tensor)"),
+        Variant("mp", config_for("mp"), "W8A{8,16} MP-PTQ"),
+        Variant("auto-mp", config_for("auto-mp", budget=0.1), "W8A{8,16} auto-MP, 10% of activations (ours)"),
         Variant("peg-k6-noperm", _equal(6, Permutation.NONE), "PEG K=6, equal, no permutation", PEG),
         Variant("peg-k6", _equal(6), "PEG K=6, equal + permutation (paper)", PEG),
         Variant("peg-k3-noperm", _equal(3, Permutation.NONE), "PEG K=3, equal, no permutation", PEG),

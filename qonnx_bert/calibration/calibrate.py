@@ -8,12 +8,7 @@ from pathlib import Path
 import onnx
 
 from qonnx_bert.calibration.collector import Target, collect
-from qonnx_bert.calibration.estimators import (
-    EstimatorSpec,
-    PerTensor,
-    RangeEstimator,
-    make_estimator,
-)
+from qonnx_bert.calibration.estimators import EstimatorSpec, PerTensor, RangeEstimator, make_estimator
 from qonnx_bert.calibration.grouped import GroupedRangeTable
 from qonnx_bert.calibration.memory import DEFAULT_MAX_MEMORY_MB
 from qonnx_bert.calibration.plan import CalibrationPlan, group_key, plan_calibration

@@ -20,13 +20,7 @@ from pathlib import Path
 import onnx
 
 from qonnx_bert.calibration.collector import Target
-from qonnx_bert.calibration.estimators import (
-    EstimatorSpec,
-    PerChannel,
-    PerGroup,
-    PerTensor,
-    make_estimator,
-)
+from qonnx_bert.calibration.estimators import EstimatorSpec, PerChannel, PerGroup, PerTensor, make_estimator
 from qonnx_bert.calibration.memory import tensor_shapes
 from qonnx_bert.calibration.recipes import Recipe, load_recipe, parse_recipe
 from qonnx_bert.calibration.tensors import TensorLayout, quantizable_tensors

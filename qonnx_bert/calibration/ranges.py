@@ -98,11 +98,7 @@ class RangeTable:
 
     def save_ort_cache(self, path: str | Path) -> None:
         """Write ONNX Runtime's calibration-cache JSON (``quantize_static(calibration_cache_path=...)``)."""
-        from onnxruntime.quantization.calibrate import (
-            CalibrationMethod,
-            TensorsData,
-            save_tensors_data,
-        )
+        from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
 
         data = {t: (np.float32(e["min"]), np.float32(e["max"])) for t, e in self.tensors.items()}
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), path)

@@ -24,12 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from qonnx_bert.calibration.estimators import (
-    EstimatorSpec,
-    PerTensor,
-    make_estimator,
-    parse_estimator_spec,
-)
+from qonnx_bert.calibration.estimators import EstimatorSpec, PerTensor, make_estimator, parse_estimator_spec
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.graph.roles import RoleMap
 

@@ -150,12 +150,7 @@ def run(args) -> int:
 
 def _results(args, configs, variants: list[str], records: list[dict]) -> dict:
     """What ``results.json`` holds: median scores (and each seed's), size/latency, the command and manifest."""
-    from qonnx_bert.benchmarks.glue_bench import (
-        LEAVE_ONE_OUT,
-        VARIANTS,
-        manifest,
-        median_score,
-    )
+    from qonnx_bert.benchmarks.glue_bench import LEAVE_ONE_OUT, VARIANTS, manifest, median_score
 
     tasks = [c.task for c in configs]
     mine = {(v, t): [r for r in records if r["variant"] == v and r["task"] == t] for v in variants for t in tasks}

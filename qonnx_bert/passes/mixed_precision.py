@@ -33,10 +33,7 @@ from onnxruntime.quantization import QuantType
 from onnxruntime.quantization.execution_providers.qnn.mixed_precision_overrides_utils import (
     MixedPrecisionTensorQuantOverridesFixer,
 )
-from onnxruntime.quantization.quant_utils import (
-    compute_scale_zp,
-    get_qmin_qmax_for_qType,
-)
+from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
 from onnxruntime.quantization.tensor_quant_overrides import TensorQuantOverridesHelper
 
 from qonnx_bert.graph.ops import LAYOUT_OPS

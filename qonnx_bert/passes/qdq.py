@@ -52,11 +52,7 @@ def _ort_quantize(plan: Plan) -> onnx.ModelProto:
 
 def _run_quantize_static(plan: Plan) -> onnx.ModelProto:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import (
-        CalibrationMethod,
-        TensorsData,
-        save_tensors_data,
-    )
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
 
     with tempfile.TemporaryDirectory(prefix="qonnx.") as tmp:
         src, dst, cache = (Path(tmp) / n for n in ("in.onnx", "out.onnx", "ranges.json"))

@@ -83,9 +83,18 @@ class SchemeConfig:
     """
 
     scheme: ClassVar[str] = ""
-    summary: ClassVar[str] = ""
     int16: tuple[str, ...] = ()
     int16_from: str | None = None
+
+    def __init_subclass__(cls, scheme: str = "", **kwargs: Any) -> None:
+        """``class W8A8Config(SchemeConfig, scheme="w8a8")``: a subclass adding no field needs no decorator."""
+        super().__init_subclass__(**kwargs)
+        cls.scheme = scheme or cls.scheme
+
+    @classmethod
+    def summary(cls) -> str:
+        """The help line: the first line of the class docstring."""
+        return (cls.__doc__ or "").strip().splitlines()[0]
 
     def __post_init__(self) -> None:
         problems: list[tuple[str, str]] = []
@@ -121,38 +130,29 @@ class SchemeConfig:
         return out
 
 
-@dataclass(frozen=True, kw_only=True)
-class W8A8Config(SchemeConfig):
-    scheme: ClassVar[str] = "w8a8"
-    summary: ClassVar[str] = "int8 symmetric weights, uint8 asymmetric activations, all per-tensor"
+class W8A8Config(SchemeConfig, scheme="w8a8"):
+    """int8 symmetric weights, uint8 asymmetric activations, all per-tensor."""
+
+
+class W8A32Config(SchemeConfig, scheme="w8a32"):
+    """int8 symmetric per-tensor weights only; activations stay float."""
+
+
+class W32A8Config(SchemeConfig, scheme="w32a8"):
+    """uint8 asymmetric per-tensor activations only; weights stay float."""
+
+
+class MixedPrecisionConfig(SchemeConfig, scheme="mp"):
+    """W8A8 with each layer's FFN input, output, residual sum and the final output in uint16 (the paper's MP)."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class W8A32Config(SchemeConfig):
-    scheme: ClassVar[str] = "w8a32"
-    summary: ClassVar[str] = "int8 symmetric per-tensor weights only; activations stay float"
+class AutoMpConfig(SchemeConfig, scheme="auto-mp"):
+    """W8A8 plus the budget activations most sensitive to 8 bits, measured on the calibration data.
 
+    ``budget``: how many activations (by role) go to 16 bits, a count (6) or a fraction of all (0.2).
+    """
 
-@dataclass(frozen=True, kw_only=True)
-class W32A8Config(SchemeConfig):
-    scheme: ClassVar[str] = "w32a8"
-    summary: ClassVar[str] = "uint8 asymmetric per-tensor activations only; weights stay float"
-
-
-@dataclass(frozen=True, kw_only=True)
-class MixedPrecisionConfig(SchemeConfig):
-    scheme: ClassVar[str] = "mp"
-    summary: ClassVar[str] = "W8A8 with each layer's FFN input, output, residual sum and the final output in uint16"
-
-
-@dataclass(frozen=True, kw_only=True)
-class AutoMpConfig(SchemeConfig):
-    """``budget``: how many activations (by role) go to 16 bits, a count (6) or a fraction of all (0.2)."""
-
-    scheme: ClassVar[str] = "auto-mp"
-    summary: ClassVar[str] = (
-        "W8A8 plus the budget activations most sensitive to 8 bits, measured on the calibration data"
-    )
     budget: int | float | None = None
 
     def _problems(self) -> list[tuple[str, str]]:
@@ -168,19 +168,15 @@ class AutoMpConfig(SchemeConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class PegConfig(SchemeConfig):
-    """Per-embedding-group quantization of the FFN (see ``schemes/peg.py``).
+class PegConfig(SchemeConfig, scheme="peg"):
+    """PEG on the FFN: K outlier-aware groups of embedding dimensions, the permutation folded, wide GELU units split.
 
-    ``groups``: K groups of embedding dimensions per layer; ``layers``: the layers PEG
-    applies to (None: all); ``intermediate_groups``: J groups of GELU output units
-    (1: the GELU output stays per-tensor, as in the paper).
+    Per-embedding-group quantization of the FFN input, output and residual sum (see
+    ``schemes/peg.py``). ``groups``: K groups of embedding dimensions per layer; ``layers``:
+    the layers PEG applies to (None: all); ``intermediate_groups``: J groups of GELU output
+    units (1: the GELU output stays per-tensor, as in the paper).
     """
 
-    scheme: ClassVar[str] = "peg"
-    summary: ClassVar[str] = (
-        "PEG on FFN input/output/sum: K groups (default 6), outlier-aware uneven groups, one permutation folded into "
-        "the weights; GELU outputs with a wide unit in 2 groups"
-    )
     groups: int = 6
     grouping: Grouping = Grouping.OUTLIER
     permutation: Permutation = Permutation.MODEL
@@ -202,11 +198,9 @@ class PegConfig(SchemeConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class PegEqualConfig(PegConfig):
-    """The paper's PEG: K equal-size groups after a range-based permutation per layer."""
+class PegEqualConfig(PegConfig, scheme="peg-equal"):
+    """PEG as in the paper: K equal-size groups after a range-based permutation per layer."""
 
-    scheme: ClassVar[str] = "peg-equal"
-    summary: ClassVar[str] = "PEG as in the paper: K equal-size groups after a range-based permutation per layer"
     grouping: Grouping = Grouping.EQUAL
     permutation: Permutation = Permutation.LAYER
     intermediate_groups: int = 1

@@ -27,22 +27,8 @@ from qonnx_bert.core.modelinfo import TARGET_KEY
 from qonnx_bert.graph.qdq import QdqView, unit_owner
 from qonnx_bert.passes.htp_rules import diagnose
 from qonnx_bert.targets.findings import CheckReport, Finding
-from qonnx_bert.targets.qnn import (
-    EP_NAME,
-    Compiled,
-    Soc,
-    context_config,
-    htp_session,
-    qnn_devices,
-    require_htp_model,
-)
-from qonnx_bert.targets.qnn_graph import (
-    QnnNode,
-    float_nodes,
-    load_qnn_nodes,
-    mixed_type_nodes,
-    tensor_types,
-)
+from qonnx_bert.targets.qnn import EP_NAME, Compiled, Soc, context_config, htp_session, qnn_devices, require_htp_model
+from qonnx_bert.targets.qnn_graph import QnnNode, float_nodes, load_qnn_nodes, mixed_type_nodes, tensor_types
 
 UNVERIFIED = (
     "bit-exactness on silicon (the x86 emulator itself differs from the CPU provider by up to a few uint8 steps per op), "

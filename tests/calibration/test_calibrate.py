@@ -14,17 +14,7 @@ from qonnx_bert.core.errors import UsageError
 from qonnx_bert.graph.prepare import MASK_FILL, prepare
 from qonnx_bert.inputs.encode import Encoder
 from qonnx_bert.inputs.sequences import sample_sequences
-
-TEXTS = [
-    "a b",
-    "the quick brown fox jumps over the lazy dog again and again",
-    "short",
-    "one two three four five six",
-    "lorem ipsum dolor sit amet consectetur",
-    "x y z",
-    "it was the best of times, it was the worst of times",
-    "hello",
-]
+from tests.conftest import RAGGED_TEXTS as TEXTS
 
 
 def _reference_ranges(model, names):

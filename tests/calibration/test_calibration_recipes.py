@@ -19,18 +19,9 @@ from qonnx_bert.core.errors import UsageError
 from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.graph.roles import find_roles
 from qonnx_bert.inputs.sequences import sample_sequences
+from tests.conftest import RAGGED_TEXTS as TEXTS
 
 SHIPPED = sorted((Path(__file__).parents[2] / "calibration").glob("*.json"))
-TEXTS = [
-    "a b",
-    "the quick brown fox jumps over the lazy dog again and again",
-    "short",
-    "one two three four five six",
-    "lorem ipsum dolor sit amet consectetur",
-    "x y z",
-    "it was the best of times, it was the worst of times",
-    "hello",
-]
 MIXED = {  # later entries override earlier ones
     "default": "running_minmax:momentum=0.8",
     "roles": {

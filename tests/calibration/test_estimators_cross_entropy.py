@@ -12,13 +12,7 @@ import pytest
 from scipy.special import softmax
 from scipy.stats import entropy
 
-from qonnx_bert.calibration.estimators import (
-    CrossEntropy,
-    PerGroup,
-    PerTensor,
-    make_estimator,
-    quant_dequant,
-)
+from qonnx_bert.calibration.estimators import CrossEntropy, PerGroup, PerTensor, make_estimator, quant_dequant
 from qonnx_bert.core.errors import UsageError
 
 

@@ -5,12 +5,7 @@ import pytest
 from onnx import helper
 
 from qonnx_bert.core.errors import UsageError
-from qonnx_bert.graph.roles import (
-    ATTENTION_ROLES,
-    FFN_ROLES,
-    expand_layer_ranges,
-    find_roles,
-)
+from qonnx_bert.graph.roles import ATTENTION_ROLES, FFN_ROLES, expand_layer_ranges, find_roles
 
 
 def _producers(model):

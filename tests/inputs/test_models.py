@@ -34,12 +34,7 @@ RECIPE_KEYS = {
 def _tiny_bert(out_dir: Path, *, head: bool = True) -> Path:
     """A seeded 2-layer hidden-32 BERT (with or without a classifier) and the MiniLM vocabulary."""
     import torch
-    from transformers import (
-        BertConfig,
-        BertForSequenceClassification,
-        BertModel,
-        BertTokenizer,
-    )
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizer
 
     config = BertConfig(
         vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64

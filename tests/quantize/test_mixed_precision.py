@@ -20,12 +20,7 @@ from qonnx_bert.inputs.sequences import shipped_sentences
 from qonnx_bert.passes.mixed_precision import with_quantizer_bits
 from qonnx_bert.passes.qdq import insert_qdq
 from qonnx_bert.quantize import config_for, quantize
-from qonnx_bert.quantize.schemes import (
-    Plan,
-    SchemeContext,
-    activation_ranges,
-    get_scheme,
-)
+from qonnx_bert.quantize.schemes import Plan, SchemeContext, activation_ranges, get_scheme
 from qonnx_bert.quantize.schemes.mixed import CPU_NOTE, calibration_feeds, logits_on, save_selection
 
 BITS = {onnx.TensorProto.UINT8: 8, onnx.TensorProto.UINT16: 16}

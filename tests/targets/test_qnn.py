@@ -22,12 +22,7 @@ from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.inputs.export import export_model
 from qonnx_bert.inputs.glue import load_task
 from qonnx_bert.inputs.sequences import sample_sequences, shipped_sentences
-from qonnx_bert.passes.htp_rules import (
-    constant_gather_nd,
-    htp_overrides,
-    htp_ready,
-    mask_overrides,
-)
+from qonnx_bert.passes.htp_rules import constant_gather_nd, htp_overrides, htp_ready, mask_overrides
 from qonnx_bert.passes.qdq import insert_qdq
 from qonnx_bert.quantize import config_for, quantize
 from qonnx_bert.quantize.schemes import SCHEMES, Plan, activation_ranges

@@ -13,15 +13,6 @@ from typing import ClassVar, Protocol, Union, runtime_checkable
 
 import numpy as np
 
-from qonnx_bert.calibration.estimators.registry import (  # noqa: F401  re-exported here too
-    EstimatorSpec,
-    estimator_names,
-    get_estimator,
-    make_estimator,
-    parse_estimator_spec,
-    register_estimator,
-)
-
 
 class NonFiniteError(ValueError):
     """NaN or Inf in calibration data; the collector adds the tensor name."""

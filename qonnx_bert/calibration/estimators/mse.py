@@ -16,10 +16,7 @@ from typing import Callable
 import numpy as np
 
 from qonnx_bert.calibration.estimators.base import Granularity
-from qonnx_bert.calibration.estimators.histogram import (
-    HistogramEstimator,
-    StreamingHistogram,
-)
+from qonnx_bert.calibration.estimators.histogram import HistogramEstimator, StreamingHistogram
 from qonnx_bert.calibration.estimators.quant import check_bits, grid, quant_dequant
 from qonnx_bert.calibration.estimators.registry import register_estimator
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import inspect
 import re
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.plugins import load_plugin, plugin_entry_points
 
 if TYPE_CHECKING:
     from qonnx_bert.calibration.estimators.base import Granularity, RangeEstimator
@@ -47,7 +47,7 @@ def register_estimator(name: str):
 
 
 def _plugins() -> dict[str, Any]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return plugin_entry_points(ENTRY_POINT_GROUP)
 
 
 def estimator_names() -> list[str]:
@@ -59,16 +59,15 @@ def get_estimator(name: str) -> type:
     """The class registered as ``name``; loads a plugin entry point on first lookup."""
     if name in _REGISTRY:
         return _REGISTRY[name]
-    ep = _plugins().get(name)
-    if ep is None:
-        raise UsageError(f"unknown estimator {name!r}; known: {', '.join(estimator_names())}")
-    try:
-        cls = ep.load()
-    except Exception as err:  # a broken plugin is the user's environment, not our bug
-        raise UsageError(f"estimator plugin {name!r} ({ep.value}) failed to load: {err}") from err
     methods = ("update", "range", "reset")
-    if not (inspect.isclass(cls) and all(callable(getattr(cls, m, None)) for m in methods)):
-        raise UsageError(f"estimator plugin {name!r} ({ep.value}) is not a class with update/range/reset")
+    cls = load_plugin(
+        ENTRY_POINT_GROUP,
+        name,
+        "estimator",
+        lambda c: inspect.isclass(c) and all(callable(getattr(c, m, None)) for m in methods),
+        "a class with update/range/reset",
+        estimator_names(),
+    )
     return register_estimator(name)(cls)
 
 

@@ -9,10 +9,9 @@ first lookup, like estimator plugins.
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from typing import Any
 
-from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.plugins import load_plugin, plugin_entry_points
 from qonnx_bert.passes.plan import SOFTMAX_MASK_MARGIN, Plan, activation_ranges
 from qonnx_bert.quantize.config import ConfigError, SchemeConfig, make_config
 from qonnx_bert.quantize.schemes.baseline import BASELINES
@@ -25,7 +24,7 @@ SCHEMES: dict[str, Any] = {s.config.scheme: s for s in (*map(with_int16, (*BASEL
 
 
 def _plugins() -> dict[str, Any]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in SCHEMES}
+    return {name: ep for name, ep in plugin_entry_points(ENTRY_POINT_GROUP).items() if name not in SCHEMES}
 
 
 def scheme_names() -> list[str]:
@@ -33,20 +32,23 @@ def scheme_names() -> list[str]:
     return [*SCHEMES, *sorted(_plugins())]
 
 
+def _is_scheme(obj: Any) -> bool:
+    config = getattr(obj, "config", None)
+    return isinstance(config, type) and issubclass(config, SchemeConfig) and callable(getattr(obj, "plan", None))
+
+
 def get_scheme(name: str) -> Any:
     """The scheme registered as ``name``; loads a plugin entry point on first lookup."""
     if name in SCHEMES:
         return SCHEMES[name]
-    ep = _plugins().get(name)
-    if ep is None:
-        raise UsageError(f"unknown scheme {name!r}; choose one of: {', '.join(scheme_names())}")
-    try:
-        scheme = ep.load()
-    except Exception as err:  # a broken plugin is the user's environment, not our bug
-        raise UsageError(f"scheme plugin {name!r} ({ep.value}) failed to load: {err}") from err
-    config = getattr(scheme, "config", None)
-    if not (isinstance(config, type) and issubclass(config, SchemeConfig) and callable(getattr(scheme, "plan", None))):
-        raise UsageError(f"scheme plugin {name!r} ({ep.value}) has no SchemeConfig subclass `config` and `plan(ctx)`")
+    scheme = load_plugin(
+        ENTRY_POINT_GROUP,
+        name,
+        "scheme",
+        _is_scheme,
+        "an object with a SchemeConfig subclass `config` and `plan(ctx)`",
+        scheme_names(),
+    )
     SCHEMES[name] = scheme
     return scheme
 

@@ -50,12 +50,7 @@ from qonnx_bert.core.runtime import cpu_session
 from qonnx_bert.graph.roles import RoleMap
 from qonnx_bert.inputs.encode import Encoder
 from qonnx_bert.inputs.sequences import Sequences, sample_sequences, shipped_sentences
-from qonnx_bert.passes.mixed_precision import (
-    int16_overrides,
-    value_group,
-    wide_tensors,
-    with_quantizer_bits,
-)
+from qonnx_bert.passes.mixed_precision import int16_overrides, value_group, wide_tensors, with_quantizer_bits
 from qonnx_bert.passes.plan import Plan
 from qonnx_bert.passes.qdq import insert_qdq
 from qonnx_bert.quantize.config import AutoMpConfig, ConfigError, MixedPrecisionConfig, SchemeConfig

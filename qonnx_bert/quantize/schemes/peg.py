@@ -70,12 +70,7 @@ from qonnx_bert.passes.permute_stream import permute_stream
 from qonnx_bert.passes.plan import Plan, activation_ranges
 from qonnx_bert.quantize.config import ConfigError, PegConfig, PegEqualConfig, Permutation, Target
 from qonnx_bert.quantize.schemes.context import SchemeContext
-from qonnx_bert.quantize.schemes.peg_groups import (
-    intermediate_groups,
-    layer_groups,
-    model_order,
-    quantization_noise,
-)
+from qonnx_bert.quantize.schemes.peg_groups import intermediate_groups, layer_groups, model_order, quantization_noise
 
 PEG_ROLES = ("input", "output", "residual_sum")
 

@@ -8,14 +8,7 @@ from scipy import stats
 
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.inputs.glue import TASKS, predictions_from_logits, score
-from qonnx_bert.inputs.glue.metrics import (
-    _rank,
-    accuracy,
-    f1_binary,
-    matthews_corrcoef,
-    pearson,
-    spearman,
-)
+from qonnx_bert.inputs.glue.metrics import _rank, accuracy, f1_binary, matthews_corrcoef, pearson, spearman
 
 
 def _binary(tp: int, fp: int, fn: int, tn: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,7 @@
 
 The checkpoint of ``bench/run_glue.sh`` (``models/`` recipe ``minilm-l6-<task>``) is
 exported, calibrated on 64 seeded training sequences (seed 0, as the GLUE bench), and
-quantized by each PEG configuration; ``tests/peg_reference.py`` builds the reference: the
+quantized by each PEG configuration; ``qonnx_bert/analysis/peg_reference.py`` builds the reference: the
 same groups and ranges as per-channel QDQ on the un-rewritten W8A8 graph. Both run on the
 CPU provider over every dev example. Reported: each model's GLUE metric, the share of
 examples where the lowered model predicts what the reference predicts, and the logit

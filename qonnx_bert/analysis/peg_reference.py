@@ -12,7 +12,7 @@ Nothing of the lowering is reused but the choice of groups (``choose_groups``): 
 permutation, no Split or Concat, no partial products, one accumulator per dense layer. So the
 lowered model must compute what this graph computes, up to the rounding of values that land
 on a tie and to float summation order; HTP rejects per-channel activations, which is why PEG
-is lowered at all. Used by ``tests/test_peg.py`` and ``bench/peg_reference.py``.
+is lowered at all. Used by ``tests/quantize/test_peg.py`` and ``bench/peg_reference.py``.
 """
 
 from __future__ import annotations

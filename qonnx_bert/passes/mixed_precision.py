@@ -13,7 +13,7 @@ That is exactly what ONNX Runtime's ``MixedPrecisionTensorQuantOverridesFixer``
 (from its QNN helpers) computes as ``TensorQuantOverrides`` with ``convert``
 entries, so it is reused: verified on our exports (fused Gelu and
 LayerNormalization, opset 21, every node named), where no op is left with
-mixed uint8/uint16 activations (``tests/test_mixed_precision.py``). Two things
+mixed uint8/uint16 activations (``tests/quantize/test_mixed_precision.py``). Two things
 it does not know are added here: which tensors carry the same values as a
 chosen one (``value_group``), and how many tensors end up 16-bit
 (``wide_tensors``). ONNX Runtime's own override validation stops at the first
@@ -176,7 +176,7 @@ def with_quantizer_bits(qdq: onnx.ModelProto, ranges: dict[str, tuple[float, flo
     for sensitivity scans: the CPU provider computes in float between Q/DQ
     pairs, so the result differs from the fixed-up graph of ``int16_overrides``
     only by the converts' re-rounding and by the int32 bias of a Gemm whose input
-    scale changes (scores agree within 0.1 dB in ``tests/test_mixed_precision.py``).
+    scale changes (scores agree as ``tests/quantize/test_mixed_precision.py`` checks).
     """
     out = onnx.ModelProto()
     out.CopyFrom(qdq)

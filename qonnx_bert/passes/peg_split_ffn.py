@@ -23,8 +23,8 @@ rows: exact, Gelu acts elementwise), the GELU output is split too:
     h_j = Split(Gelu(... (W1 Q) + b1 Q))_j
     y_g = sum_j h_j (Q^T W2 P)[H_j, G_g] + (b2 P)[G_g]   (K*J MatMuls)
 
-A single intermediate unit can carry a GELU output range 3-5x the 99th percentile
-of the units' (on MiniLM: the unit that writes the residual stream's outlier
+A single intermediate unit can carry a GELU output range several times the other
+units' (on MiniLM: the unit that writes the residual stream's outlier
 dimension), and its row of W2 then sets the per-tensor weight scale of every
 split MatMul; a group of its own gives it its own activation range and weight
 scale.
@@ -33,8 +33,7 @@ The permutation is skipped when it is the identity, and Split/Concat when K = 1.
 computed as ``LN1(r P; gamma P, beta P)``: the Gather moves in front of the first
 LayerNorm (exact, LayerNorm normalizes over the permuted axis), so the FFN input
 goes from the LayerNorm straight into the Split. (A Gather between them made
-QNN HTP's residual Adds drift far from the CPU provider's: 17 against 50 dB
-logit SQNR on the tiny test BERT, measured with a uint16 FFN input.) Tensor names
+QNN HTP's residual Adds drift far from the CPU provider's, on a uint16 FFN input.) Tensor names
 of ``ffn.input``, ``ffn.intermediate`` and ``ffn.residual_sum`` are kept, so
 their calibrated ranges still apply. Uses onnx_ir for the graph surgery.
 """

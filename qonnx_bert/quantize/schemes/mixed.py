@@ -240,9 +240,9 @@ def scan_sensitivity(ctx: SchemeContext, plan: Plan, forced: list[str], candidat
 
     Measured from the 16-bit side: near FP32, the noise each 8-bit activation adds
     is small and the powers add up, so one-at-a-time scores rank. From the 8-bit
-    side one role's fix is buried under all the others' errors (on MiniLM, W8A8
-    is at 4 dB and single-role gains were +-1.7 dB of noise, blind to the
-    outliers). The reference is the all-16-bit model, so weight rounding cancels.
+    side one role's fix is buried under all the others' errors (on MiniLM the
+    single-role gains from W8A8 were within noise, blind to the outliers). The
+    reference is the all-16-bit model, so weight rounding cancels.
     """
     feeds = calibration_feeds(ctx.prepared, ctx.ranges)
     wide = insert_qdq(apply_int16(plan, ctx, forced + candidates))

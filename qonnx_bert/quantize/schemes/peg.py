@@ -25,9 +25,8 @@ the Split, the residual sum after the Concat) depends on ``--target``:
   type-homogeneous, which QNN HTP requires.
 * ``cpu``: float. The CPU provider runs LayerNorm, Split and Concat in float
   anyway, so these tensors are left unquantized: the groups go straight from
-  their own uint8 grids into the LayerNorms, with no 16-bit detour (measured on
-  MiniLM-L6 at K=2: 175 -> 55 Q/DQ nodes in the graph the CPU provider runs,
-  1.21x -> 1.10x W8A8 latency; ``bench/results/``). Not for QNN HTP.
+  their own uint8 grids into the LayerNorms, with no 16-bit detour (fewer Q/DQ
+  nodes and a faster graph on the CPU provider: ``bench/results/``). Not for QNN HTP.
 
 Split gets one Q/DQ per group output (ORT's Split handler would force its
 input's scale on every output, so Split is excluded from ORT's quantizer).
@@ -37,16 +36,15 @@ second) and their running sums are not rounded to 8 bits: the original graph has
 one accumulator there, and ORT's quantizer would round every MatMul and Add output.
 ``cpu`` keeps them float (each MatMul runs as MatMulIntegerToFloat); ``portable``
 keeps them uint16, with each MatMul reading its group's uint8 values through an
-exact uint16 copy (an a16w8 MatMul, native on HTP). Measured against the
-per-channel reference (``tests/peg_reference.py``): 3.5-5.5 dB closer logits.
+exact uint16 copy (an a16w8 MatMul, native on HTP). Checked against the
+per-channel reference (``analysis/peg_reference.py``; numbers in ``bench/results/``).
 
 Beyond the paper, ``--intermediate-groups J`` (``peg``'s default 2) also splits
 the GELU output into outlier-aware groups of units (``peg_groups.intermediate_groups``)
-where one group would be 8x noisier: on MiniLM-L6, layers 0-3 each have a unit whose
-GELU output range is 3-5x the 99th percentile of the units' (the unit whose W2 weight
-writes the residual stream's outlier dimension, the largest weight of W2).
-The whole GELU output before its Split is treated like the FFN input: uint16
-(portable) or float (cpu). Measured: GLUE mean 67.99 -> 68.68 at K=6 (``bench/results/``).
+where one group would be 8x noisier: a unit whose GELU output range is several times
+the other units' (on MiniLM-L6, the unit whose W2 weight writes the residual stream's
+outlier dimension). The whole GELU output before its Split is treated like the FFN
+input: uint16 (portable) or float (cpu). GLUE effect: ``bench/results/glue-minilm-l6/``.
 """
 
 from __future__ import annotations

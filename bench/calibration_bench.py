@@ -342,8 +342,10 @@ def markdown(results: dict) -> str:
         f"BERT-base geometry (12 layers, hidden 768, FFN 3072, random weights), {s['sequences']} sequences x "
         f"{s['length']} tokens, batch {s['batch_size']}; ours with --max-memory {s['max_memory_mb']:g} MB. "
         f"{m['cpu']}, {m['cores']} cores, onnxruntime {m['onnxruntime']}; load average at start "
-        f"{m['loadavg_start'][0]:.1f}, at end {m.get('loadavg_end', [0])[0]:.1f} (each configuration loads every core itself; a load well above the core count in the load column means other jobs shared them). "
-        f"Each configuration in its own process, address space capped at {s['memory_cap_gb']:.1f} GB, timeout {s['timeout_s']:.0f} s.",
+        f"{m['loadavg_start'][0]:.1f}, at end {m.get('loadavg_end', [0])[0]:.1f} (each configuration loads every core "
+        "itself; a load well above the core count in the load column means other jobs shared them). "
+        f"Each configuration in its own process, address space capped at {s['memory_cap_gb']:.1f} GB, timeout "
+        f"{s['timeout_s']:.0f} s.",
         "",
         "| configuration | wall (s) | x plain | CPU (s) | in estimators (s) | peak RSS (MB) | load (1 min) | result |",
         "|---|---:|---:|---:|---:|---:|---|---|",
@@ -365,7 +367,8 @@ def markdown(results: dict) -> str:
         f"Both targets met: {', '.join(met) or 'none'}. Peak RSS met, time missed: {', '.join(rss_only) or 'none'}.",
         "",
         f"Targets for ours: peak RSS < {TARGET_RSS_MB} MB, wall <= {TARGET_RATIO}x plain (the mean of the plain runs). "
-        "Wall time is the worker's whole job (model load, tokenization, sessions, all batches, ranges); CPU is user+sys "
+        "Wall time is the worker's whole job (model load, tokenization, sessions, all batches, ranges); CPU is "
+        "user+sys "
         "of its process; 'in estimators' is the part of ours' wall time spent masking and updating estimators. "
         "RSS is the process's peak resident set (`wait4` ru_maxrss). Load is the machine's 1-minute load average "
         "before and after the configuration ran.",

@@ -154,7 +154,8 @@ def main() -> int:
             )
         )
     lines = [
-        f"# HTP ({soc.name}, emulated) vs CPU provider, one node unit at a time ({args.task}, {shape[0]}x{shape[1]}, {len(texts)} dev sentences)",
+        f"# HTP ({soc.name}, emulated) vs CPU provider, one node unit at a time ({args.task}, {shape[0]}x{shape[1]}, "
+        f"{len(texts)} dev sentences)",
         "",
         "`bench/htp_op_drift.py`: each unit fed the same integer inputs on both. Gaps in uint8 steps of the unit's",
         "output range (a uint16 output's step is 1/257 of that), so 8- and 16-bit units compare.",
@@ -164,7 +165,8 @@ def main() -> int:
         lines += [
             f"## {scheme}",
             "",
-            "| op, output | units | elements 1 uint8 step apart | 2 or more | largest gap (uint8 steps) | not run alone |",
+            "| op, output | units | elements 1 uint8 step apart | 2 or more | largest gap (uint8 steps) | not run "
+            "alone |",
             "|---|---:|---:|---:|---:|---:|",
         ]
         for op, r in sorted(

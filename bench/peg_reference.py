@@ -76,16 +76,20 @@ def main() -> int:
     with atomic_output(out.with_suffix(".json")) as tmp_json:
         tmp_json.write_text(json.dumps(record, indent=1))
     lines = [
-        f"# Lowered PEG vs its per-channel reference ({args.task}, {exact.num_examples} dev examples, FP32 {exact.metrics['score']:.2f})",
+        f"# Lowered PEG vs its per-channel reference ({args.task}, {exact.num_examples} dev examples, FP32 "
+        f"{exact.metrics['score']:.2f})",
         "",
         "`bench/peg_reference.py`; logit SQNR in dB, CPU provider.",
         "",
-        "| configuration | lowered | reference | same prediction | SQNR lowered vs reference | SQNR reference vs FP32 | SQNR lowered vs FP32 |",
+        "| configuration | lowered | reference | same prediction | SQNR lowered vs reference | SQNR reference vs "
+        "FP32 | SQNR lowered vs FP32 |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {r['configuration']} | {r['lowered_score']:.2f} | {r['reference_score']:.2f} | {100 * r['agreement']:.1f}% | "
-        f"{r['sqnr_lowered_vs_reference_db']:.1f} | {r['sqnr_reference_vs_fp32_db']:.1f} | {r['sqnr_lowered_vs_fp32_db']:.1f} |"
+        f"| {r['configuration']} | {r['lowered_score']:.2f} | {r['reference_score']:.2f} | "
+        f"{100 * r['agreement']:.1f}% | "
+        f"{r['sqnr_lowered_vs_reference_db']:.1f} | {r['sqnr_reference_vs_fp32_db']:.1f} | "
+        f"{r['sqnr_lowered_vs_fp32_db']:.1f} |"
         for r in rows
     ]
     with atomic_output(out.with_suffix(".md")) as tmp_md:

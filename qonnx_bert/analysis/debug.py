@@ -160,7 +160,8 @@ def render_errors(errors: list[RoleError]) -> str:
     for e in errors:
         state = f"{e.bits}-bit" if e.status == QUANTIZED else e.status
         lines.append(
-            f"| {e.role} | {e.tensor} | {state} | {_fmt(e.sqnr_db, '.1f')} | {_fmt(e.mse, '.3g')} | {_fmt(e.quantizer_sqnr_db, '.1f')} |"
+            f"| {e.role} | {e.tensor} | {state} | {_fmt(e.sqnr_db, '.1f')} | {_fmt(e.mse, '.3g')} | "
+            f"{_fmt(e.quantizer_sqnr_db, '.1f')} |"
         )
     return "\n".join(lines)
 

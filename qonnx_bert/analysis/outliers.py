@@ -151,7 +151,8 @@ def render(result: OutlierScan, top: int = 5) -> str:
         f"({result.sequences.source}, {n_tokens} tokens, padding excluded)."
     )
     summary = [
-        "| layer | FFN input range/token (median, max) | FFN output range/token (median, max) | residual-sum outliers | "
+        "| layer | FFN input range/token (median, max) | FFN output range/token (median, max) | residual-sum "
+        "outliers | "
         f"in top {top} dims |",
         "|---:|---|---|---:|---:|",
     ]
@@ -192,7 +193,8 @@ def plot(result: OutlierScan, layer: int, path: str, *, role: str = "residual_su
     bottom.set_xlabel("embedding dimension")
     bottom.set_ylabel("sequence")
     bottom.set_title(
-        f"(b) layer {layer}: outliers (> {result.sigma:g}σ) of the FFN {role.replace('_', ' ')} per sequence and dimension"
+        f"(b) layer {layer}: outliers (> {result.sigma:g}σ) of the FFN {role.replace('_', ' ')} per sequence and "
+        "dimension"
     )
     fig.colorbar(image, ax=bottom, label="outliers")
     fig.tight_layout()

@@ -1,1 +1,2 @@
-"""Inputs: the model (Hugging Face export, packaged checkpoints, fine-tune recipes) and the data (tokenizer encoding, GLUE, calibration sentences)."""
+"""Inputs: the model (Hugging Face export, packaged checkpoints, fine-tune recipes) and the data
+(tokenizer encoding, GLUE, calibration sentences)."""

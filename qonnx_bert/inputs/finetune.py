@@ -57,7 +57,8 @@ def complete_recipe(recipe: dict) -> dict:
     full["task"] = get_task(full["task"]).name
     if full["epochs"] <= 0 or full["batch_size"] < 1 or full["lr"] <= 0:
         raise UsageError(
-            f"recipe needs epochs > 0, batch_size >= 1 and lr > 0; got {full['epochs']}, {full['batch_size']}, {full['lr']}"
+            f"recipe needs epochs > 0, batch_size >= 1 and lr > 0; got {full['epochs']}, {full['batch_size']}, "
+            f"{full['lr']}"
         )
     return full
 

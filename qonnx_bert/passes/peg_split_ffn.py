@@ -80,7 +80,8 @@ def find_ffn(graph: ir.Graph, roles: dict[str, str], layer: int) -> FfnNodes:
     )
     if mm1 is None or mm2 is None or inter.op_type != "Add" or out.op_type != "Add":
         raise UsageError(
-            f"layer {layer}: expected FFN dense layers as MatMul + bias Add (got {inter.op_type}/{out.op_type}); cannot lower PEG"
+            f"layer {layer}: expected FFN dense layers as MatMul + bias Add (got {inter.op_type}/{out.op_type}); "
+            "cannot lower PEG"
         )
     return FfnNodes(mm1, inter, mm2, out, residual, mm1.inputs[0])
 

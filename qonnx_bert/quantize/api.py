@@ -31,7 +31,8 @@ class QuantReport:
     def lines(self) -> list[str]:
         total = sum(self.activation_bits.values())
         by_bits = ", ".join(f"{n} at {b}-bit" for b, n in sorted(self.activation_bits.items())) or "none"
-        head = f"scheme {self.scheme}: {total} activation quantizers ({by_bits}); {self.quantized_weights} weight tensors quantized"
+        weights = f"{self.quantized_weights} weight tensors quantized"
+        head = f"scheme {self.scheme}: {total} activation quantizers ({by_bits}); {weights}"
         return [head, *self.notes]
 
 

@@ -31,7 +31,8 @@ from qonnx_bert.targets.qnn import EP_NAME, Compiled, Soc, context_config, htp_s
 from qonnx_bert.targets.qnn_graph import QnnNode, float_nodes, load_qnn_nodes, mixed_type_nodes, tensor_types
 
 UNVERIFIED = (
-    "bit-exactness on silicon (the x86 emulator itself differs from the CPU provider by up to a few uint8 steps per op), "
+    "bit-exactness on silicon (the x86 emulator itself differs from the CPU provider by up to a few uint8 steps per "
+    "op), "
     "latency and memory on the device, and the device's driver/firmware versions"
 )
 _REASON = re.compile(r"failed for node `([^`]+)` of type `([^`]+)` with error code (\d+)")

@@ -24,7 +24,8 @@ from qonnx_bert.core.errors import UsageError
 
 # The paper's numbers (BERT-base) for a few rows, as a run's results.json would hold them.
 RESULTS = {
-    "command": "qonnx bench glue --model m --tasks rte,stsb --schemes fp32,w32a8,w8a8,peg-k3-noperm,peg-k6,loo --seeds 5",
+    "command": "qonnx bench glue --model m --tasks rte,stsb --schemes fp32,w32a8,w8a8,peg-k3-noperm,peg-k6,loo "
+    "--seeds 5",
     "tasks": ["rte", "stsb"],
     "variants": ["fp32", "w32a8", "w8a8", "peg-k3-noperm", "peg-k6", "loo-ffn.output", "loo-ffn.residual_sum"],
     "scores": {

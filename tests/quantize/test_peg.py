@@ -93,7 +93,8 @@ def test_gelu_output_groups_take_back_a_planted_outlier_unit(planted):
     # the wide unit gets a group of its own; layer 1, with no such unit, keeps its GELU output whole
     assert "GELU output units in groups [63,1]" in report.lines()[1] and "GELU" not in report.lines()[2]
     assert report.lines()[-1].endswith(
-        "; GELU groups add 2*J = 4 ranges in each of the 1 layers they split (their unit permutation is folded into the weights)"
+        "; GELU groups add 2*J = 4 ranges in each of the 1 layers they split (their unit permutation is folded into "
+        "the weights)"
     )
     assert [n.name for n in split.graph.node if n.name.endswith(".peg.h")] == ["layer0.peg.h"]
     # The ordinary dimensions' FFN output (the group without the outlier dimension the wide unit

@@ -79,7 +79,8 @@ def dimension_ranges(per_channel: dict, layer: int) -> tuple[np.ndarray, np.ndar
     missing = [k for k in keys if k not in per_channel]
     if missing:
         raise UsageError(
-            f"ranges file has no per-embedding statistics for {missing[0]}; re-run `qonnx calibrate` with this qonnx version"
+            f"ranges file has no per-embedding statistics for {missing[0]}; re-run `qonnx calibrate` with this qonnx "
+            "version"
         )
     lo = np.min([per_channel[k]["min"] for k in keys], axis=0)
     hi = np.max([per_channel[k]["max"] for k in keys], axis=0)
@@ -241,7 +242,8 @@ def _notes(opts: PegConfig, chosen: PegGroups) -> list[str]:
     )
     precision = "uint16" if opts.target == Target.PORTABLE else "float (--target cpu)"
     notes.append(
-        f"PEG K={opts.groups} ({opts.grouping} groups, {how}); FFN inputs before the split and residual sums after the concat in {precision}"
+        f"PEG K={opts.groups} ({opts.grouping} groups, {how}); FFN inputs before the split and residual sums after "
+        f"the concat in {precision}"
     )
     split_units = sum(u is not None for u in chosen.units.values())
     notes.append(
@@ -251,7 +253,8 @@ def _notes(opts: PegConfig, chosen: PegGroups) -> list[str]:
             hidden=len(next(iter(chosen.stats.values()))[0]),
         )
         + (
-            f"; GELU groups add 2*J = {2 * opts.intermediate_groups} ranges in each of the {split_units} layers they split"
+            f"; GELU groups add 2*J = {2 * opts.intermediate_groups} ranges in each of the {split_units} layers they "
+            "split"
             " (their unit permutation is folded into the weights)"
             if split_units
             else ""
@@ -275,7 +278,9 @@ def _extra_parameters(opts: PegConfig, per_layer_order: bool, hidden: int) -> st
 def _group_note(layer: int, groups: list[np.ndarray], lo: np.ndarray, hi: np.ndarray) -> str:
     sizes = ",".join(str(len(g)) for g in groups)
     widest = max(groups, key=lambda g: hi[g].max() - lo[g].min())
-    return f"layer {layer}: group sizes [{sizes}], widest group range {hi[widest].max() - lo[widest].min():.1f}, noise objective {quantization_noise(lo, hi, groups):.3g}"
+    widest_range = hi[widest].max() - lo[widest].min()
+    noise = quantization_noise(lo, hi, groups)
+    return f"layer {layer}: group sizes [{sizes}], widest group range {widest_range:.1f}, noise objective {noise:.3g}"
 
 
 PEG_SCHEMES = (PegScheme(PegConfig), PegScheme(PegEqualConfig))

@@ -2,7 +2,8 @@
 
 Each subcommand lives in ``qonnx_bert/commands/<name>.py`` with ``register(subparsers)``
 that adds its parser and sets ``func``. A ``UsageError`` becomes one line on stderr
-and exit code 2, with no traceback.
+and exit code 2, with no traceback. Ctrl-C exits with 130 and SIGTERM with 143, both
+after the same cleanup (no temporary file or new empty folder is left behind).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 
 from qonnx_bert import __version__
-from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.errors import Terminated, UsageError
 
 COMMANDS = (
     "export",
@@ -63,14 +65,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr, force=True
     )
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
     except UsageError as err:
         print(f"qonnx {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"qonnx {args.command}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"qonnx {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame):
+    """SIGTERM raises in the main thread, so the work unwinds through the same cleanup as Ctrl-C."""
+    raise Terminated
 
 
 if __name__ == "__main__":

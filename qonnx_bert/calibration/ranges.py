@@ -12,12 +12,20 @@ One JSON document::
 (PEG's range-based permutation needs them) and per-unit statistics of the GELU
 outputs (PEG's intermediate groups). The file can also be written in
 ONNX Runtime's calibration-cache format so users of its quantizer reuse our ranges.
+
+Reading checks every entry: a missing key or a value of the wrong type names the
+file, the tensor and the key; NaN, ±inf and min > max are refused naming the
+tensor. A degenerate range (min == max, a tensor that was constant on every
+calibration sequence) is widened to ``MIN_RANGE`` around its value, with a warning:
+ONNX Runtime would otherwise give a [0, 0] range the scale 1.0.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +33,13 @@ import numpy as np
 import onnx
 
 from qonnx_bert.core.errors import UsageError
-from qonnx_bert.core.files import atomic_output, read_json_object
+from qonnx_bert.core.files import atomic_output, read_json_object, require
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "qonnx.ranges"
 VERSION = 1
+MIN_RANGE = 1e-6  # the span a min == max range is widened to
 
 
 def model_fingerprint(model: onnx.ModelProto) -> str:
@@ -40,6 +51,43 @@ def model_fingerprint(model: onnx.ModelProto) -> str:
         h.update(init.name.encode())
         h.update(init.raw_data or onnx.numpy_helper.to_array(init).tobytes())
     return h.hexdigest()[:16]
+
+
+def _checked_range(entry: object, where: str) -> dict:
+    """One ``tensors`` entry: an object with finite numbers ``min`` <= ``max``."""
+    if not isinstance(entry, dict):
+        raise UsageError(f"{where} must be an object with min and max, got {json.dumps(entry)[:40]}")
+    low, high = (require(entry, k, (int, float), where) for k in ("min", "max"))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise UsageError(f"{where} has a non-finite range [{low}, {high}]; re-run `qonnx calibrate`")
+    if low > high:
+        raise UsageError(f"{where} has min {low} > max {high}; re-run `qonnx calibrate`")
+    return entry
+
+
+def _checked_channels(entry: object, where: str) -> None:
+    """One ``per_channel`` entry: ``tensor`` and equally long lists of finite ``min`` <= ``max``."""
+    if not isinstance(entry, dict):
+        raise UsageError(f"{where} must be an object with tensor, min and max, got {json.dumps(entry)[:40]}")
+    require(entry, "tensor", str, where)
+    low, high = (require(entry, k, list, where) for k in ("min", "max"))
+    if len(low) != len(high) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in low + high):
+        raise UsageError(f"{where}: min and max must be lists of numbers of the same length")
+    lo, hi = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (lo <= hi).all()):
+        raise UsageError(f"{where} has a non-finite or inverted (min > max) channel range; re-run `qonnx calibrate`")
+
+
+def _widen_degenerate(tensors: dict[str, dict], path: str | Path) -> None:
+    """min == max (constant on every calibration sequence) becomes a span of ``MIN_RANGE`` centred on the value."""
+    flat = [t for t, e in tensors.items() if e["max"] - e["min"] < MIN_RANGE]
+    for t in flat:
+        centre = (tensors[t]["min"] + tensors[t]["max"]) / 2
+        tensors[t] = {**tensors[t], "min": centre - MIN_RANGE / 2, "max": centre + MIN_RANGE / 2}
+    if flat:
+        logger.warning(
+            "%s: %d tensors have min == max (e.g. %s); widened to a span of %g", path, len(flat), flat[0], MIN_RANGE
+        )
 
 
 @dataclass
@@ -65,9 +113,13 @@ class RangeTable:
             "per_channel": self.per_channel,
         }
 
+    def write(self, path: str | Path) -> None:
+        """Write the JSON to ``path`` as it is (the caller's ``atomic_outputs`` makes it whole or absent)."""
+        Path(path).write_text(json.dumps(self.to_json(), indent=1))
+
     def save(self, path: str | Path, *, inputs: tuple = ()) -> None:
         with atomic_output(path, inputs=inputs) as tmp:
-            tmp.write_text(json.dumps(self.to_json(), indent=1))
+            self.write(tmp)
 
     @classmethod
     def load(cls, path: str | Path) -> RangeTable:
@@ -78,7 +130,17 @@ class RangeTable:
             raise UsageError(
                 f"{path} has ranges format version {data.get('version')}, this qonnx reads {VERSION}; re-run `qonnx calibrate`"
             )
-        return cls(data["model"], data["calibration"], data["tensors"], data.get("per_channel", {}))
+        model, calibration = require(data, "model", dict, str(path)), require(data, "calibration", dict, str(path))
+        tensors = {
+            t: _checked_range(e, f"{path}: tensor {t!r}") for t, e in require(data, "tensors", dict, str(path)).items()
+        }
+        per_channel = data.get("per_channel", {})
+        if not isinstance(per_channel, dict):
+            raise UsageError(f"{path}: key 'per_channel' must be an object, got {json.dumps(per_channel)[:40]}")
+        for role, entry in per_channel.items():
+            _checked_channels(entry, f"{path}: per_channel {role!r}")
+        _widen_degenerate(tensors, path)
+        return cls(model, calibration, tensors, per_channel)
 
     def fits(self, model: onnx.ModelProto) -> bool:
         """Whether these ranges were calibrated on ``model`` (same graph and weights)."""

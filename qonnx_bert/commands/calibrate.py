@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from qonnx_bert.core.argtypes import int_in, positive_float, positive_int
+
 logger = logging.getLogger(__name__)
 
 MAX_MEMORY_HELP = (  # the default lives in qonnx_bert.calibration.memory.DEFAULT_MAX_MEMORY_MB
@@ -24,8 +26,8 @@ def register(sub) -> None:
     src.add_argument("--task", help="GLUE task whose training split supplies the sequences (e.g. rte)")
     src.add_argument("--texts", help="a text file, one sequence per line (default: the sentences shipped with qonnx)")
     p.add_argument("--data-dir", help="GLUE TSV directory (default: $QONNX_GLUE_DIR)")
-    p.add_argument("-n", "--num-sequences", type=int, default=64, help="number of sequences (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sequence sample (default 0)")
+    p.add_argument("-n", "--num-sequences", type=positive_int, default=64, help="number of sequences (default 64)")
+    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0, help="seed of the sequence sample (default 0)")
     p.add_argument(
         "--estimator",
         metavar="NAME[:k=v,...]",
@@ -37,8 +39,10 @@ def register(sub) -> None:
         metavar="FILE",
         help="JSON recipe choosing an estimator per role glob (examples: calibration/*.json)",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per batch, bucketed by length (default 8)")
-    p.add_argument("--max-memory", type=float, metavar="MB", help=MAX_MEMORY_HELP)
+    p.add_argument(
+        "--batch-size", type=positive_int, default=8, help="sequences per batch, bucketed by length (default 8)"
+    )
+    p.add_argument("--max-memory", type=positive_float, metavar="MB", help=MAX_MEMORY_HELP)
     p.add_argument("--ort-cache", metavar="FILE", help="also write ONNX Runtime's calibration-cache JSON")
     p.set_defaults(func=run)
 
@@ -47,15 +51,10 @@ def run(args) -> int:
     from qonnx_bert.calibration.calibrate import calibrate
     from qonnx_bert.calibration.memory import DEFAULT_MAX_MEMORY_MB
     from qonnx_bert.calibration.segments import SplitModel
-    from qonnx_bert.core.errors import UsageError
+    from qonnx_bert.core.files import atomic_outputs, guard
     from qonnx_bert.inputs.sequences import calibration_sequences
 
-    if args.num_sequences < 1:
-        raise UsageError("--num-sequences must be at least 1")
-    if args.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
-    if args.max_memory is not None and not args.max_memory > 0:
-        raise UsageError("--max-memory must be a positive number of MB")
+    guard([args.model, args.texts, args.recipe], [args.output, args.ort_cache])
     model = SplitModel.load(args.model)  # the full protobuf is dropped: weights held once
     sequences = calibration_sequences(
         args.num_sequences, args.seed, task=args.task, data_dir=args.data_dir, texts=args.texts
@@ -68,9 +67,10 @@ def run(args) -> int:
         batch_size=args.batch_size,
         max_memory=DEFAULT_MAX_MEMORY_MB if args.max_memory is None else args.max_memory,
     )
-    table.save(args.output, inputs=(args.model,))
-    if args.ort_cache:
-        table.save_ort_cache(args.ort_cache)
+    with atomic_outputs(*filter(None, (args.output, args.ort_cache))) as (ranges_tmp, *cache_tmp):
+        table.write(ranges_tmp)  # both files, or neither: they are renamed together
+        if cache_tmp:
+            table.save_ort_cache(cache_tmp[0])
     logger.info(
         "wrote %s: %d tensors from %d sequences (%s, padding excluded)",
         args.output,

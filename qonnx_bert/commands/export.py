@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from qonnx_bert.core.argtypes import positive_int
+
 logger = logging.getLogger(__name__)
 
 
@@ -14,13 +16,21 @@ def register(sub) -> None:
     )
     p.add_argument("-o", "--output", required=True, help="output .onnx file")
     p.add_argument("--static-shape", metavar="B,T", help="fixed batch and sequence length (edge runtimes), e.g. 1,128")
-    p.add_argument("--max-length", type=int, default=128, help="truncation length for dynamic models (default 128)")
+    p.add_argument(
+        "--max-length",
+        type=positive_int,
+        default=128,
+        help="truncation length for dynamic models, at most the model's max positions (default 128)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from qonnx_bert.core.files import guard
     from qonnx_bert.inputs.export import export_model, parse_static_shape
+    from qonnx_bert.inputs.models import resolve_model
 
+    guard([resolve_model(args.source).path], [args.output])
     result = export_model(
         args.source, args.output, static_shape=parse_static_shape(args.static_shape), max_length=args.max_length
     )

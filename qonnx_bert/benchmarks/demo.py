@@ -15,6 +15,7 @@ import onnx
 
 from qonnx_bert.benchmarks.latency import full_length_feeds, median_latency_ms
 from qonnx_bert.calibration.calibrate import calibrate
+from qonnx_bert.core.files import atomic_output
 from qonnx_bert.core.metrics import argmax_agreement, sqnr_db
 from qonnx_bert.core.runtime import cpu_session
 from qonnx_bert.inputs.encode import Encoder
@@ -58,7 +59,8 @@ def run_demo(workdir: Path, source: str = "minilm-l6", runs: int = 20) -> list[D
     for scheme in DEMO_SCHEMES:
         model, report = quantize(fp32, config_for(scheme), table)
         path = workdir / f"model.{scheme}.onnx"
-        onnx.save(model, str(path))
+        with atomic_output(path) as tmp:
+            onnx.save(model, str(tmp))
         logger.info(report.lines()[0])
         logits = _logits(model, sentences)
         rows.append(

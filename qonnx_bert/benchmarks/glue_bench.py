@@ -180,7 +180,6 @@ def fp32_path(cfg: BenchConfig) -> Path:
     """The exported FP32 model of a task (exported on first use)."""
     path = cfg.out_dir / "models" / "fp32.onnx"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
         export_model(cfg.model, path)
     return path
 

@@ -98,6 +98,7 @@ class RangeTable:
     calibration: dict
     tensors: dict[str, dict] = field(default_factory=dict)
     per_channel: dict[str, dict] = field(default_factory=dict)
+    origin: str = field(default="the ranges", compare=False, repr=False)  # how errors name it: its path once loaded
 
     def range(self, tensor: str) -> tuple[float, float]:
         entry = self.tensors[tensor]
@@ -140,14 +141,15 @@ class RangeTable:
         for role, entry in per_channel.items():
             _checked_channels(entry, f"{path}: per_channel {role!r}")
         _widen_degenerate(tensors, path)
-        return cls(model, calibration, tensors, per_channel)
+        return cls(model, calibration, tensors, per_channel, origin=str(path))
 
     def fits(self, model: onnx.ModelProto) -> bool:
         """Whether these ranges were calibrated on ``model`` (same graph and weights)."""
         return self.model.get("fingerprint") == model_fingerprint(model)
 
-    def check_fits(self, model: onnx.ModelProto, needed: list[str], path: str | Path = "ranges") -> None:
+    def check_fits(self, model: onnx.ModelProto, needed: list[str], path: str | Path | None = None) -> None:
         """Refuse ranges from another model, or ranges that lack tensors the scheme quantizes."""
+        path = self.origin if path is None else path
         if not self.fits(model):
             raise UsageError(
                 f"{path} was calibrated on another model ({self.model.get('source')}); re-run `qonnx calibrate` on this one"

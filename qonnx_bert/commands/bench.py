@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from qonnx_bert.core.argtypes import non_negative_int, positive_int
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_VARIANTS = "fp32,w8a32,w32a8,w8a8,mp,auto-mp,peg-k6-noperm,peg-k6,peg-k3-noperm,peg-k3,peg-outlier-k6"
@@ -34,15 +36,17 @@ def register(sub) -> None:
         default=DEFAULT_VARIANTS,
         help=f"comma-separated table rows; 'loo' adds the leave-one-out rows (Table 2), 'table5' the PEG K/permutation rows (default {DEFAULT_VARIANTS})",
     )
-    p.add_argument("--seeds", type=int, default=1, help="calibration seeds per cell; the table shows the median")
+    p.add_argument(
+        "--seeds", type=positive_int, default=1, help="calibration seeds per cell; the table shows the median"
+    )
     p.add_argument("--data-dir", help="GLUE TSV directory (default: $QONNX_GLUE_DIR)")
     p.add_argument(
         "-o", "--output", required=True, help="results directory (cells are cached here; re-running resumes)"
     )
-    p.add_argument("--limit", type=int, help="first N dev examples only")
+    p.add_argument("--limit", type=positive_int, help="first N dev examples only")
     p.add_argument(
         "--jobs",
-        type=int,
+        type=positive_int,
         default=1,
         help="cells run in parallel processes (with --ray on a new local instance: its CPUs)",
     )
@@ -55,7 +59,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--latency-runs",
-        type=int,
+        type=non_negative_int,
         default=200,
         help="timed runs per model for the latency column, in interleaved blocks of 10 (0: skip)",
     )
@@ -115,11 +119,14 @@ def run(args) -> int:
         render_results,
         save_record,
     )
-    from qonnx_bert.core.errors import UsageError
-    from qonnx_bert.core.files import atomic_output
+    from qonnx_bert.core.files import atomic_outputs, guard, output_folder
 
-    if args.seeds < 1:
-        raise UsageError("--seeds must be at least 1")
+    out = Path(args.output)
+    guard(
+        [args.model if Path(args.model).exists() else None],
+        [out / "results.json", out / "results.md"],
+        output_dirs=[out],
+    )
     variants = expand_variants(args.schemes.split(","))
     configs = _configs(args)
     by_task = {cfg.task: cfg for cfg in configs}
@@ -129,7 +136,7 @@ def run(args) -> int:
         [(cfg, s) for cfg in configs for s in range(args.seeds)] if any(VARIANTS[v].scheme for v in variants) else []
     )
     records = []
-    with _executor(args) as pool:  # enters first: a missing Ray fails before any work
+    with output_folder(out), _executor(args) as pool:  # a missing Ray fails before any work
         for cfg in configs:  # export once per task (and refuse another build's cache), here, before fanning out
             check_same_model(cfg)
         for done in pool.map(_calibrate_one, calibrations):
@@ -138,12 +145,10 @@ def run(args) -> int:
             save_record(by_task[record["task"]], record)  # a no-op unless a remote node wrote it elsewhere
             records.append(record)
     results = _results(args, configs, variants, records)
-    out = Path(args.output)
-    with atomic_output(out / "results.json") as tmp:
-        tmp.write_text(json.dumps(results, indent=1))
     page = render_results(results)
-    with atomic_output(out / "results.md") as tmp:
-        tmp.write_text(f"# GLUE benchmark: {args.model}\n\n" + page)
+    with atomic_outputs(out / "results.json", out / "results.md") as (json_tmp, md_tmp):
+        json_tmp.write_text(json.dumps(results, indent=1))
+        md_tmp.write_text(f"# GLUE benchmark: {args.model}\n\n" + page)
     print(page)
     return 0
 

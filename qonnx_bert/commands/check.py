@@ -11,8 +11,26 @@ def add_target_options(p, *, eps: tuple[str, ...]) -> None:
     """``--ep`` and ``--soc``, shared by check, compile and eval."""
     p.add_argument("--ep", default=eps[0], help=f"execution provider: {' or '.join(eps)} (default {eps[0]})")
     p.add_argument(
-        "--soc", default="sm8650", help="Snapdragon SoC for qnn-htp (default sm8650); `--soc list` shows them"
+        "--soc",
+        type=_soc,
+        default="sm8650",
+        help="Snapdragon SoC for qnn-htp, by name or soc_model id (default sm8650); `--soc list` shows them",
     )
+
+
+def _soc(text: str) -> str:
+    """``--soc``: ``list`` or a SoC of the known table, checked while parsing."""
+    import argparse
+
+    from qonnx_bert.core.errors import UsageError
+    from qonnx_bert.targets.qnn import resolve_soc
+
+    if text != "list":
+        try:
+            resolve_soc(text)
+        except UsageError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def print_soc_list() -> int:
@@ -33,6 +51,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from qonnx_bert.core.errors import UsageError
+    from qonnx_bert.core.files import guard
     from qonnx_bert.core.modelinfo import load_onnx
     from qonnx_bert.targets import require_ep
 
@@ -41,6 +60,7 @@ def run(args) -> int:
     ep = require_ep(args.ep)
     if args.model is None:
         raise UsageError("no model given: qonnx check MODEL.onnx --ep qnn-htp --soc sm8650")
+    guard([args.model], [])
     model = load_onnx(args.model)
     if ep == "cpu":
         from qonnx_bert.targets.cpu import check_cpu

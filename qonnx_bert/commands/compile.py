@@ -25,6 +25,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from qonnx_bert.core.errors import UsageError
+    from qonnx_bert.core.files import guard, output_folder
     from qonnx_bert.core.modelinfo import load_onnx
     from qonnx_bert.targets import require_ep
     from qonnx_bert.targets.htp_check import compile_htp
@@ -36,8 +37,11 @@ def run(args) -> int:
         raise UsageError(f"compile supports --ep qnn-htp only (the CPU provider needs no compile step), not {args.ep}")
     if args.model is None or args.output_dir is None:
         raise UsageError("usage: qonnx compile MODEL.onnx --ep qnn-htp --soc sm8650 -o OUT_DIR")
+    out, name = Path(args.output_dir), Path(args.model).stem
+    guard([args.model], [out / f"{name}_ctx.onnx"], output_dirs=[out])
     soc = resolve_soc(args.soc)
-    report, compiled = compile_htp(load_onnx(args.model), soc, Path(args.output_dir), Path(args.model).stem)
+    with output_folder(out):
+        report, compiled = compile_htp(load_onnx(args.model), soc, out, name)
     print("\n".join(report.lines()))
     if compiled is None:
         logger.info("nothing written: fix the problems above, re-quantize, then compile again")

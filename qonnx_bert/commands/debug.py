@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from qonnx_bert.core.argtypes import positive_int
+
 logger = logging.getLogger(__name__)
 
 
@@ -14,7 +16,11 @@ def add_sequence_options(p, default_n: int) -> None:
     src.add_argument("--texts", help="a text file, one sequence per line (default: the sentences shipped with qonnx)")
     p.add_argument("--data-dir", help="GLUE TSV directory (default: $QONNX_GLUE_DIR)")
     p.add_argument(
-        "-n", "--num-sequences", type=int, default=default_n, help=f"the first N sequences (default {default_n})"
+        "-n",
+        "--num-sequences",
+        type=positive_int,
+        default=default_n,
+        help=f"the first N sequences (default {default_n})",
     )
 
 
@@ -33,23 +39,23 @@ def run(args) -> int:
     from pathlib import Path
 
     from qonnx_bert.analysis.debug import compare, plot_errors, render_errors
-    from qonnx_bert.core.files import atomic_output
+    from qonnx_bert.core.files import atomic_outputs, guard
     from qonnx_bert.core.modelinfo import load_onnx
     from qonnx_bert.core.optional import require_matplotlib
     from qonnx_bert.inputs.sequences import first_sequences
 
-    if args.plot:
+    plot = Path(args.plot) if args.plot else None
+    guard([args.fp32, args.quantized, args.texts], [plot, plot and plot.with_suffix(".md")])
+    if plot:
         require_matplotlib("--plot")
     sequences = first_sequences(args.num_sequences, task=args.task, data_dir=args.data_dir, texts=args.texts)
     errors = compare(load_onnx(args.fp32), load_onnx(args.quantized), sequences)
     table = render_errors(errors)
     head = f"{args.quantized} vs {args.fp32}: {len(sequences)} sequences ({sequences.source}), padding excluded, worst first."
     print(head + "\n\n" + table)
-    if args.plot:
-        plot = Path(args.plot)
-        with atomic_output(plot, inputs=(args.fp32, args.quantized)) as tmp:
-            plot_errors(errors, str(tmp), title=f"{Path(args.quantized).name}: SQNR per role vs FP32")
-        with atomic_output(plot.with_suffix(".md")) as tmp:
-            tmp.write_text(head + "\n\n" + table + "\n")
+    if plot:
+        with atomic_outputs(plot, plot.with_suffix(".md")) as (png, md):
+            plot_errors(errors, str(png), title=f"{Path(args.quantized).name}: SQNR per role vs FP32")
+            md.write_text(head + "\n\n" + table + "\n")
         logger.info("wrote %s and %s", plot, plot.with_suffix(".md"))
     return 0

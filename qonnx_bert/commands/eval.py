@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from qonnx_bert.commands.check import add_target_options
+from qonnx_bert.core.argtypes import positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -15,16 +16,18 @@ def register(sub) -> None:
     p.add_argument("model", help=".onnx file, or a Hugging Face checkpoint directory (evaluated in PyTorch)")
     p.add_argument("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte")
     p.add_argument("--data-dir", help="GLUE TSV directory (default: $QONNX_GLUE_DIR)")
-    p.add_argument("--limit", type=int, help="evaluate the first N dev examples only")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=positive_int, help="evaluate the first N dev examples only")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="sequences per run (default 16)")
     add_target_options(p, eps=("cpu", "qnn-htp"))
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from qonnx_bert.core.files import guard
     from qonnx_bert.inputs.glue import load_task
     from qonnx_bert.inputs.glue.tasks import limit_split
 
+    guard([args.model], [])
     split = limit_split(load_task(args.task, "dev", args.data_dir), args.limit)
     if args.ep != "cpu":
         return run_emulated(args, split)

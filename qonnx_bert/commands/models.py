@@ -11,6 +11,8 @@ import logging
 import os
 import sys
 
+from qonnx_bert.core.argtypes import positive_int
+
 logger = logging.getLogger(__name__)
 
 
@@ -23,7 +25,7 @@ def register(sub) -> None:
     build.add_argument("name", help="recipe name, e.g. minilm-l6-rte (see `qonnx models list`)")
     build.add_argument("--data-dir", help="GLUE TSV directory (default: $QONNX_GLUE_DIR)")
     build.add_argument("--epochs", type=_epochs, help="override the recipe's epochs")
-    build.add_argument("--max-train-examples", type=int, help="override the recipe's training subset size")
+    build.add_argument("--max-train-examples", type=positive_int, help="override the recipe's training subset size")
     build.add_argument("--force", action="store_true", help="rebuild even if the checkpoint exists")
     build.set_defaults(func=run_build)
 
@@ -51,23 +53,23 @@ def run_list(args) -> int:
 
 
 def run_build(args) -> int:
-    from qonnx_bert.core.errors import UsageError
+    from qonnx_bert.core.files import guard, output_folder
     from qonnx_bert.inputs.finetune import finetune
     from qonnx_bert.inputs.glue.tasks import resolve_data_dir
-    from qonnx_bert.inputs.models import checkpoint_dir, is_built, load_recipe
+    from qonnx_bert.inputs.models import checkpoint_dir, is_built, load_recipe, models_dir
 
     recipe = load_recipe(args.name)
     out = checkpoint_dir(args.name)
+    guard([models_dir() / f"{args.name}.json"], [], output_dirs=[out])
     if is_built(out) and not args.force:
         print(f"{args.name} is already built at {out}; pass --force to rebuild")
         return 0
     if args.epochs is not None:
         recipe["epochs"] = args.epochs
     if args.max_train_examples is not None:
-        if args.max_train_examples < 1:
-            raise UsageError(f"--max-train-examples must be at least 1, got {args.max_train_examples}")
         recipe["max_train_examples"] = args.max_train_examples
-    record = finetune(recipe, resolve_data_dir(args.data_dir), out)
+    with output_folder(out.parent):  # a failed build leaves no empty models/build folder
+        record = finetune(recipe, resolve_data_dir(args.data_dir), out)
     dev = "  ".join(f"{k}={v:.4f}" for k, v in record["dev"].items())
     print(f"built {args.name} in {record['train_seconds']:.0f} s -> {out}")
     print(f"{record['recipe']['task']} dev ({record['dev_examples']} examples, PyTorch): {dev}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from qonnx_bert.commands.debug import add_sequence_options
+from qonnx_bert.core.argtypes import non_negative_int, positive_float, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -16,14 +17,19 @@ def register(sub) -> None:
     p.add_argument("model", help="FP32 .onnx written by `qonnx export`")
     add_sequence_options(p, 16)
     p.add_argument(
-        "--layer", type=int, help="layer of the figure (default: the one whose FFN residual sum holds most outliers)"
+        "--layer",
+        type=non_negative_int,
+        help="layer of the figure (default: the one whose FFN residual sum holds most outliers)",
     )
     p.add_argument(
         "-o", "--output", metavar="PNG", help="write the figure (needs matplotlib) and the text beside it as .md"
     )
-    p.add_argument("--top", type=int, default=5, help="outlier dims listed per layer (default 5)")
+    p.add_argument("--top", type=positive_int, default=5, help="outlier dims listed per layer (default 5)")
     p.add_argument(
-        "--sigma", type=float, default=6.0, help="outlier threshold in standard deviations of the tensor (default 6)"
+        "--sigma",
+        type=positive_float,
+        default=6.0,
+        help="outlier threshold in standard deviations of the tensor (default 6)",
     )
     p.set_defaults(func=run)
 
@@ -33,12 +39,14 @@ def run(args) -> int:
 
     from qonnx_bert.analysis.outliers import plot, render, scan
     from qonnx_bert.core.errors import UsageError
-    from qonnx_bert.core.files import atomic_output
+    from qonnx_bert.core.files import atomic_outputs, guard
     from qonnx_bert.core.modelinfo import load_onnx
     from qonnx_bert.core.optional import require_matplotlib
     from qonnx_bert.inputs.sequences import first_sequences
 
-    if args.output:
+    out = Path(args.output) if args.output else None
+    guard([args.model, args.texts], [out, out and out.with_suffix(".md")])
+    if out:
         require_matplotlib("-o")
     sequences = first_sequences(args.num_sequences, task=args.task, data_dir=args.data_dir, texts=args.texts)
     result = scan(load_onnx(args.model), sequences, sigma=args.sigma)
@@ -47,11 +55,9 @@ def run(args) -> int:
     layer = result.worst_layer() if args.layer is None else args.layer
     text = render(result, top=args.top)
     print(text)
-    if args.output:
-        out = Path(args.output)
-        with atomic_output(out, inputs=(args.model,)) as tmp:
-            plot(result, layer, str(tmp))
-        with atomic_output(out.with_suffix(".md")) as tmp:
-            tmp.write_text(f"Figure: layer {layer}.\n\n{text}\n")
+    if out:
+        with atomic_outputs(out, out.with_suffix(".md")) as (png, md):
+            plot(result, layer, str(png))
+            md.write_text(f"Figure: layer {layer}.\n\n{text}\n")
         logger.info("wrote %s (layer %d) and %s", out, layer, out.with_suffix(".md"))
     return 0

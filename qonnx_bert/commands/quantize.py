@@ -151,29 +151,29 @@ def run(args) -> int:
     import onnx
 
     from qonnx_bert.calibration.ranges import RangeTable
-    from qonnx_bert.core.files import atomic_output
+    from qonnx_bert.core.files import atomic_outputs, guard
     from qonnx_bert.core.modelinfo import load_onnx
     from qonnx_bert.quantize.api import quantize
     from qonnx_bert.quantize.config import ConfigError
     from qonnx_bert.quantize.schemes.mixed import save_selection
 
     config = scheme_config(args)
-    inputs = tuple(p for p in (args.model, args.ranges, args.config, config.int16_from) if p)
+    outputs = [p for p in (args.output, args.save_selection, args.save_config) if p]
+    guard([args.model, args.ranges, args.config, config.int16_from], outputs)
     model = load_onnx(args.model)
     ranges = RangeTable.load(args.ranges) if args.ranges else None
-    with atomic_output(args.output, inputs=inputs) as tmp:
-        try:
-            quantized, report = quantize(model, config, ranges, path=args.model)
-        except ConfigError as err:  # a value that does not fit this model
-            raise as_flags(err) from None
+    try:
+        quantized, report = quantize(model, config, ranges, path=args.model)
+    except ConfigError as err:  # a value that does not fit this model
+        raise as_flags(err) from None
+    if args.save_selection and report.selection is None:
+        raise UsageError(f"--save-selection: scheme {config.scheme} chose no 16-bit roles to save")
+    with atomic_outputs(*outputs) as (tmp, *side):  # the model and its side files appear together
         onnx.save(quantized, str(tmp))
-    if args.save_selection:
-        if report.selection is None:
-            raise UsageError(f"--save-selection: scheme {config.scheme} chose no 16-bit roles to save")
-        save_selection(args.save_selection, model, config.scheme, report.selection, inputs=inputs)
-    if args.save_config:
-        with atomic_output(args.save_config, inputs=inputs) as tmp:
-            tmp.write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+        if args.save_selection:
+            save_selection(side.pop(0), model, config.scheme, report.selection)
+        if args.save_config:
+            side.pop(0).write_text(json.dumps(config.to_dict(), indent=1) + "\n")
     for line in report.lines():
         logger.info(line)
     logger.info("wrote %s", args.output)

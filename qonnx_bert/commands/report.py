@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -15,14 +16,21 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from qonnx_bert.benchmarks.report import build_report
-    from qonnx_bert.core.files import atomic_output
+    from qonnx_bert.core.files import atomic_outputs, guard
 
     output = Path(args.output) if args.output else Path(args.results) / "report.md"
+    guard(_read_by_report(Path(args.results), output), [output])
     page = build_report(args.results, output)
-    with atomic_output(output) as tmp:
+    with atomic_outputs(output) as (tmp,):
         tmp.write_text(page)
     logger.info("wrote %s", output)
     return 0
+
+
+def _read_by_report(results: Path, output: Path) -> list[Path]:
+    """The files a report reads or links (every .json, .md and .png under RESULTS), its own earlier page aside."""
+    if not results.is_dir():
+        return [results]
+    own = output.resolve()
+    return [p for p in results.rglob("*") if p.suffix in (".json", ".md", ".png") and p.resolve() != own]

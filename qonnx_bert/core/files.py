@@ -180,16 +180,18 @@ def atomic_output(path: PathLike, *, inputs: tuple[PathLike, ...] = ()) -> Itera
 
 @contextlib.contextmanager
 def output_folder(path: PathLike) -> Iterator[Path]:
-    """A folder the block writes files into; on failure, the folders it created that stayed empty are removed."""
+    """A folder the block writes files into; on the way out, the folders made since that stayed empty are removed.
+
+    So a failed (or interrupted, or nothing-to-write) run leaves no empty folder behind.
+    """
     path = Path(path)
     before = {p for p in path.rglob("*") if p.is_dir()} if path.is_dir() else set()
     created = _make_dirs(path)
     try:
         yield path
-    except BaseException:
+    finally:
         new = sorted((p for p in path.rglob("*") if p.is_dir() and p not in before), key=lambda p: len(p.parts))
         _remove_empty([*created, *new])
-        raise
 
 
 def read_json_object(path: PathLike, what: str, hint: str) -> dict:

@@ -96,7 +96,16 @@ def read_permuted(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def check_encoder_inputs(model: onnx.ModelProto, path: str | Path = "model") -> None:
-    """Refuse a graph without the three BERT inputs (an image model, a decoder, ...)."""
+    """Refuse an empty graph, an already quantized one, and one without the BERT inputs (an image model, ...)."""
+    if not model.graph.node:
+        raise UsageError(f"{path} is an empty graph (no nodes); pass the FP32 model written by `qonnx export`")
+    quantized = sum(
+        n.op_type in ("QuantizeLinear", "DequantizeLinear") or n.op_type.startswith("QLinear") for n in model.graph.node
+    )
+    if quantized:
+        raise UsageError(
+            f"{path} is already quantized ({quantized} quantize/dequantize nodes); pass the FP32 model it came from"
+        )
     names = {i.name for i in model.graph.input}
     missing = [n for n in INPUT_NAMES if n not in names and n != "token_type_ids"]
     if missing:

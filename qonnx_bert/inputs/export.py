@@ -94,6 +94,7 @@ def export_model(
 
     resolved = resolve_model(source)
     model, tokenizer = load_for_export(resolved)
+    _check_length(static_shape[1] if static_shape else max_length, model.config)
     feeds = _torch_feeds(tokenizer, static_shape)
     proto = _export_program(model, feeds, static_shape)
     diff = _max_logit_diff(model, proto, feeds)
@@ -112,6 +113,13 @@ def export_model(
     with atomic_output(output) as tmp:
         onnx.save(proto, str(tmp))
     return ExportResult(Path(output), diff, len(proto.graph.node))
+
+
+def _check_length(length: int, config) -> None:
+    """A sequence length the model's position table covers (longer ones crash inside ONNX Runtime later)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if length < 1 or (limit is not None and length > limit):
+        raise UsageError(f"sequence length {length} is out of range: this model takes 1 to {limit} tokens")
 
 
 def parse_static_shape(text: str | None) -> tuple[int, int] | None:

@@ -20,6 +20,7 @@ MODELS_DIR_VARIABLE = "QONNX_MODELS_DIR"
 CACHE_DIR_VARIABLE = "QONNX_CACHE_DIR"
 RECIPE_FILE = "qonnx_recipe.json"  # written last into a built checkpoint: its presence means "built"
 DEFAULT_HEAD_SEED = 0
+ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert")  # the encoders export and role finding map
 _INSTALL_HINT = 'pip install "qonnx-bert[export]"'
 
 
@@ -91,12 +92,19 @@ def packaged_model_path() -> Path:
 
 
 def _read_config(path: Path) -> dict:
+    """``config.json`` of a BERT-family encoder; anything else is one line naming the file."""
     try:
-        return json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UsageError(
             f"{path / 'config.json'} is unreadable ({err}); is {path} a Hugging Face model directory?"
         ) from None
+    kind = config.get("model_type") if isinstance(config, dict) else None
+    if kind not in ENCODER_TYPES:
+        raise UsageError(
+            f"{path / 'config.json'}: key 'model_type' must be one of {', '.join(ENCODER_TYPES)}, got {json.dumps(kind)}"
+        )
+    return config
 
 
 def _local_source(path: Path, name: str) -> ModelSource:
@@ -144,12 +152,16 @@ def load_model(source: ModelSource, *, num_labels: int | None = None, attn_imple
     labels = source.num_labels if num_labels is None else num_labels
     if source.head_seed is not None:
         torch.manual_seed(source.head_seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        source.path,
-        num_labels=labels,
-        attn_implementation=attn_implementation,
-        ignore_mismatched_sizes=labels != source.num_labels,
-    )
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source.path,
+            num_labels=labels,
+            attn_implementation=attn_implementation,
+            ignore_mismatched_sizes=labels != source.num_labels,
+        )
+    except Exception as err:  # OSError (no weights), safetensors' error (corrupt file), ValueError (bad config)
+        said = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise UsageError(f"cannot load the weights of {source.path}: {said}") from None
     return model.eval()
 
 

@@ -54,24 +54,25 @@ SOCS = {
 
 
 def resolve_soc(name: str) -> Soc:
-    """A SoC by friendly name (``sm8650``) or raw QNN ``soc_model`` id (``57``)."""
+    """A SoC of the table by friendly name (``sm8650``) or QNN ``soc_model`` id (``57``).
+
+    Other ids are refused: QNN accepts any integer and then rejects every op, which
+    reads as a fault of the model.
+    """
     key = name.strip().lower()
     if key in SOCS:
         return SOCS[key]
     by_id = {str(s.soc_model): s for s in SOCS.values()}
     if key in by_id:
         return by_id[key]
-    if key.isdigit():
-        return Soc(f"soc{key}", int(key), "unknown", "raw QNN soc_model id (not measured by qonnx)")
-    raise UsageError(
-        f"unknown SoC {name!r}; choose one of: {', '.join(SOCS)} (or a QNN soc_model id); `--soc list` shows them"
-    )
+    ids = ", ".join(f"{s.name} ({s.soc_model})" for s in SOCS.values())
+    raise UsageError(f"unknown SoC {name!r}; choose one of: {ids}; `--soc list` shows them")
 
 
 def soc_table() -> list[str]:
     """The lines printed by ``--soc list``."""
     rows = [f"{s.name:<8} soc_model={s.soc_model:<3} HTP {s.arch}  {s.device}" for s in SOCS.values()]
-    return [*rows, "(any other QNN soc_model id is accepted as a number, e.g. --soc 57)"]
+    return [*rows, "(--soc takes the name or the soc_model id, e.g. --soc 57)"]
 
 
 @contextlib.contextmanager

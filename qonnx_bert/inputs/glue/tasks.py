@@ -112,8 +112,15 @@ def _split_file(task: TaskSpec, data_dir: Path, split: str) -> Path:
 
 def _rows(path: Path, header: bool) -> tuple[list[str] | None, list[list[str]]]:
     csv.field_size_limit(sys.maxsize)
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except UnicodeDecodeError as err:
+        raise UsageError(
+            f"{path} is not UTF-8 text (byte {err.start}); use the file of a standard GLUE download"
+        ) from None
+    if not rows:
+        raise UsageError(f"{path} is empty; use the file of a standard GLUE download")
     if header:
         return rows[0], rows[1:]
     return None, rows

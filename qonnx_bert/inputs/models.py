@@ -102,7 +102,8 @@ def _read_config(path: Path) -> dict:
     kind = config.get("model_type") if isinstance(config, dict) else None
     if kind not in ENCODER_TYPES:
         raise UsageError(
-            f"{path / 'config.json'}: key 'model_type' must be one of {', '.join(ENCODER_TYPES)}, got {json.dumps(kind)}"
+            f"{path / 'config.json'}: key 'model_type' must be one of {', '.join(ENCODER_TYPES)}, "
+            f"got {json.dumps(kind)}"
         )
     return config
 

@@ -9,11 +9,11 @@ report, so the page renders wherever the directory is copied.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.files import read_json_object, require
 
 RESULTS_FILES = ("results.json", "results.md")
 
@@ -22,12 +22,26 @@ def _bench_section(root: Path) -> str | None:
     from qonnx_bert.benchmarks.glue_bench import render_results
 
     if (root / "results.json").is_file():
-        results = json.loads((root / "results.json").read_text())
+        results = _read_results(root / "results.json")
         if "tasks" in results:
             return render_results(results)
     if (root / "results.md").is_file():
         return (root / "results.md").read_text().strip()
     return None
+
+
+def _read_results(path: Path) -> dict:
+    """A bench ``results.json``, its tables' keys checked (a hand-edited file is one line, not a traceback)."""
+    results = read_json_object(path, "bench results file", "re-run `qonnx bench` to write it")
+    if "tasks" in results:
+        where = str(path)
+        tasks = require(results, "tasks", list, where)
+        for variant, row in require(results, "scores", dict, where).items():
+            row = require({variant: row}, variant, dict, f"{where}: scores")
+            for task in tasks:
+                if row.get(task) is not None:
+                    require(row, task, (int, float), f"{where}: scores of {variant}")
+    return results
 
 
 def _shift_headings(text: str) -> str:

@@ -163,4 +163,6 @@ def load_recipe(path: str | Path, *, roles: RoleMap | None = None, default: str 
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"recipe {path} is not valid JSON ({err}); see calibration/README.md") from None
+    except OSError as err:  # a directory, no permission
+        raise UsageError(f"cannot read recipe {path}: {err.strerror}; pass a recipe file") from None
     return parse_recipe(data, source=str(path), roles=roles, default=default)

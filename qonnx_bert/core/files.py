@@ -102,7 +102,9 @@ def guard(
     taken = {}
     for given in filter(None, inputs):
         for path in _input_files(Path(given)):
-            taken.setdefault(_key(path), f"the input file {given}" if path == Path(given) else f"{path}, read from {given}")
+            taken.setdefault(
+                _key(path), f"the input file {given}" if path == Path(given) else f"{path}, read from {given}"
+            )
     written: dict[tuple, Path] = {}
     declared = [(Path(p), False) for p in filter(None, outputs)] + [(Path(p), True) for p in filter(None, output_dirs)]
     for path, directory in declared:

@@ -43,7 +43,7 @@ from qonnx_bert.calibration.estimators import PerTensor, make_estimator
 from qonnx_bert.calibration.ranges import RangeTable, model_fingerprint
 from qonnx_bert.calibration.tensors import quantizable_tensors
 from qonnx_bert.core.errors import UsageError
-from qonnx_bert.core.files import atomic_output, read_json_object
+from qonnx_bert.core.files import atomic_output, read_json_object, require
 from qonnx_bert.core.metrics import sqnr_db
 from qonnx_bert.core.modelinfo import read_info
 from qonnx_bert.core.runtime import cpu_session
@@ -114,12 +114,15 @@ def load_selection(path: str | Path, model: onnx.ModelProto) -> list[str]:
         raise UsageError(
             f"{path} is not a qonnx int16 selection (version {SELECTION_VERSION}); write one with `qonnx quantize --save-selection`"
         )
-    made_for = doc.get("model") or {}
+    made_for = require(doc, "model", dict, str(path))
     if made_for.get("fingerprint") != model_fingerprint(model):
         raise UsageError(
             f"{path} was selected on another model ({made_for.get('source')}); re-run `qonnx quantize --scheme auto-mp` on this one"
         )
-    return list(doc.get("roles") or [])
+    roles = require(doc, "roles", list, str(path))
+    if not all(isinstance(r, str) for r in roles):
+        raise UsageError(f"{path}: key 'roles' must be a list of role names (strings)")
+    return roles
 
 
 def requested_roles(ctx: SchemeContext) -> list[str]:

@@ -29,8 +29,11 @@ def run(args) -> int:
 
 
 def _read_by_report(results: Path, output: Path) -> list[Path]:
-    """The files a report reads or links (every .json, .md and .png under RESULTS), its own earlier page aside."""
+    """The files a report reads or links (bench results, every .json, .md and .png), its own earlier page aside."""
+    from qonnx_bert.benchmarks.report import RESULTS_FILES
+
     if not results.is_dir():
         return [results]
     own = output.resolve()
-    return [p for p in results.rglob("*") if p.suffix in (".json", ".md", ".png") and p.resolve() != own]
+    found = [p for p in results.rglob("*") if p.suffix in (".json", ".md", ".png")]
+    return [p for p in found if p.resolve() != own or p.name in RESULTS_FILES]

@@ -106,7 +106,7 @@ def guard(
                 _key(path), f"the input file {given}" if path == Path(given) else f"{path}, read from {given}"
             )
     written: dict[tuple, Path] = {}
-    declared = [(Path(p), False) for p in filter(None, outputs)] + [(Path(p), True) for p in filter(None, output_dirs)]
+    declared = [(Path(p), True) for p in filter(None, output_dirs)] + [(Path(p), False) for p in filter(None, outputs)]
     for path, directory in declared:
         key = _key(path)
         if key in taken:

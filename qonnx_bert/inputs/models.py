@@ -149,7 +149,9 @@ def load_model(source: ModelSource, *, num_labels: int | None = None, attn_imple
     """
     import torch
     from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar would break the one-line error contract
     labels = source.num_labels if num_labels is None else num_labels
     if source.head_seed is not None:
         torch.manual_seed(source.head_seed)

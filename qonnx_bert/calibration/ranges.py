@@ -58,6 +58,8 @@ def _checked_range(entry: object, where: str) -> dict:
     if not isinstance(entry, dict):
         raise UsageError(f"{where} must be an object with min and max, got {json.dumps(entry)[:40]}")
     low, high = (require(entry, k, (int, float), where) for k in ("min", "max"))
+    if entry.get("role") is not None:
+        require(entry, "role", str, where)
     if not (math.isfinite(low) and math.isfinite(high)):
         raise UsageError(f"{where} has a non-finite range [{low}, {high}]; re-run `qonnx calibrate`")
     if low > high:

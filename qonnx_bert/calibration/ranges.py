@@ -81,11 +81,16 @@ def _checked_channels(entry: object, where: str) -> None:
 
 
 def _widen_degenerate(tensors: dict[str, dict], path: str | Path) -> None:
-    """min == max (constant on every calibration sequence) becomes a span of ``MIN_RANGE`` centred on the value."""
+    """min == max (constant on every calibration sequence) becomes a span of ``MIN_RANGE`` centred on the value.
+
+    A warning names them, except tensors that were 0 throughout (an unmasked attention
+    mask): any scale represents 0 exactly, so nothing about them changes.
+    """
     flat = [t for t, e in tensors.items() if e["max"] - e["min"] < MIN_RANGE]
     for t in flat:
         centre = (tensors[t]["min"] + tensors[t]["max"]) / 2
         tensors[t] = {**tensors[t], "min": centre - MIN_RANGE / 2, "max": centre + MIN_RANGE / 2}
+    flat = [t for t in flat if tensors[t]["min"] + MIN_RANGE / 2 != 0]
     if flat:
         logger.warning(
             "%s: %d tensors have min == max (e.g. %s); widened to a span of %g", path, len(flat), flat[0], MIN_RANGE

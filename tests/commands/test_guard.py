@@ -211,8 +211,8 @@ def test_degenerate_range_is_widened_with_a_warning(work, tmp_path, caplog):
 
     doc = json.loads((work / "r.json").read_text())
     tensor = next(iter(doc["tensors"]))
-    doc["tensors"][tensor].update(min=0.0, max=0.0)
+    doc["tensors"][tensor].update(min=2.0, max=2.0)
     (tmp_path / "flat.json").write_text(json.dumps(doc))
     table = RangeTable.load(tmp_path / "flat.json")
-    assert table.range(tensor) == pytest.approx((-MIN_RANGE / 2, MIN_RANGE / 2))
+    assert table.range(tensor) == pytest.approx((2.0 - MIN_RANGE / 2, 2.0 + MIN_RANGE / 2), abs=1e-9)
     assert "min == max" in caplog.text and str(tmp_path / "flat.json") in caplog.text

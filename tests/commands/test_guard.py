@@ -216,3 +216,15 @@ def test_degenerate_range_is_widened_with_a_warning(work, tmp_path, caplog):
     table = RangeTable.load(tmp_path / "flat.json")
     assert table.range(tensor) == pytest.approx((2.0 - MIN_RANGE / 2, 2.0 + MIN_RANGE / 2), abs=1e-9)
     assert "min == max" in caplog.text and str(tmp_path / "flat.json") in caplog.text
+
+
+def test_same_command_same_bytes(work, tmp_path):
+    """Determinism: calibrate and quantize twice, byte-identical outputs."""
+    model, ranges = str(work / "victim.onnx"), [tmp_path / "r1.json", tmp_path / "r2.json"]
+    for out in ranges:
+        assert main(["calibrate", model, "-n", "3", "--seed", "7", "-o", str(out)]) == 0
+    assert ranges[0].read_bytes() == ranges[1].read_bytes()
+    models = [tmp_path / "q1.onnx", tmp_path / "q2.onnx"]
+    for out in models:
+        assert main(["quantize", model, "--scheme", "mp", "--ranges", str(ranges[0]), "-o", str(out)]) == 0
+    assert models[0].read_bytes() == models[1].read_bytes()

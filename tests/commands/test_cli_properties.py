@@ -181,20 +181,30 @@ def test_damaged_ranges_through_quantize(inputs, tiny_ranges, snapshot, capsys):
     check()
 
 
-@settings(max_examples=60, **SETTINGS)
-@given(data=st.data())
-def test_range_table_reader(tiny_ranges, tmp_path_factory, data):
-    raw = data.draw(damaged_files(_ranges_doc(tiny_ranges)))
-    path = tmp_path_factory.mktemp("r") / "r.json"
-    path.write_bytes(raw)
-    try:
-        table = RangeTable.load(path)
-    except UsageError as err:
-        assert "\n" not in str(err)
-        return
-    assert all(
-        math.isfinite(e["min"]) and math.isfinite(e["max"]) and e["min"] < e["max"] for e in table.tensors.values()
-    )
+def _reader_holds(doc: dict, read, valid, folder: Path, examples: int = 40) -> None:
+    """``read`` of any damaged ``doc`` returns something ``valid`` or raises a one-line ``UsageError``."""
+
+    @settings(max_examples=examples, **SETTINGS)
+    @given(raw=damaged_files(doc))
+    def check(raw):
+        (folder / "bad.json").write_bytes(raw)
+        try:
+            result = read(folder / "bad.json")
+        except UsageError as err:
+            assert "\n" not in str(err).strip()
+            return
+        assert valid(result)
+
+    check()
+
+
+def test_range_table_reader(tiny_ranges, tmp_path):
+    def valid(table):
+        return all(
+            math.isfinite(e["min"]) and math.isfinite(e["max"]) and e["min"] < e["max"] for e in table.tensors.values()
+        )
+
+    _reader_holds(_ranges_doc(tiny_ranges), RangeTable.load, valid, tmp_path, examples=60)
 
 
 def test_selection_reader(tiny_onnx, tmp_path):
@@ -203,34 +213,13 @@ def test_selection_reader(tiny_onnx, tmp_path):
     model = onnx.load(str(tiny_onnx))
     save_selection(tmp_path / "sel.json", model, "mp", ["output", "layer.0.ffn.output"], {"output": 1.5})
     doc = json.loads((tmp_path / "sel.json").read_text())
-
-    @settings(max_examples=40, **SETTINGS)
-    @given(raw=damaged_files(doc))
-    def check(raw):
-        (tmp_path / "bad.json").write_bytes(raw)
-        try:
-            roles = load_selection(tmp_path / "bad.json", model)
-        except UsageError as err:
-            assert "\n" not in str(err)
-            return
-        assert isinstance(roles, list) and all(isinstance(r, str) for r in roles)
-
-    check()
+    roles_ok = lambda roles: isinstance(roles, list) and all(isinstance(r, str) for r in roles)  # noqa: E731
+    _reader_holds(doc, lambda path: load_selection(path, model), roles_ok, tmp_path)
 
 
 def test_recipe_reader(tmp_path):
     doc = json.loads((RECIPES / "percentile-residual.json").read_text())
-
-    @settings(max_examples=40, **SETTINGS)
-    @given(raw=damaged_files(doc))
-    def check(raw):
-        (tmp_path / "bad.json").write_bytes(raw)
-        try:
-            load_recipe(tmp_path / "bad.json")
-        except UsageError as err:
-            assert "\n" not in str(err).strip()
-
-    check()
+    _reader_holds(doc, load_recipe, lambda recipe: recipe is not None, tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -136,7 +136,8 @@ class RangeTable:
             raise UsageError(f"{path} is not a qonnx ranges file; create one with `qonnx calibrate`")
         if data.get("version") != VERSION:
             raise UsageError(
-                f"{path} has ranges format version {data.get('version')}, this qonnx reads {VERSION}; re-run `qonnx calibrate`"
+                f"{path} has ranges format version {data.get('version')}, this qonnx reads {VERSION}; "
+                "re-run `qonnx calibrate`"
             )
         model, calibration = require(data, "model", dict, str(path)), require(data, "calibration", dict, str(path))
         tensors = {
@@ -159,12 +160,14 @@ class RangeTable:
         path = self.origin if path is None else path
         if not self.fits(model):
             raise UsageError(
-                f"{path} was calibrated on another model ({self.model.get('source')}); re-run `qonnx calibrate` on this one"
+                f"{path} was calibrated on another model ({self.model.get('source')}); "
+                "re-run `qonnx calibrate` on this one"
             )
         missing = [t for t in needed if t not in self.tensors]
         if missing:
             raise UsageError(
-                f"{path} lacks ranges for {len(missing)} tensors (e.g. {missing[0]}); re-run `qonnx calibrate` with this qonnx version"
+                f"{path} lacks ranges for {len(missing)} tensors (e.g. {missing[0]}); "
+                "re-run `qonnx calibrate` with this qonnx version"
             )
 
     def save_ort_cache(self, path: str | Path) -> None:

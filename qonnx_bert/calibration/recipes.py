@@ -93,7 +93,10 @@ def _checked_spec(text: str) -> EstimatorSpec:
 
 
 def _no_role(glob: str, roles: RoleMap) -> str:
-    return f"role glob {glob!r} matches no role of this model (it has {roles.num_layers} layers; roles look like layer.0.ffn.output)"
+    return (
+        f"role glob {glob!r} matches no role of this model (it has {roles.num_layers} layers; "
+        "roles look like layer.0.ffn.output)"
+    )
 
 
 def _problems_message(source: str | None, problems: list[str]) -> str:

@@ -34,7 +34,8 @@ def register(sub) -> None:
     p.add_argument(
         "--schemes",
         default=DEFAULT_VARIANTS,
-        help=f"comma-separated table rows; 'loo' adds the leave-one-out rows (Table 2), 'table5' the PEG K/permutation rows (default {DEFAULT_VARIANTS})",
+        help="comma-separated table rows; 'loo' adds the leave-one-out rows (Table 2), "
+        f"'table5' the PEG K/permutation rows (default {DEFAULT_VARIANTS})",
     )
     p.add_argument(
         "--seeds", type=positive_int, default=1, help="calibration seeds per cell; the table shows the median"
@@ -55,7 +56,8 @@ def register(sub) -> None:
         nargs="?",
         const="local",
         metavar="ADDRESS",
-        help="run cells as Ray tasks: on a new local Ray instance (no ADDRESS) or on a cluster ('auto', 'ray://HOST:10001'); pip install 'qonnx-bert[ray]'",
+        help="run cells as Ray tasks: on a new local Ray instance (no ADDRESS) or on a cluster "
+        "('auto', 'ray://HOST:10001'); pip install 'qonnx-bert[ray]'",
     )
     p.add_argument(
         "--latency-runs",

@@ -51,7 +51,10 @@ def run(args) -> int:
     sequences = first_sequences(args.num_sequences, task=args.task, data_dir=args.data_dir, texts=args.texts)
     errors = compare(load_onnx(args.fp32), load_onnx(args.quantized), sequences)
     table = render_errors(errors)
-    head = f"{args.quantized} vs {args.fp32}: {len(sequences)} sequences ({sequences.source}), padding excluded, worst first."
+    head = (
+        f"{args.quantized} vs {args.fp32}: {len(sequences)} sequences ({sequences.source}), padding excluded, "
+        "worst first."
+    )
     print(head + "\n\n" + table)
     if plot:
         with atomic_outputs(plot, plot.with_suffix(".md")) as (png, md):

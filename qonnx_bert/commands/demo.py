@@ -30,6 +30,7 @@ def run(args) -> int:
             rows = run_demo(Path(tmp), runs=args.runs)
     print(format_table(rows))
     print(
-        "Logits of 64 shipped sentences; the classifier head is untrained (seeded), so agreement compares predictions, not accuracy."
+        "Logits of 64 shipped sentences; the classifier head is untrained (seeded), "
+        "so agreement compares predictions, not accuracy."
     )
     return 0

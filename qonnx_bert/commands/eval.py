@@ -61,7 +61,8 @@ def run_emulated(args, split) -> int:
         shown = "  ".join(f"{k}={v:.2f}" if k == "score" else f"{k}={v:.4f}" for k, v in res.metrics.items())
         print(f"{split.task.name} dev ({len(split)} examples, {name}): {shown}")
     print(
-        f"HTP vs CPU provider: same prediction on {result.agreement:.1%} of {len(split)} examples; emulator {result.seconds_per_sequence:.2f} s/sequence"
+        f"HTP vs CPU provider: same prediction on {result.agreement:.1%} of {len(split)} examples; "
+        f"emulator {result.seconds_per_sequence:.2f} s/sequence"
     )
     print(
         f"CPU provider's integer kernels vs the same QDQ graph computed in float: {result.cpu_self_agreement:.1%} "

@@ -79,7 +79,7 @@ def read_tokenizer_json(model: onnx.ModelProto, path: str | Path = "model") -> s
 
 
 def permuted_record(tensors: dict[str, np.ndarray]) -> str:
-    """``{tensor: perm}`` (the tensor holds its FP32 value's ``[..., perm]``) as JSON, each distinct order stored once."""
+    """``{tensor: perm}`` as JSON (the tensor holds its FP32 value's ``[..., perm]``), each distinct order once."""
     orders: dict[tuple[int, ...], int] = {}
     names = {name: orders.setdefault(tuple(int(i) for i in perm), len(orders)) for name, perm in tensors.items()}
     return json.dumps({"orders": [list(o) for o in orders], "tensors": names})

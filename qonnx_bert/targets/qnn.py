@@ -126,14 +126,16 @@ def require_htp_model(model: onnx.ModelProto, path: str = "model") -> None:
     """Refuse what HTP cannot take whole: a model without activation quantizers, or dynamic shapes."""
     if not any(n.op_type == "QuantizeLinear" for n in model.graph.node):
         raise UsageError(
-            f"{path} has no activation QuantizeLinear (float or weight-only model); HTP runs integer graphs: quantize it first (`qonnx quantize --scheme w8a8`)"
+            f"{path} has no activation QuantizeLinear (float or weight-only model); "
+            "HTP runs integer graphs: quantize it first (`qonnx quantize --scheme w8a8`)"
         )
     for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim
         if not dims or not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
             shape = [d.dim_param or d.dim_value for d in dims]
             raise UsageError(
-                f"{path} input {value.name} has dynamic shape {shape}; HTP needs static shapes: re-export with `qonnx export --static-shape 1,128`"
+                f"{path} input {value.name} has dynamic shape {shape}; "
+                "HTP needs static shapes: re-export with `qonnx export --static-shape 1,128`"
             )
 
 

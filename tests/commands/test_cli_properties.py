@@ -211,7 +211,8 @@ def test_selection_reader(tiny_onnx, tmp_path):
     from qonnx_bert.quantize.schemes.mixed import load_selection, save_selection
 
     model = onnx.load(str(tiny_onnx))
-    save_selection(tmp_path / "sel.json", model, "mp", ["output", "layer.0.ffn.output"], {"output": 1.5})
+    selection = {"roles": ["output", "layer.0.ffn.output"], "sensitivity": {"output": 1.5}}
+    save_selection(tmp_path / "sel.json", model, "mp", selection)
     doc = json.loads((tmp_path / "sel.json").read_text())
     roles_ok = lambda roles: isinstance(roles, list) and all(isinstance(r, str) for r in roles)  # noqa: E731
     _reader_holds(doc, lambda path: load_selection(path, model), roles_ok, tmp_path)

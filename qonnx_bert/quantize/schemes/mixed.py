@@ -112,12 +112,14 @@ def load_selection(path: str | Path, model: onnx.ModelProto) -> list[str]:
     doc = read_json_object(path, "selection file", f"write one with `qonnx quantize --save-selection {path}`")
     if doc.get("format") != SELECTION_FORMAT or doc.get("version") != SELECTION_VERSION:
         raise UsageError(
-            f"{path} is not a qonnx int16 selection (version {SELECTION_VERSION}); write one with `qonnx quantize --save-selection`"
+            f"{path} is not a qonnx int16 selection (version {SELECTION_VERSION}); "
+            "write one with `qonnx quantize --save-selection`"
         )
     made_for = require(doc, "model", dict, str(path))
     if made_for.get("fingerprint") != model_fingerprint(model):
         raise UsageError(
-            f"{path} was selected on another model ({made_for.get('source')}); re-run `qonnx quantize --scheme auto-mp` on this one"
+            f"{path} was selected on another model ({made_for.get('source')}); "
+            "re-run `qonnx quantize --scheme auto-mp` on this one"
         )
     roles = require(doc, "roles", list, str(path))
     if not all(isinstance(r, str) for r in roles):

@@ -1,0 +1,71 @@
+"""Low-bit weights and word embeddings on any scheme's QDQ model (the paper's Tables 7 and 12).
+
+``lower_weight_bits`` runs after the scheme's QDQ insertion: it re-quantizes the MatMul/Gemm
+weights at ``LowBitConfig.weights`` and the word embedding table at ``.embeddings`` from the
+scheme's float weights, and writes them packed (INT4/INT2) so the file really shrinks.
+Position and token-type tables keep the scheme's int8 (they are 0.6% of MiniLM's weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+
+from qonnx_bert.calibration.weight_grid import QuantizedWeight, WeightGrid, quantize_weight
+from qonnx_bert.core.errors import UsageError
+from qonnx_bert.passes.lowbit_weights import WeightSite, weight_sites, write_weights
+
+
+@dataclass(frozen=True)
+class LowBitConfig:
+    """Bits of the linear weights and of the word embedding table; None keeps the scheme's int8 per-tensor."""
+
+    weights: WeightGrid | None = None
+    embeddings: WeightGrid | None = None
+
+    def grid(self, site: WeightSite) -> WeightGrid | None:
+        return self.embeddings if site.embedding else self.weights
+
+
+def describe(grid: WeightGrid, what: str, count: int) -> str:
+    block = f" of {grid.block_size}" if grid.granularity.value == "block" else ""
+    ranges = "MSE" if grid.bits < 8 else "min-max"
+    return f"{what}: {count} at {grid.bits}-bit symmetric {grid.granularity.value}{block} ({ranges} ranges)"
+
+
+def _check_runnable(site: WeightSite, grid: WeightGrid) -> None:
+    """ONNX Runtime 1.32's CPU provider fuses DQ(int2) -> MatMul with a quantized input into QLinearMatMul,
+    which has no int2 kernel, and then fails to load the model: refuse to write such a file."""
+    if grid.bits == 2 and site.quantized_input:
+        raise UsageError(
+            "2-bit weights with quantized activations do not load in ONNX Runtime's CPU provider "
+            "(QLinearMatMul has no int2 kernel): use --weight-bits 4, or a weights-only scheme (w8a32)"
+        )
+
+
+def lower_weight_bits(
+    quantized: onnx.ModelProto, floats: onnx.ModelProto, config: LowBitConfig
+) -> tuple[onnx.ModelProto, list[str]]:
+    """``quantized`` with its weights at ``config``'s bits, and one note per kind of weight rewritten.
+
+    ``floats`` is the float model the scheme quantized (``Plan.model``): weights are
+    re-quantized from their float values, never from the scheme's int8 integers.
+    """
+    chosen: list[tuple[WeightSite, QuantizedWeight]] = []
+    for site in weight_sites(quantized, floats):
+        grid = config.grid(site)
+        if grid is not None:
+            _check_runnable(site, grid)
+            chosen.append((site, quantize_weight(site.values, grid, site.channel_axis)))
+    notes = [
+        describe(grid, what, sum(1 for s, _ in chosen if s.embedding == emb))
+        for grid, what, emb in ((config.weights, "weights", False), (config.embeddings, "word embeddings", True))
+        if grid is not None
+    ]
+    return write_weights(quantized, chosen), notes
+
+
+def size_ratio(fp32: onnx.ModelProto, model: onnx.ModelProto) -> float:
+    """How many times smaller than FP32 the serialized model is (the paper's memory column)."""
+    return fp32.ByteSize() / model.ByteSize()

@@ -34,6 +34,7 @@ import onnx
 
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.core.files import atomic_output, read_json_object, require
+from qonnx_bert.inputs.sequences import Sequences
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,13 @@ class RangeTable:
     def range(self, tensor: str) -> tuple[float, float]:
         entry = self.tensors[tensor]
         return entry["min"], entry["max"]
+
+    def sequences(self) -> Sequences:
+        """The calibration sequences stored with the ranges, for passes that replay them."""
+        if not self.calibration.get("sequences"):
+            raise UsageError("ranges file holds no calibration sequences; re-run `qonnx calibrate` (this version)")
+        cal = self.calibration
+        return Sequences.from_pairs(cal["sequences"], cal.get("source", "ranges file"), cal.get("seed", 0))
 
     def to_json(self) -> dict:
         return {

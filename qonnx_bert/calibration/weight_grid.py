@@ -59,13 +59,18 @@ class QuantizedWeight:
     block_size: int | None
     bits: int
 
-    def dequantize(self) -> np.ndarray:
+    def full_scale(self) -> np.ndarray:
+        """Each integer's scale, the weight's shape."""
         scale = self.scale
         if self.block_size:
             scale = np.repeat(scale, self.block_size, axis=self.axis)
         elif self.axis is not None:
             scale = np.expand_dims(scale, tuple(d for d in range(self.integers.ndim) if d != self.axis))
-        return (self.integers * scale.astype(np.float64)).astype(np.float32)
+        return np.broadcast_to(scale, self.integers.shape)
+
+    def dequantize(self) -> np.ndarray:
+        """What DequantizeLinear computes: the float32 product (exact in float64, then rounded once)."""
+        return (self.integers * self.full_scale().astype(np.float64)).astype(np.float32)
 
     def stored(self) -> np.ndarray:
         return self.integers.astype(STORAGE[self.bits])

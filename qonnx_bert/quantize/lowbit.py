@@ -8,12 +8,15 @@ Position and token-type tables keep the scheme's int8 (they are 0.6% of MiniLM's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import onnx
+from tqdm import tqdm
 
+from qonnx_bert.calibration.adaround import AdaRoundConfig, adaround, input_grams
 from qonnx_bert.calibration.weight_grid import QuantizedWeight, WeightGrid, quantize_weight
 from qonnx_bert.core.errors import UsageError
+from qonnx_bert.inputs.sequences import Sequences
 from qonnx_bert.passes.lowbit_weights import WeightSite, weight_sites, write_weights
 
 
@@ -23,6 +26,7 @@ class LowBitConfig:
 
     weights: WeightGrid | None = None
     embeddings: WeightGrid | None = None
+    adaround: AdaRoundConfig | None = None  # learned rounding for linear weights at <= 4 bits
 
     def grid(self, site: WeightSite) -> WeightGrid | None:
         return self.embeddings if site.embedding else self.weights
@@ -44,13 +48,33 @@ def _check_runnable(site: WeightSite, grid: WeightGrid) -> None:
         )
 
 
+def _adaround(
+    chosen: list[tuple[WeightSite, QuantizedWeight]],
+    floats: onnx.ModelProto,
+    sequences: Sequences,
+    config: AdaRoundConfig,
+) -> list[tuple[WeightSite, QuantizedWeight]]:
+    """Replace the round-to-nearest integers of <= 4-bit linear weights by AdaRound's."""
+    inputs = {n.name: n.input[0] for n in floats.graph.node}
+    todo = [(s, q) for s, q in chosen if q.bits <= 4 and not s.embedding]
+    grams = input_grams(floats, sorted({inputs[s.consumer] for s, _ in todo}), sequences)
+    rounded = {}
+    for site, q in tqdm(todo, desc="AdaRound", unit="layer", disable=None):
+        flip = site.channel_axis == 0  # Gemm with transB: y = x @ W.T
+        w, s = (site.values.T, q.full_scale().T) if flip else (site.values, q.full_scale())
+        ints = adaround(w, s, 2 ** (q.bits - 1) - 1, grams[inputs[site.consumer]], config)
+        rounded[site.tensor] = replace(q, integers=ints.T if flip else ints)
+    return [(s, rounded.get(s.tensor, q)) for s, q in chosen]
+
+
 def lower_weight_bits(
-    quantized: onnx.ModelProto, floats: onnx.ModelProto, config: LowBitConfig
+    quantized: onnx.ModelProto, floats: onnx.ModelProto, config: LowBitConfig, sequences: Sequences | None = None
 ) -> tuple[onnx.ModelProto, list[str]]:
     """``quantized`` with its weights at ``config``'s bits, and one note per kind of weight rewritten.
 
     ``floats`` is the float model the scheme quantized (``Plan.model``): weights are
-    re-quantized from their float values, never from the scheme's int8 integers.
+    re-quantized from their float values, never from the scheme's int8 integers. AdaRound
+    learns on ``sequences`` (``RangeTable.sequences()``: the calibration set).
     """
     chosen: list[tuple[WeightSite, QuantizedWeight]] = []
     for site in weight_sites(quantized, floats):
@@ -58,6 +82,10 @@ def lower_weight_bits(
         if grid is not None:
             _check_runnable(site, grid)
             chosen.append((site, quantize_weight(site.values, grid, site.channel_axis)))
+    if config.adaround is not None:
+        if sequences is None:
+            raise UsageError("AdaRound needs the calibration sequences: pass a ranges file from `qonnx calibrate`")
+        chosen = _adaround(chosen, floats, sequences, config.adaround)
     notes = [
         describe(grid, what, sum(1 for s, _ in chosen if s.embedding == emb))
         for grid, what, emb in ((config.weights, "weights", False), (config.embeddings, "word embeddings", True))

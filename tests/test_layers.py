@@ -19,6 +19,7 @@ LAYERS = (
     "calibration",
     "passes",
     "quantize",
+    "training",
     "targets",
     "analysis",
     "benchmarks",

@@ -32,7 +32,7 @@ ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch (paper, eq. 23)
 class AdaRoundConfig:
     """Optimisation settings; the paper's BERT runs use 10**4 iterations on 1024 sequences."""
 
-    iterations: int = 2000
+    iterations: int = 1000
     learning_rate: float = 1e-2
     regularization: float = 0.01
     warmup: float = 0.2  # fraction of iterations before the rounding regulariser starts
@@ -77,7 +77,7 @@ def adaround(w: np.ndarray, scale: np.ndarray, qmax: int, gram: np.ndarray, conf
     The loss is AIMET's scale: squared output error summed over columns, averaged over tokens,
     plus ``regularization`` times the rounding regulariser summed over weights.
     """
-    w, s = np.asarray(w, np.float64), np.asarray(scale, np.float64)
+    w, s, gram = (np.asarray(a, np.float32) for a in (w, scale, gram))  # float32: the K x K x N product dominates
     base = np.floor(w / s)
     rest = np.clip(w / s - base, 1e-4, 1 - 1e-4)
     v = -np.log((ZETA - GAMMA) / (rest - GAMMA) - 1)  # h(v) = the fractional part: starts at round-to-nearest's w

@@ -11,6 +11,7 @@ ONNX's version converter lifts the opset where the types need it (INT4: 21, INT2
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +41,7 @@ def weight_sites(quantized: onnx.ModelProto, floats: onnx.ModelProto) -> list[We
     """The MatMul/Gemm weights and the word embedding table of ``quantized``, with floats from ``floats``.
 
     ``floats`` is the float model the scheme quantized (its weight names are the stems of the
-    QDQ initializers); position and token-type tables are left as the scheme wrote them.
+    QDQ initializers: ``<name>_quantized`` from ONNX Runtime, ``<name>_q<bits>`` from this writer); position and token-type tables are left as the scheme wrote them.
     """
     inits = {i.name for i in quantized.graph.initializer}
     values = {i.name: i for i in floats.graph.initializer}
@@ -56,7 +57,7 @@ def weight_sites(quantized: onnx.ModelProto, floats: onnx.ModelProto) -> list[We
             continue
         dq = producers.get(tensor)
         constant = tensor in inits or (dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits)
-        name = tensor if tensor in inits else dq.input[0].removesuffix("_quantized") if constant else ""
+        name = tensor if tensor in inits else re.sub(r"_(quantized|q\d)$", "", dq.input[0]) if constant else ""
         if not constant:
             continue
         if name not in values:

@@ -1,0 +1,1 @@
+"""Quantization-aware training: fine-tune through the deployed QDQ graph, export learned ranges."""

@@ -1,0 +1,62 @@
+"""Fake quantization that computes what ONNX Runtime will deploy, with straight-through gradients.
+
+Activation ranges are learned LSQ-style: ``lo`` and ``hi`` are parameters, the scale
+``(max(hi, 0) - min(lo, 0)) / qmax`` follows them with its full gradient through the
+quantize-dequantize (rounding passes gradients straight through, clamping stops them),
+and the zero point is recomputed from the range every step exactly as ONNX Runtime's
+``compute_scale_zp`` does when the ranges file is quantized (``round(-rmin / scale)``,
+float64, no gradient: it is an integer). Rounding is ``torch.round``, half to even, as
+ONNX ``QuantizeLinear``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round half to even forward, identity backward."""
+    return x + (torch.round(x) - x).detach()
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """``QuantizeLinear``: integers (as floats) ``clamp(round(x / scale) + zero_point)``."""
+    return torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    return (q - zero_point) * scale
+
+
+def _double(x) -> torch.Tensor:
+    return x.double() if isinstance(x, torch.Tensor) else torch.tensor(x, dtype=torch.float64)
+
+
+def asymmetric_scale_zero_point(lo, hi, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ONNX Runtime's ``compute_scale_zp`` for an unsigned grid: 0 in range, float64, scale stored as float32."""
+    rmin = torch.clamp(_double(lo), max=0.0)
+    rmax = torch.clamp(_double(hi), min=0.0)
+    scale = torch.clamp((rmax - rmin) / qmax, min=torch.finfo(torch.float32).tiny)
+    zero_point = torch.round(-rmin / scale).detach()
+    return scale.float(), zero_point.float()
+
+
+class LearnedRange(torch.nn.Module):
+    """An asymmetric activation range ``(lo, hi)`` on an unsigned ``bits`` grid."""
+
+    def __init__(self, lo: float, hi: float, bits: int) -> None:
+        super().__init__()
+        self.lo = torch.nn.Parameter(torch.tensor(float(lo), dtype=torch.float32))
+        self.hi = torch.nn.Parameter(torch.tensor(float(hi), dtype=torch.float32))
+        self.qmax = 2**bits - 1
+
+    def scale_zero_point(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return asymmetric_scale_zero_point(self.lo, self.hi, self.qmax)
+
+    def range(self) -> tuple[float, float]:
+        return float(self.lo.detach()), float(self.hi.detach())
+
+
+def symmetric_weight(w: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
+    """Symmetric weight fake quantization on a given (detached) scale: ``clamp(round(w / s)) * s``."""
+    return torch.clamp(round_ste(w / scale), -qmax, qmax) * scale

@@ -1,0 +1,251 @@
+"""Quantization-aware training (the paper's Section 5): fine-tune through the deployed QDQ graph.
+
+The checkpoint is exported, quantized with the PTQ ranges (and low-bit weights), and that
+QDQ graph is trained in PyTorch (``QdqModule``) with the paper's schedule: Adam, linear
+warm-up over 10% of the steps then linear decay, max sequence length 128. Outputs, in
+``out_dir``: ``checkpoint/`` (the HF model with the trained weights), ``ranges.json`` (the
+learned ranges, fingerprinted for that checkpoint's export), ``model.qdq.onnx`` (what
+``qonnx export`` + ``qonnx quantize --ranges`` give), ``qat.json``, ``dev_logits.npy``. ``qat_state.pt`` holds
+the last finished epoch: a rerun with the same settings resumes after it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from qonnx_bert.calibration.ranges import RangeTable, model_fingerprint
+from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.files import atomic_output
+from qonnx_bert.graph.prepare import prepare
+from qonnx_bert.inputs.export import export_model
+from qonnx_bert.inputs.finetune import (
+    atomic_directory,
+    bucket_batches,
+    collate,
+    encode,
+    loss_fn,
+    make_optimizer,
+    score_logits,
+    seed_everything,
+    subsample,
+)
+from qonnx_bert.inputs.glue.tasks import get_task, load_task
+from qonnx_bert.inputs.models import load_model, resolve_model
+from qonnx_bert.quantize.api import quantize
+from qonnx_bert.quantize.lowbit import LowBitConfig, lower_weight_bits
+from qonnx_bert.training.qdq_module import QdqModule
+
+SCHEMES = ("w8a8",)  # mp and peg graphs train the same way; their ranges export is the next step
+STATE = "qat_state.pt"
+DEV_LOGITS = "dev_logits.npy"  # the fake-quantized model's dev logits after the last epoch: what deployment must match
+
+
+@dataclass(frozen=True)
+class QatConfig:
+    task: str
+    scheme: str = "w8a8"
+    lowbit: LowBitConfig = field(default_factory=LowBitConfig)
+    epochs: int = 3
+    lr: float = 2e-5
+    batch_size: int = 32
+    max_length: int = 128
+    warmup_ratio: float = 0.1
+    seed: int = 0
+    max_train_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise UsageError(f"qat --scheme {self.scheme!r}: this version trains {', '.join(SCHEMES)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise UsageError("qat needs --epochs >= 1, --batch-size >= 1 and --lr > 0")
+
+
+def _hf_names(model, weights: dict[str, np.ndarray]) -> dict[str, tuple[str, bool]]:
+    """ONNX weight -> (HF parameter, transposed): matched by value, as the exporter copies them exactly."""
+    params = {name: p.detach().numpy() for name, p in model.named_parameters()}
+    found = {}
+    for onnx_name, w in weights.items():
+        for name, p in params.items():
+            if p.shape == w.shape and np.array_equal(p, w):
+                found[onnx_name] = (name, False)
+                break
+            if p.ndim == 2 and p.T.shape == w.shape and np.array_equal(p.T, w):
+                found[onnx_name] = (name, True)
+                break
+        else:
+            raise UsageError(f"ONNX weight {onnx_name} matches no parameter of the checkpoint; report this model")
+    return found
+
+
+def _batches(examples, order, batch_size, pad_id):
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size], collate(examples, order[start : start + batch_size], pad_id)
+
+
+def predict(module, examples, batch_size: int, pad_id: int, num_labels: int) -> np.ndarray:
+    """The fake-quantized model's logits for ``examples``, in order."""
+    import torch
+
+    order = np.argsort([len(e["input_ids"]) for e in examples], kind="stable")
+    logits = np.zeros((len(examples), num_labels), np.float32)
+    with torch.no_grad():
+        for idx, batch in _batches(examples, order, batch_size, pad_id):
+            logits[idx] = module(**batch).numpy()
+    return logits
+
+
+def _out_of_memory(batch_size: int) -> UsageError:
+    return UsageError(
+        f"out of memory at --batch-size {batch_size}: rerun with --batch-size {max(1, batch_size // 2)} "
+        "(finished epochs are kept and resumed)"
+    )
+
+
+def _train_epoch(module, optimizer, scheduler, examples, labels, config: QatConfig, epoch: int, pad_id: int, bar):
+    import torch
+
+    rng = np.random.default_rng(config.seed + epoch)  # per epoch: a resumed run draws the same batches
+    target = torch.tensor(labels)
+    lengths = np.array([len(e["input_ids"]) for e in examples])
+    for idx in bucket_batches(lengths, config.batch_size, rng):
+        try:
+            loss = loss_fn(module(**collate(examples, idx, pad_id)), target[idx], get_task(config.task).num_labels)
+            loss.backward()
+        except torch.OutOfMemoryError:
+            raise _out_of_memory(config.batch_size) from None
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch + 1)
+
+
+def _save_state(path: Path, epoch: int, module, optimizer, scheduler, config: QatConfig, history: list) -> None:
+    import torch
+
+    state = {"epoch": epoch, "config": repr(config), "history": history, "module": module.state_dict()}
+    state |= {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _resume(path: Path, module, optimizer, scheduler, config: QatConfig) -> tuple[int, list]:
+    """The first epoch still to run, and the dev metrics so far (0, [] on a fresh start)."""
+    import torch
+
+    if not path.exists():
+        return 0, []
+    state = torch.load(path, weights_only=False)
+    if state["config"] != repr(config):
+        raise UsageError(f"{path} is from a run with other settings; use a new -o folder or delete it")
+    module.load_state_dict(state["module"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state["epoch"] + 1, state["history"]
+
+
+def _learned_ranges(ranges: RangeTable, learned: dict, fp32: onnx.ModelProto) -> RangeTable:
+    tensors = {
+        t: {**e, **dict(zip(("min", "max"), learned.get(t, (e["min"], e["max"]))))} for t, e in ranges.tensors.items()
+    }
+    model = {**ranges.model, "fingerprint": model_fingerprint(fp32), "source": f"qat of {ranges.model.get('source')}"}
+    return RangeTable(model, {**ranges.calibration, "qat": True}, tensors, ranges.per_channel)
+
+
+def _deployed(fp32: onnx.ModelProto, config: QatConfig, ranges: RangeTable) -> onnx.ModelProto:
+    qdq = quantize(fp32, config.scheme, ranges)[0]
+    if config.lowbit.weights or config.lowbit.embeddings:
+        qdq = lower_weight_bits(qdq, prepare(fp32), config.lowbit, ranges.sequences())[0]
+    return qdq
+
+
+def _with_weights(fp32: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(fp32)
+    for init in out.graph.initializer:
+        if init.name in weights:
+            init.CopyFrom(onnx.numpy_helper.from_array(weights[init.name], init.name))
+    return out
+
+
+def run_qat(
+    checkpoint: str, data_dir, ranges_path: str | Path, out_dir: str | Path, config: QatConfig, *, progress=True
+) -> dict:
+    """Train ``checkpoint`` quantization-aware on ``config.task``; write the outputs above into ``out_dir``."""
+    from transformers import AutoTokenizer
+
+    task, out = get_task(config.task), Path(out_dir)
+    source = resolve_model(checkpoint)
+    if source.head_seed is not None or source.num_labels != task.num_labels:
+        raise UsageError(
+            f"{checkpoint} has no trained {task.num_labels}-label head for {task.name}: fine-tune it first"
+        )
+    train_split = subsample(load_task(task.name, "train", data_dir), config.max_train_examples, config.seed)
+    dev_split = load_task(task.name, "dev", data_dir)
+    ranges = RangeTable.load(ranges_path)
+    seed_everything(config.seed)
+    with tempfile.TemporaryDirectory(prefix="qonnx-qat.") as tmp:
+        export_model(checkpoint, Path(tmp) / "fp32.onnx", max_length=config.max_length)
+        fp32 = onnx.load(str(Path(tmp) / "fp32.onnx"))
+    ranges.check_fits(fp32, [], ranges_path)
+    module = QdqModule(_deployed(fp32, config, ranges), prepare(fp32), ranges, config.lowbit)
+    hf = load_model(source)
+    names = _hf_names(hf, {name: w for name, (_, w) in module.learned_weights().items()})
+    tokenizer = AutoTokenizer.from_pretrained(source.path)
+    pad_id = tokenizer.pad_token_id or 0
+    train_ex, dev_ex = (
+        encode(tokenizer, train_split, config.max_length),
+        encode(tokenizer, dev_split, config.max_length),
+    )
+    steps = math.ceil(len(train_ex) / config.batch_size)
+    recipe = {"lr": config.lr, "weight_decay": 0.0, "warmup_ratio": config.warmup_ratio}  # AdamW without decay: Adam
+    optimizer, scheduler = make_optimizer(module, recipe, steps * config.epochs)
+    out.mkdir(parents=True, exist_ok=True)
+    first, history = _resume(out / STATE, module, optimizer, scheduler, config)
+    module.refresh_weight_scales()
+    bar = tqdm(
+        total=steps * config.epochs, initial=steps * first, desc=f"qat {task.name}", unit="step", disable=not progress
+    )
+    for epoch in range(first, config.epochs):  # weight scales: set at build or resume, refreshed after each epoch
+        module.train()
+        _train_epoch(module, optimizer, scheduler, train_ex, train_split.labels, config, epoch, pad_id, bar)
+        module.refresh_weight_scales()
+        logits = predict(module, dev_ex, 64, pad_id, task.num_labels)
+        dev = score_logits(dev_split, logits)
+        history.append({"epoch": epoch + 1, "dev": dev})
+        with atomic_output(out / DEV_LOGITS) as tmp, open(tmp, "wb") as f:
+            np.save(f, logits)
+        bar.write(f"epoch {epoch + 1}: dev score {dev['score']:.4f}")
+        _save_state(out / STATE, epoch, module, optimizer, scheduler, config, history)
+    bar.close()
+    return _write_outputs(out, fp32, hf, tokenizer, names, module, ranges, config, history)
+
+
+def _write_outputs(out: Path, fp32, hf, tokenizer, names, module, ranges, config: QatConfig, history) -> dict:
+    import torch
+
+    weights = {name: w for name, (_, w) in module.learned_weights().items()}
+    with torch.no_grad():
+        params = dict(hf.named_parameters())
+        for onnx_name, (name, transposed) in names.items():
+            params[name].copy_(torch.from_numpy(weights[onnx_name].T if transposed else weights[onnx_name]))
+    trained = _with_weights(fp32, weights)
+    learned = _learned_ranges(ranges, module.learned_ranges(), trained)
+    with atomic_directory(out / "checkpoint") as tmp:
+        hf.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    learned.save(out / "ranges.json")
+    with atomic_output(out / "model.qdq.onnx") as tmp:
+        onnx.save(_deployed(trained, config, learned), str(tmp))
+    record = {"config": json.loads(json.dumps(asdict(config), default=str)), "history": history}
+    (out / "qat.json").write_text(json.dumps(record, indent=2, default=float) + "\n", encoding="utf-8")
+    return record

@@ -1,0 +1,148 @@
+"""A QDQ ONNX model as a trainable PyTorch module: the deployed graph, node for node.
+
+Training on the QDQ graph itself (rather than on the Hugging Face modules with hooks) puts
+fake quantization at exactly the tensors, bit-widths and zero points the scheme deployed,
+with the same operator order, by construction: every ``QuantizeLinear`` is one, and roles
+need no mapping. What is learned:
+
+* the float weights behind each weight ``DequantizeLinear`` (linear layers and the word
+  embedding table): fake-quantized symmetric on the grid the scheme or ``LowBitConfig``
+  writes, scales recomputed from the weights (min-max at 8 bits, MSE below) by
+  ``refresh_weight_scales`` (each epoch, and before export);
+* the range of each activation whose quantizer came from the ranges file (``LearnedRange``).
+
+Everything else (biases, LayerNorm parameters, position and type embeddings, quantizers set
+by fixed rules such as the softmax output's) runs with the deployed integers and scales.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from qonnx_bert.calibration.ranges import RangeTable
+from qonnx_bert.calibration.weight_grid import Granularity, WeightGrid, layout, weight_scale
+from qonnx_bert.passes.lowbit_weights import WeightSite, weight_sites
+from qonnx_bert.quantize.lowbit import LowBitConfig
+from qonnx_bert.training.fake_quant import (
+    LearnedRange,
+    asymmetric_scale_zero_point,
+    dequantize,
+    quantize,
+    symmetric_weight,
+)
+from qonnx_bert.training.onnx_ops import OPS, attr
+
+SCHEME_WEIGHTS = WeightGrid(8, Granularity.PER_TENSOR)  # what every scheme writes: int8 symmetric per-tensor
+_UNSIGNED = (onnx.TensorProto.UINT8, onnx.TensorProto.UINT16)
+
+
+def _tensor(init: onnx.TensorProto) -> torch.Tensor:
+    value = numpy_helper.to_array(init)
+    if value.dtype.kind not in "fbiu" or value.dtype.itemsize == 0:
+        value = value.astype(np.int8)  # int4 / int2
+    return torch.from_numpy(np.array(value))
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class QdqModule(torch.nn.Module):
+    def __init__(self, qdq: onnx.ModelProto, floats: onnx.ModelProto, ranges: RangeTable, lowbit: LowBitConfig) -> None:
+        super().__init__()
+        self.nodes = list(qdq.graph.node)
+        self.output = qdq.graph.output[0].name
+        self.sites = {s.tensor: s for s in weight_sites(qdq, floats)}
+        self.grids = {t: lowbit.grid(s) or SCHEME_WEIGHTS for t, s in self.sites.items()}
+        inits = {i.name: i for i in qdq.graph.initializer}
+        # ONNX Runtime gives a Gather's table the activation type: uint8 asymmetric min-max, not int8 symmetric.
+        self.asymmetric = {
+            n.output[0]
+            for n in qdq.graph.node
+            if n.op_type == "DequantizeLinear"
+            and n.output[0] in self.sites
+            and inits[n.input[0]].data_type in _UNSIGNED
+        }
+        self.weights = torch.nn.ParameterDict(
+            {_key(t): torch.nn.Parameter(torch.from_numpy(s.values.copy())) for t, s in self.sites.items()}
+        )
+        self.constants = {name: _tensor(init) for name, init in inits.items()}
+        self.ranges = torch.nn.ModuleDict()
+        self.tensor_of: dict[str, str] = {}  # scale initializer -> activation tensor, for learned ranges
+        for node in self.nodes:
+            if node.op_type == "QuantizeLinear":
+                self._learn(node, inits, ranges)
+        self.scales: dict = {}  # weight tensor -> full-shape scale, or (scale, zero point) of an asymmetric table
+        self.refresh_weight_scales()
+
+    def _learn(self, node: onnx.NodeProto, inits: dict, ranges: RangeTable) -> None:
+        """Make ``node``'s range learnable if it is the ranges file's, as deployed (not overridden)."""
+        tensor = node.input[0].removesuffix("_QuantizeLinear_Input")
+        zp = inits.get(node.input[2]) if len(node.input) > 2 else None
+        if tensor not in ranges.tensors or zp is None or zp.data_type not in _UNSIGNED:
+            return
+        learned = LearnedRange(*ranges.range(tensor), bits=16 if zp.data_type == onnx.TensorProto.UINT16 else 8)
+        scale, zero_point = learned.scale_zero_point()
+        deployed = numpy_helper.to_array(inits[node.input[1]])
+        if float(scale.detach()) == float(deployed) and int(zero_point) == int(numpy_helper.to_array(zp)):
+            self.ranges[_key(node.input[1])] = learned
+            self.tensor_of[node.input[1]] = tensor
+
+    def refresh_weight_scales(self) -> None:
+        """Weight scales from the current weights, as the deploying writer computes them."""
+        for tensor, site in self.sites.items():
+            w, grid = self.weights[_key(tensor)].detach().numpy(), self.grids[tensor]
+            if tensor in self.asymmetric:
+                self.scales[tensor] = asymmetric_scale_zero_point(float(w.min()), float(w.max()), 255)
+                continue
+            q = layout(
+                w, np.zeros(w.shape, np.int64), weight_scale(w, grid, site.channel_axis), grid, site.channel_axis
+            )
+            self.scales[tensor] = torch.from_numpy(np.ascontiguousarray(q.full_scale(), np.float32))
+
+    def learned_ranges(self) -> dict[str, tuple[float, float]]:
+        return {tensor: self.ranges[_key(scale)].range() for scale, tensor in self.tensor_of.items()}
+
+    def learned_weights(self) -> dict[str, tuple[WeightSite, np.ndarray]]:
+        return {s.name: (s, self.weights[_key(t)].detach().numpy().copy()) for t, s in self.sites.items()}
+
+    def _scale_zp(self, node: onnx.NodeProto, values: dict) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        zp_name = node.input[2] if len(node.input) > 2 else ""
+        dtype = self.constants[zp_name].dtype if zp_name else torch.uint8
+        if node.input[1] in self.tensor_of:
+            scale, zero_point = self.ranges[_key(node.input[1])].scale_zero_point()
+        else:
+            scale = values[node.input[1]]
+            zero_point = values[zp_name].float() if zp_name else torch.zeros(())
+        axis = attr(node, "axis", 1)
+        if scale.dim() == 1 and values[node.input[0]].dim() > 1:  # per-axis: broadcast along ``axis``
+            shape = [1] * values[node.input[0]].dim()
+            shape[axis] = -1
+            scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+        info = torch.iinfo(dtype)
+        return scale, zero_point, info.min, info.max
+
+    def forward(self, **feeds: torch.Tensor) -> torch.Tensor:
+        values: dict[str, torch.Tensor] = {**self.constants, **feeds}
+        for node in self.nodes:
+            if node.op_type == "DequantizeLinear" and node.output[0] in self.sites:
+                tensor = node.output[0]
+                w, scale = self.weights[_key(tensor)], self.scales[tensor]
+                if tensor in self.asymmetric:
+                    values[tensor] = dequantize(quantize(w, *scale, 0, 255), *scale)
+                else:
+                    values[tensor] = symmetric_weight(w, scale, self.grids[tensor].qmax)
+            elif node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                scale, zero_point, qmin, qmax = self._scale_zp(node, values)
+                x = values[node.input[0]]
+                if node.op_type == "QuantizeLinear":
+                    values[node.output[0]] = quantize(x, scale, zero_point, qmin, qmax)
+                else:
+                    values[node.output[0]] = dequantize(x.float(), scale, zero_point)
+            else:
+                out = OPS[node.op_type](node, *(values[i] if i else None for i in node.input))
+                values[node.output[0]] = out
+        return values[self.output]

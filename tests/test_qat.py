@@ -1,0 +1,105 @@
+"""QAT: the trained fake-quant PyTorch model and its deployed QDQ model in ONNX Runtime compute the same thing."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from qonnx_bert.calibration.calibrate import calibrate
+from qonnx_bert.calibration.ranges import RangeTable
+from qonnx_bert.calibration.weight_grid import WeightGrid
+from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.runtime import cpu_session
+from qonnx_bert.graph.prepare import prepare
+from qonnx_bert.inputs.encode import Encoder
+from qonnx_bert.inputs.export import export_model
+from qonnx_bert.inputs.glue.tasks import load_task
+from qonnx_bert.inputs.sequences import glue_train_sequences, shipped_sentences
+from qonnx_bert.quantize.api import quantize
+from qonnx_bert.quantize.lowbit import LowBitConfig, lower_weight_bits
+from qonnx_bert.training.fake_quant import LearnedRange
+from qonnx_bert.training.fake_quant import quantize as fake_quantize
+from qonnx_bert.training.qat import DEV_LOGITS, QatConfig, run_qat
+from qonnx_bert.training.qdq_module import QdqModule
+
+LOWBIT = LowBitConfig(WeightGrid(4))  # W4A8: int4 per-channel weights, the scheme's int8 embeddings
+
+
+@pytest.fixture(scope="module")
+def init_ranges(tiny_onnx, glue_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("qat") / "init.ranges.json"
+    calibrate(onnx.load(str(tiny_onnx)), glue_train_sequences("rte", glue_dir, 16, 0), progress=False).save(path)
+    return path
+
+
+def test_untrained_module_is_the_qdq_graph_bit_for_bit(tiny_onnx, init_ranges):
+    """Before any training, the module reproduces ONNX Runtime's unfused QDQ arithmetic exactly."""
+    fp32, ranges = onnx.load(str(tiny_onnx)), RangeTable.load(init_ranges)
+    qdq = lower_weight_bits(quantize(fp32, "w8a8", ranges)[0], prepare(fp32), LOWBIT)[0]
+    module = QdqModule(qdq, prepare(fp32), ranges, LOWBIT)
+    assert len(module.ranges) > 40 and len(module.sites) == 15  # learned ranges; 14 linear weights + word embeddings
+    session, encoder = cpu_session(qdq, fused=False), Encoder.from_model(fp32)
+    for text in shipped_sentences()[:8]:
+        feeds = encoder.feeds([text])
+        with torch.no_grad():
+            ours = module(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
+        np.testing.assert_array_equal(ours, session.run(None, feeds)[0])
+
+
+def test_quantize_rounds_half_to_even_and_clamps_like_quantize_linear():
+    x = torch.tensor([-1.0, 0.5, 1.5, 2.5, 300.0, -0.25])
+    np.testing.assert_array_equal(
+        fake_quantize(x, torch.tensor(1.0), torch.tensor(0.0), 0, 255).numpy(), [0, 0, 2, 2, 255, 0]
+    )
+    learned = LearnedRange(-1.0, 3.0, 8)  # ONNX Runtime: scale 4/255, zero point round(1 / scale) = 64
+    scale, zero_point = learned.scale_zero_point()
+    assert float(zero_point) == 64.0 and float(scale) == np.float32(4.0 / 255)
+
+
+def test_qat_then_export_and_quantize_deploys_what_training_simulated(tiny_bert_dir, glue_dir, init_ranges, tmp_path):
+    config = QatConfig("rte", epochs=2, batch_size=8, lr=1e-3, lowbit=LOWBIT)
+    record = run_qat(str(tiny_bert_dir), glue_dir, init_ranges, tmp_path / "out", config, progress=False)
+    assert [h["epoch"] for h in record["history"]] == [1, 2]
+    learned = RangeTable.load(tmp_path / "out" / "ranges.json")
+    initial = RangeTable.load(init_ranges)
+    assert any(learned.range(t) != initial.range(t) for t in initial.tensors)  # the ranges were trained
+    # The documented path: qonnx export CHECKPOINT, qonnx quantize --ranges ranges.json (+ the same low-bit weights).
+    export_model(str(tmp_path / "out" / "checkpoint"), tmp_path / "qat.onnx")
+    fp32 = onnx.load(str(tmp_path / "qat.onnx"))
+    deployed = lower_weight_bits(quantize(fp32, "w8a8", learned)[0], prepare(fp32), LOWBIT)[0]
+    dev = load_task("rte", "dev", glue_dir)
+    feeds = Encoder.from_model(fp32).feeds(
+        dev.texts_a, dev.texts_b
+    )  # one batch padded to the longest, as QAT's dev run
+    simulated = np.load(tmp_path / "out" / DEV_LOGITS)
+    step = float(onnx.numpy_helper.to_array(next(i for i in deployed.graph.initializer if i.name == "logits_scale")))
+    as_written = cpu_session(deployed, fused=False).run(None, feeds)[0]
+    fused = cpu_session(deployed).run(None, feeds)[0]
+    # QDQ arithmetic as written: the same integers and scales; only float summation order differs
+    # (PyTorch vs ORT MatMul), which can move a value across a rounding boundary: at most 2 output steps.
+    assert np.abs(as_written - simulated).max() <= 2 * step
+    # ORT's integer kernels requantize with fixed-point multipliers: a few steps, the same classes.
+    assert np.mean(fused.argmax(1) == simulated.argmax(1)) >= 0.99
+    assert np.abs(fused - simulated).max() <= 8 * step
+
+
+def test_qat_refuses_ranges_of_another_model(tiny_bert_dir, glue_dir, minilm_ranges_stub, tmp_path):
+    with pytest.raises(UsageError, match="calibrated on another model"):
+        run_qat(str(tiny_bert_dir), glue_dir, minilm_ranges_stub, tmp_path / "out", QatConfig("rte"), progress=False)
+    assert not (tmp_path / "out" / "ranges.json").exists()
+
+
+@pytest.fixture
+def minilm_ranges_stub(init_ranges, tmp_path):
+    ranges = RangeTable.load(init_ranges)
+    ranges.model = {**ranges.model, "fingerprint": "0" * 16, "source": "another model"}
+    path = tmp_path / "other.ranges.json"
+    ranges.save(path)
+    return path
+
+
+def test_qat_scheme_and_settings_are_checked():
+    with pytest.raises(UsageError, match="this version trains w8a8"):
+        QatConfig("rte", scheme="peg")
+    with pytest.raises(UsageError, match="--batch-size >= 1"):
+        QatConfig("rte", batch_size=0)

@@ -32,6 +32,7 @@ COMMANDS = (
     "debug",
     "outliers",
     "report",
+    "qat",
 )
 
 

@@ -1,0 +1,45 @@
+"""``qonnx qat CHECKPOINT --task rte --ranges init.ranges.json -o out/``: quantization-aware training."""
+
+from __future__ import annotations
+
+import logging
+
+from qonnx_bert.commands.lowbit_flags import add_lowbit_arguments, lowbit_config
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("qat", help="fine-tune through the quantized graph with learned ranges (paper, Section 5)")
+    p.add_argument("checkpoint", help="a fine-tuned classifier: models/ recipe name or local Hugging Face directory")
+    p.add_argument("--task", required=True, help="GLUE task to train on (its train split) and score (dev)")
+    p.add_argument("--data-dir", help="GLUE TSV directory (default: $QONNX_GLUE_DIR)")
+    p.add_argument("--scheme", default="w8a8", help="quantization scheme trained through (this version: w8a8)")
+    p.add_argument("--ranges", required=True, help="PTQ ranges of the checkpoint's export (`qonnx calibrate`)")
+    p.add_argument("-o", "--output", required=True, help="output folder (a rerun resumes after its last epoch)")
+    p.add_argument("--epochs", type=int, default=3, help="(default 3)")
+    p.add_argument("--lr", type=float, default=2e-5, help="peak learning rate of weights and ranges (default 2e-5)")
+    p.add_argument("--batch-size", type=int, default=32, help="(default 32)")
+    p.add_argument("--max-train-examples", type=int, help="a seeded subset of the training split")
+    p.add_argument("--seed", type=int, default=0, help="(default 0)")
+    add_lowbit_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from qonnx_bert.training.qat import QatConfig, run_qat
+
+    config = QatConfig(
+        args.task,
+        args.scheme,
+        lowbit_config(args),
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        max_train_examples=args.max_train_examples,
+    )
+    record = run_qat(args.checkpoint, args.data_dir, args.ranges, args.output, config)
+    last = record["history"][-1]["dev"]["score"] if record["history"] else float("nan")
+    logger.info("wrote %s/{checkpoint,ranges.json,model.qdq.onnx}; dev score %.2f", args.output, last)
+    return 0

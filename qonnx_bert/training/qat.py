@@ -43,7 +43,7 @@ from qonnx_bert.quantize.api import quantize
 from qonnx_bert.quantize.lowbit import LowBitConfig, lower_weight_bits
 from qonnx_bert.training.qdq_module import QdqModule
 
-SCHEMES = ("w8a8",)  # mp and peg graphs train the same way; their ranges export is the next step
+SCHEMES = ("w8a8", "w8a32")  # mp and peg graphs train the same way; exporting their converts' ranges is next
 STATE = "qat_state.pt"
 DEV_LOGITS = "dev_logits.npy"  # the fake-quantized model's dev logits after the last epoch: what deployment must match
 
@@ -63,7 +63,7 @@ class QatConfig:
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
-            raise UsageError(f"qat --scheme {self.scheme!r}: this version trains {', '.join(SCHEMES)}")
+            raise UsageError(f"qat --scheme {self.scheme!r}: this version trains {' or '.join(SCHEMES)}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise UsageError("qat needs --epochs >= 1, --batch-size >= 1 and --lr > 0")
 

@@ -35,6 +35,7 @@ from qonnx_bert.inputs.glue.tasks import get_task, load_task
 from qonnx_bert.inputs.sequences import glue_train_sequences
 from qonnx_bert.quantize.api import quantize
 from qonnx_bert.quantize.lowbit import LowBitConfig, lower_weight_bits
+from qonnx_bert.quantize.schemes import config_for
 from qonnx_bert.training.qat import QatConfig, run_qat
 
 
@@ -81,7 +82,7 @@ def _model(row: Row, task, checkpoint, data_dir, fp32, ranges, work: Path, seed:
         config = QatConfig(task, row.scheme, row.lowbit, epochs=epochs, seed=seed)
         run_qat(checkpoint, data_dir, work / "ranges.json", out, config, progress=False)
         return onnx.load(str(out / "model.qdq.onnx"))
-    model = quantize(fp32, row.scheme, ranges)[0]
+    model = quantize(fp32, config_for(row.scheme), ranges)[0]
     if row.lowbit.weights or row.lowbit.embeddings:
         model = lower_weight_bits(model, prepare(fp32), row.lowbit, ranges.sequences())[0]
     return model

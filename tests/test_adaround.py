@@ -14,13 +14,14 @@ from qonnx_bert.inputs.sequences import sample_sequences, shipped_sentences
 from qonnx_bert.passes.lowbit_weights import weight_sites
 from qonnx_bert.quantize.api import quantize
 from qonnx_bert.quantize.lowbit import LowBitConfig, lower_weight_bits
+from qonnx_bert.quantize.schemes import config_for
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_onnx):
     fp32 = onnx.load(str(tiny_onnx))
     ranges = calibrate(fp32, sample_sequences(shipped_sentences(), None, 16, 0, "shipped"), progress=False)
-    return fp32, prepare(fp32), quantize(fp32, "w8a32", None)[0], ranges
+    return fp32, prepare(fp32), quantize(fp32, config_for("w8a32"), None)[0], ranges
 
 
 def _integers(model):

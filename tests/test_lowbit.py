@@ -14,6 +14,7 @@ from qonnx_bert.inputs.encode import Encoder
 from qonnx_bert.inputs.sequences import sample_sequences, shipped_sentences
 from qonnx_bert.quantize.api import quantize
 from qonnx_bert.quantize.lowbit import LowBitConfig, lower_weight_bits
+from qonnx_bert.quantize.schemes import config_for
 
 TYPES = {8: onnx.TensorProto.INT8, 6: onnx.TensorProto.INT8, 4: onnx.TensorProto.INT4, 2: onnx.TensorProto.INT2}
 
@@ -25,7 +26,7 @@ def fp32(tiny_onnx):
 
 @pytest.fixture(scope="module")
 def w8a32(fp32):
-    return quantize(fp32, "w8a32", None)[0]
+    return quantize(fp32, config_for("w8a32"), None)[0]
 
 
 def _new_dequantizers(model):
@@ -121,7 +122,7 @@ def test_onnx_runtime_computes_the_float_graph_with_the_dequantized_weights(fp32
 
 def test_w8a8_with_4bit_weights_and_2bit_embeddings_runs(fp32):
     ranges = calibrate(fp32, sample_sequences(shipped_sentences(), None, 16, 0, "shipped"), progress=False)
-    w8a8 = quantize(fp32, "w8a8", ranges)[0]
+    w8a8 = quantize(fp32, config_for("w8a8"), ranges)[0]
     model, notes = lower_weight_bits(w8a8, prepare(fp32), LowBitConfig(WeightGrid(4), WeightGrid(2)))
     feeds = Encoder.from_model(fp32).feeds(shipped_sentences()[:4])
     assert np.isfinite(cpu_session(model).run(None, feeds)[0]).all()

@@ -17,6 +17,7 @@ from qonnx_bert.inputs.glue.tasks import load_task
 from qonnx_bert.inputs.sequences import glue_train_sequences, shipped_sentences
 from qonnx_bert.quantize.api import quantize
 from qonnx_bert.quantize.lowbit import LowBitConfig, lower_weight_bits
+from qonnx_bert.quantize.schemes import config_for
 from qonnx_bert.training.fake_quant import LearnedRange
 from qonnx_bert.training.fake_quant import quantize as fake_quantize
 from qonnx_bert.training.qat import DEV_LOGITS, QatConfig, run_qat
@@ -36,7 +37,7 @@ def init_ranges(tiny_onnx, glue_dir, tmp_path_factory):
 def test_untrained_module_computes_the_qdq_graph(tiny_onnx, init_ranges, scheme, learned):
     """Before any training, the module reproduces ONNX Runtime's unfused QDQ arithmetic exactly."""
     fp32, ranges = onnx.load(str(tiny_onnx)), RangeTable.load(init_ranges)
-    qdq = lower_weight_bits(quantize(fp32, scheme, ranges)[0], prepare(fp32), LOWBIT)[0]
+    qdq = lower_weight_bits(quantize(fp32, config_for(scheme), ranges)[0], prepare(fp32), LOWBIT)[0]
     module = QdqModule(qdq, prepare(fp32), ranges, LOWBIT)
     # Learned ranges: every activation quantizer but those fixed by rules (e.g. softmax output); weights:
     # 14 linear layers + the word embedding table.
@@ -71,7 +72,7 @@ def test_qat_then_export_and_quantize_deploys_what_training_simulated(tiny_bert_
     # The documented path: qonnx export CHECKPOINT, qonnx quantize --ranges ranges.json (+ the same low-bit weights).
     export_model(str(tmp_path / "out" / "checkpoint"), tmp_path / "qat.onnx")
     fp32 = onnx.load(str(tmp_path / "qat.onnx"))
-    deployed = lower_weight_bits(quantize(fp32, "w8a8", learned)[0], prepare(fp32), LOWBIT)[0]
+    deployed = lower_weight_bits(quantize(fp32, config_for("w8a8"), learned)[0], prepare(fp32), LOWBIT)[0]
     dev = load_task("rte", "dev", glue_dir)
     feeds = Encoder.from_model(fp32).feeds(
         dev.texts_a, dev.texts_b

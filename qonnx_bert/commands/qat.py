@@ -14,7 +14,9 @@ def register(sub) -> None:
     p.add_argument("checkpoint", help="a fine-tuned classifier: models/ recipe name or local Hugging Face directory")
     p.add_argument("--task", required=True, help="GLUE task to train on (its train split) and score (dev)")
     p.add_argument("--data-dir", help="GLUE TSV directory (default: $QONNX_GLUE_DIR)")
-    p.add_argument("--scheme", default="w8a8", help="quantization scheme trained through (this version: w8a8, or w8a32 for weights only)")
+    p.add_argument(
+        "--scheme", default="w8a8", help="scheme trained through (this version: w8a8, or w8a32 for weights only)"
+    )
     p.add_argument("--ranges", required=True, help="PTQ ranges of the checkpoint's export (`qonnx calibrate`)")
     p.add_argument("-o", "--output", required=True, help="output folder (a rerun resumes after its last epoch)")
     p.add_argument("--epochs", type=int, default=3, help="(default 3)")

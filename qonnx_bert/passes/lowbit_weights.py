@@ -19,6 +19,7 @@ import onnx
 from onnx import helper, numpy_helper, version_converter
 
 from qonnx_bert.calibration.weight_grid import QuantizedWeight
+from qonnx_bert.graph.cleanup import drop_unused_initializers
 
 WORD_IDS = "input_ids"
 _OPSET = {4: 21, 2: 25}  # first opset whose DequantizeLinear takes INT4 / INT2
@@ -41,7 +42,8 @@ def weight_sites(quantized: onnx.ModelProto, floats: onnx.ModelProto) -> list[We
     """The MatMul/Gemm weights and the word embedding table of ``quantized``, with floats from ``floats``.
 
     ``floats`` is the float model the scheme quantized (its weight names are the stems of the
-    QDQ initializers: ``<name>_quantized`` from ONNX Runtime, ``<name>_q<bits>`` from this writer); position and token-type tables are left as the scheme wrote them.
+    QDQ initializers: ``<name>_quantized`` from ONNX Runtime, ``<name>_q<bits>`` from this writer);
+    position and token-type tables are left as the scheme wrote them.
     """
     inits = {i.name for i in quantized.graph.initializer}
     values = {i.name: i for i in floats.graph.initializer}
@@ -115,8 +117,6 @@ def write_weights(quantized: onnx.ModelProto, weights: list[tuple[WeightSite, Qu
         nodes.append(node)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
-    used = {i for n in nodes for i in n.input} | {o.name for o in out.graph.output}
-    kept = [i for i in out.graph.initializer if i.name in used] + inits
-    del out.graph.initializer[:]
-    out.graph.initializer.extend(kept)
+    out.graph.initializer.extend(inits)
+    drop_unused_initializers(out)  # the scheme's int8 weights and the float weights replaced
     return _lift_opset(out, {q.bits for _, q in weights})

@@ -41,6 +41,7 @@ from qonnx_bert.inputs.glue.tasks import get_task, load_task
 from qonnx_bert.inputs.models import load_model, resolve_model
 from qonnx_bert.quantize.api import quantize
 from qonnx_bert.quantize.lowbit import LowBitConfig, lower_weight_bits
+from qonnx_bert.quantize.schemes import config_for
 from qonnx_bert.training.qdq_module import QdqModule
 
 SCHEMES = ("w8a8", "w8a32")  # mp and peg graphs train the same way; exporting their converts' ranges is next
@@ -162,7 +163,7 @@ def _learned_ranges(ranges: RangeTable, learned: dict, fp32: onnx.ModelProto) ->
 
 
 def _deployed(fp32: onnx.ModelProto, config: QatConfig, ranges: RangeTable) -> onnx.ModelProto:
-    qdq = quantize(fp32, config.scheme, ranges)[0]
+    qdq = quantize(fp32, config_for(config.scheme), ranges)[0]
     if config.lowbit.weights or config.lowbit.embeddings:
         qdq = lower_weight_bits(qdq, prepare(fp32), config.lowbit, ranges.sequences())[0]
     return qdq

@@ -24,6 +24,7 @@ from onnx import numpy_helper
 
 from qonnx_bert.calibration.ranges import RangeTable
 from qonnx_bert.calibration.weight_grid import Granularity, WeightGrid, layout, weight_scale
+from qonnx_bert.graph.qdq import GRAPH_OUTPUT_SUFFIX
 from qonnx_bert.passes.lowbit_weights import WeightSite, weight_sites
 from qonnx_bert.quantize.lowbit import LowBitConfig
 from qonnx_bert.training.fake_quant import (
@@ -80,7 +81,7 @@ class QdqModule(torch.nn.Module):
 
     def _learn(self, node: onnx.NodeProto, inits: dict, ranges: RangeTable) -> None:
         """Make ``node``'s range learnable if it is the ranges file's, as deployed (not overridden)."""
-        tensor = node.input[0].removesuffix("_QuantizeLinear_Input")
+        tensor = node.input[0].removesuffix(GRAPH_OUTPUT_SUFFIX)
         zp = inits.get(node.input[2]) if len(node.input) > 2 else None
         if tensor not in ranges.tensors or zp is None or zp.data_type not in _UNSIGNED:
             return

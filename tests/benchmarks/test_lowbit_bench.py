@@ -4,7 +4,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "lowbit.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "lowbit.py"
 
 
 def _bench():

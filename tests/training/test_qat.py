@@ -89,14 +89,14 @@ def test_qat_then_export_and_quantize_deploys_what_training_simulated(tiny_bert_
     assert np.abs(fused - simulated).max() <= 8 * step
 
 
-def test_qat_refuses_ranges_of_another_model(tiny_bert_dir, glue_dir, minilm_ranges_stub, tmp_path):
+def test_qat_refuses_ranges_of_another_model(tiny_bert_dir, glue_dir, other_model_ranges, tmp_path):
     with pytest.raises(UsageError, match="calibrated on another model"):
-        run_qat(str(tiny_bert_dir), glue_dir, minilm_ranges_stub, tmp_path / "out", QatConfig("rte"), progress=False)
+        run_qat(str(tiny_bert_dir), glue_dir, other_model_ranges, tmp_path / "out", QatConfig("rte"), progress=False)
     assert not (tmp_path / "out" / "ranges.json").exists()
 
 
 @pytest.fixture
-def minilm_ranges_stub(init_ranges, tmp_path):
+def other_model_ranges(init_ranges, tmp_path):
     ranges = RangeTable.load(init_ranges)
     ranges.model = {**ranges.model, "fingerprint": "0" * 16, "source": "another model"}
     path = tmp_path / "other.ranges.json"

@@ -57,6 +57,8 @@ def _adaround(
     """Replace the round-to-nearest integers of <= 4-bit linear weights by AdaRound's."""
     inputs = {n.name: n.input[0] for n in floats.graph.node}
     todo = [(s, q) for s, q in chosen if q.bits <= 4 and not s.embedding]
+    if not todo:
+        return chosen
     grams = input_grams(floats, sorted({inputs[s.consumer] for s, _ in todo}), sequences)
     rounded = {}
     for site, q in tqdm(todo, desc="AdaRound", unit="layer", disable=None):

@@ -143,3 +143,21 @@ def test_unsupported_bits_name_the_choices(bits):
 def test_block_size_must_divide_the_input(fp32, w8a32):
     with pytest.raises(UsageError, match="block size 64 does not divide"):
         lower_weight_bits(w8a32, prepare(fp32), LowBitConfig(WeightGrid(4, Granularity.BLOCK, 64), None))
+
+
+def test_peg_split_weights_are_rewritten_from_the_plan_model(fp32):
+    """PEG's per-group weight slices exist only in the plan's float model: the one quantize() must pass."""
+    from qonnx_bert.graph.roles import find_roles
+    from qonnx_bert.passes.qdq import insert_qdq
+    from qonnx_bert.quantize.schemes import SchemeContext, get_scheme
+
+    ranges = calibrate(fp32, sample_sequences(shipped_sentences(), None, 16, 0, "shipped"), progress=False)
+    prepared = prepare(fp32)
+    plan = get_scheme("peg").plan(SchemeContext(config_for("peg"), fp32, prepared, find_roles(prepared), ranges))
+    model, notes = lower_weight_bits(insert_qdq(plan), plan.model, LowBitConfig(WeightGrid(4)))
+    # Per layer 4 attention MatMuls + 2 x 6 FFN group slices, and the 2 Gemms.
+    assert notes == ["weights: 34 at 4-bit symmetric per-channel (MSE ranges)"]
+    feeds = Encoder.from_model(fp32).feeds(shipped_sentences()[:2])
+    assert np.isfinite(cpu_session(model).run(None, feeds)[0]).all()
+    with pytest.raises(ValueError, match="no float"):  # the unsplit FP32 graph lacks the slices
+        lower_weight_bits(insert_qdq(plan), prepared, LowBitConfig(WeightGrid(4)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from qonnx_bert.commands.lowbit_flags import add_lowbit_arguments, lowbit_config
+from qonnx_bert.commands.lowbit_flags import add_lowbit_arguments, lowbit_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def run(args) -> int:
     config = QatConfig(
         args.task,
         args.scheme,
-        lowbit_config(args),
+        lowbit_from_args(args),
         epochs=args.epochs,
         lr=args.lr,
         batch_size=args.batch_size,

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 
+from qonnx_bert.commands.lowbit_flags import LOWBIT_FIELDS, add_lowbit_arguments
 from qonnx_bert.core.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ CONFIG_FLAGS = (
     "budget",
     "int16",
     "int16_from",
+    *LOWBIT_FIELDS,
 )
 
 
@@ -85,6 +87,7 @@ def register(sub) -> None:
         choices=[e.value for e in Target],
         help="portable (default): every provider, QNN HTP included; cpu: faster on the CPU provider only",
     )
+    add_lowbit_arguments(p)
     p.set_defaults(func=run)
 
 

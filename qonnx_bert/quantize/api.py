@@ -14,7 +14,8 @@ from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.graph.qdq import BITS
 from qonnx_bert.graph.roles import find_roles
 from qonnx_bert.passes.qdq import insert_qdq
-from qonnx_bert.quantize.config import SchemeConfig
+from qonnx_bert.quantize.config import ConfigError, SchemeConfig
+from qonnx_bert.quantize.lowbit import lower_weight_bits
 from qonnx_bert.quantize.schemes import SchemeContext, get_scheme
 
 
@@ -64,9 +65,17 @@ def quantize(
     roles = find_roles(prepared)  # fails early, naming the layer, on a graph we cannot map
     plan = scheme.plan(SchemeContext(config, model, prepared, roles, ranges, path))
     quantized = insert_qdq(plan)
+    notes = list(plan.notes)
+    lowbit = config.lowbit()
+    if lowbit.weights or lowbit.embeddings:
+        if lowbit.adaround and ranges is None:
+            raise ConfigError([("adaround", "learns on the calibration sequences: pass --ranges FILE")], config.scheme)
+        sequences = ranges.sequences() if lowbit.adaround else None
+        quantized, lowered = lower_weight_bits(quantized, plan.model, lowbit, sequences)  # the plan's float weights
+        notes += lowered
     drop_unused_initializers(quantized)  # the float weights QDQ insertion replaced
     del quantized.metadata_props[:]
     quantized.metadata_props.extend(model.metadata_props)
     for key, value in plan.metadata.items():
         quantized.metadata_props.add(key=key, value=value)
-    return quantized, quant_report(quantized, config.scheme, plan.notes, plan.selection)
+    return quantized, quant_report(quantized, config.scheme, notes, plan.selection)

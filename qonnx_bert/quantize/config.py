@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar
 
+from qonnx_bert.calibration.weight_grid import BITS as WEIGHT_BITS
+from qonnx_bert.calibration.weight_grid import Granularity
 from qonnx_bert.core.errors import UsageError
+from qonnx_bert.quantize.lowbit import LowBitConfig, lowbit_config
 
 
 class Choice(str, Enum):
@@ -85,6 +88,13 @@ class SchemeConfig:
     scheme: ClassVar[str] = ""
     int16: tuple[str, ...] = ()
     int16_from: str | None = None
+    # Low-bit weights on top of any scheme (the paper's Tables 7 and 12; ``quantize/lowbit.py``).
+    weight_bits: int | None = None  # MatMul/Gemm weights; None: the scheme's int8 per-tensor
+    weight_granularity: Granularity = Granularity.PER_CHANNEL
+    embedding_bits: int | None = None  # the word embedding table; None: int8
+    embedding_granularity: Granularity = Granularity.PER_CHANNEL  # per-channel = one scale per row
+    block_size: int = 32  # elements per scale with the ``block`` granularity
+    adaround: int | None = None  # AdaRound iterations for <= 4-bit linear weights (None: round to nearest)
 
     def __init_subclass__(cls, scheme: str = "", **kwargs: Any) -> None:
         """``class W8A8Config(SchemeConfig, scheme="w8a8")``: a subclass adding no field needs no decorator."""
@@ -113,8 +123,26 @@ class SchemeConfig:
         if problems:
             raise ConfigError(problems, self.scheme)
 
+    def lowbit(self) -> LowBitConfig:
+        return lowbit_config(
+            self.weight_bits,
+            self.weight_granularity,
+            self.embedding_bits,
+            self.embedding_granularity,
+            self.block_size,
+            self.adaround,
+        )
+
     def _problems(self) -> list[tuple[str, str]]:
         problems = []
+        for name in ("weight_bits", "embedding_bits"):
+            bits = getattr(self, name)
+            if bits is not None and bits not in WEIGHT_BITS:
+                problems.append((name, f"is {bits!r}; choose one of: {', '.join(map(str, WEIGHT_BITS))}"))
+        if not (_is_int(self.block_size) and self.block_size >= 2 and not self.block_size & (self.block_size - 1)):
+            problems.append(("block_size", f"is {self.block_size!r}; give a power of two >= 2 (e.g. 32)"))
+        if self.adaround is not None and not (_is_int(self.adaround) and self.adaround >= 1):
+            problems.append(("adaround", f"is {self.adaround!r}; give a number of iterations >= 1"))
         if not all(isinstance(p, str) and p for p in self.int16):
             problems.append(("int16", "must be a list of non-empty role patterns"))
         if self.int16_from is not None and not (isinstance(self.int16_from, str) and self.int16_from):
@@ -206,7 +234,13 @@ class PegEqualConfig(PegConfig, scheme="peg-equal"):
     intermediate_groups: int = 1
 
 
-_ENUM_FIELDS: dict[str, type[Enum]] = {"grouping": Grouping, "permutation": Permutation, "target": Target}
+_ENUM_FIELDS: dict[str, type[Enum]] = {
+    "grouping": Grouping,
+    "permutation": Permutation,
+    "target": Target,
+    "weight_granularity": Granularity,
+    "embedding_granularity": Granularity,
+}
 
 BUILTIN_CONFIGS: tuple[type[SchemeConfig], ...] = (
     W8A8Config,

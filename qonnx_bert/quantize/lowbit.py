@@ -14,7 +14,7 @@ import onnx
 from tqdm import tqdm
 
 from qonnx_bert.calibration.adaround import AdaRoundConfig, adaround, input_grams
-from qonnx_bert.calibration.weight_grid import QuantizedWeight, WeightGrid, quantize_weight
+from qonnx_bert.calibration.weight_grid import Granularity, QuantizedWeight, WeightGrid, quantize_weight
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.inputs.sequences import Sequences
 from qonnx_bert.passes.lowbit_weights import WeightSite, weight_sites, write_weights
@@ -30,6 +30,26 @@ class LowBitConfig:
 
     def grid(self, site: WeightSite) -> WeightGrid | None:
         return self.embeddings if site.embedding else self.weights
+
+
+def lowbit_config(
+    weight_bits: int | None = None,
+    weight_granularity: Granularity = Granularity.PER_CHANNEL,
+    embedding_bits: int | None = None,
+    embedding_granularity: Granularity = Granularity.PER_CHANNEL,
+    block_size: int = 32,
+    adaround: int | None = None,
+) -> LowBitConfig:
+    """The low-bit settings as flat values (what a scheme config and the CLI hold): None bits keep int8."""
+
+    def grid(bits: int | None, granularity: Granularity) -> WeightGrid | None:
+        return None if bits is None else WeightGrid(bits, granularity, block_size)
+
+    return LowBitConfig(
+        grid(weight_bits, weight_granularity),
+        grid(embedding_bits, embedding_granularity),
+        AdaRoundConfig(iterations=adaround) if adaround else None,
+    )
 
 
 def describe(grid: WeightGrid, what: str, count: int) -> str:

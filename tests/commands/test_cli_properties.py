@@ -224,11 +224,7 @@ def test_recipe_reader(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "argv",
-    [
-        ["eval", "{m}", "--task", "rte", "--batch-size", "-1"],
-        ["check", "{m}", "--soc", "99999"],
-    ],
+    "argv", [["eval", "{m}", "--task", "rte", "--batch-size", "-1"], ["check", "{m}", "--soc", "99999"]]
 )
 def test_console_entry_refuses_bad_numbers_in_one_line(inputs, argv):
     args = [a.format(m=inputs / "m.onnx") for a in argv]

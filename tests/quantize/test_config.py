@@ -30,6 +30,7 @@ EXAMPLES = [
     AutoMpConfig(budget=3),
     PegConfig(groups=3, grouping="equal", permutation="none", layers=[0, 2], intermediate_groups=1, target="cpu"),
     PegEqualConfig(groups=4),
+    config_for("w8a32", weight_bits=4, weight_granularity="block", block_size=16, embedding_bits=2, adaround=10),
 ]
 
 
@@ -182,3 +183,26 @@ def test_values_that_do_not_fit_the_model_come_back_as_flags(tiny_onnx, ranges, 
         err = capfd.readouterr().err.strip()
         assert words in err and "\n" not in err
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_low_bit_weights_through_the_config_and_the_cli(tiny_onnx, ranges, tmp_path):
+    """``--weight-bits 4 --embedding-bits 2`` on a scheme: packed INT4/INT2 initializers in the file it writes."""
+    import onnx
+
+    ranges.save(tmp_path / "r.json")
+    out = tmp_path / "q.onnx"
+    flags = [
+        "--scheme",
+        "w8a8",
+        "--weight-bits",
+        "4",
+        "--embedding-bits",
+        "2",
+        "--save-config",
+        str(tmp_path / "c.json"),
+    ]
+    assert main(["quantize", str(tiny_onnx), "--ranges", str(tmp_path / "r.json"), "-o", str(out), *flags]) == 0
+    types = {i.data_type for i in onnx.load(str(out)).graph.initializer}
+    assert {onnx.TensorProto.INT4, onnx.TensorProto.INT2} <= types
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert (saved["weight_bits"], saved["embedding_bits"], saved["weight_granularity"]) == (4, 2, "per-channel")

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 
+from qonnx_bert.commands.calibrate import add_tokenizer_argument
 from qonnx_bert.core.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -34,10 +35,11 @@ def register(sub) -> None:
     from qonnx_bert.quantize.schemes import scheme_names
 
     p = sub.add_parser("quantize", help="insert QuantizeLinear/DequantizeLinear by scheme")
-    p.add_argument("model", help="FP32 .onnx written by `qonnx export`")
+    p.add_argument("model", help="FP32 .onnx: `qonnx export`'s, TorchScript's (opset 14+) or ORT-optimized")
     p.add_argument("-o", "--output", required=True, help="QDQ .onnx to write (never the input)")
     p.add_argument("--scheme", choices=scheme_names(), help="quantization scheme (default w8a8)")
     p.add_argument("--ranges", help="ranges JSON from `qonnx calibrate` (needed when activations are quantized)")
+    add_tokenizer_argument(p)
     p.add_argument("--config", metavar="FILE", help="replay a scheme config saved with --save-config (no scheme flags)")
     p.add_argument("--save-config", metavar="FILE", help="write the scheme config of this run as JSON, for --config")
     g = p.add_argument_group("16-bit activations (any scheme; see --scheme mp / auto-mp)")
@@ -152,7 +154,7 @@ def run(args) -> int:
 
     from qonnx_bert.calibration.ranges import RangeTable
     from qonnx_bert.core.files import atomic_outputs, guard
-    from qonnx_bert.core.modelinfo import load_onnx
+    from qonnx_bert.inputs.ingest import load_model
     from qonnx_bert.quantize.api import quantize
     from qonnx_bert.quantize.config import ConfigError
     from qonnx_bert.quantize.schemes.mixed import save_selection
@@ -160,7 +162,7 @@ def run(args) -> int:
     config = scheme_config(args)
     outputs = [p for p in (args.output, args.save_selection, args.save_config) if p]
     guard([args.model, args.ranges, args.config, config.int16_from], outputs)
-    model = load_onnx(args.model)
+    model = load_model(args.model, args.tokenizer)
     ranges = RangeTable.load(args.ranges) if args.ranges else None
     try:
         quantized, report = quantize(model, config, ranges, path=args.model)

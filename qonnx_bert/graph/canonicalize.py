@@ -32,12 +32,13 @@ from onnxscript.rewriter.ort_fusions.gelu import GeluErfFusion, GeluTanhFusion
 from onnxscript.rewriter.rules.fusion._layer_norm import layer_normalization_rules
 
 from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.modelinfo import INPUT_NAMES
 
 logger = logging.getLogger(__name__)
 
 OPSET = 21
 _MS = "com.microsoft"
-_IDS = ("input_ids", "token_type_ids", "position_ids")
+_ID_INPUTS = (*INPUT_NAMES, "position_ids")
 _REFUSED = {  # fused op -> why it is not decomposed here
     "Attention": "its packed QKV weights and mask-index forms",
     "MultiHeadAttention": "its packed/unpacked key-value forms",
@@ -187,14 +188,14 @@ def _upgrade(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
     return version_converter.convert_version(model, OPSET)
 
 
-def _int64_ids(graph: ir.Graph) -> int:
-    """Make int32 id inputs int64, casting back inside: the encoder always feeds int64.
+def _int64_inputs(graph: ir.Graph) -> int:
+    """Make int32 id and mask inputs int64, casting back inside: the encoder always feeds int64.
 
     Hand-written: no pass retypes graph inputs.
     """
     count = 0
     for value in graph.inputs:
-        if value.name not in _IDS or value.dtype != ir.DataType.INT32:
+        if value.name not in _ID_INPUTS or value.dtype != ir.DataType.INT32:
             continue
         inner = ir.Value(name=f"{value.name}_int32", type=ir.TensorType(ir.DataType.INT32), shape=value.shape)
         value.replace_all_uses_with(inner)
@@ -237,7 +238,7 @@ def _rewrite(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
         "fused ops decomposed, NaN guards dropped": _UNFUSE_RULES.apply_to_model(irm),
         "GELUs fused to Gelu": _GELU_RULES.apply_to_model(irm),
         "LayerNorms fused": pattern.RewriteRuleSet(layer_normalization_rules, commute=True).apply_to_model(irm),
-        "int32 id inputs made int64": _int64_ids(irm.graph),
+        "int32 inputs made int64": _int64_inputs(irm.graph),
         "shared weights copied per reader": _unshare_weights(irm.graph),
     }
     changes.extend(f"{what}: {n}" for what, n in counts.items() if n)
@@ -263,6 +264,5 @@ def canonicalize(model: onnx.ModelProto, path: str = "model") -> Canonical:
             f"{path}: fused ONNX Runtime op(s) {', '.join(leftover)} left after decomposition; "
             "quantize the unfused export (before onnxruntime.transformers.optimizer)"
         )
-    for line in changes:
-        logger.info("canonical form: %s", line)
+    logger.debug("canonical form: %s", "; ".join(changes) or "unchanged")
     return Canonical(out, tuple(changes))

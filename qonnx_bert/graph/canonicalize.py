@@ -18,6 +18,7 @@ decompositions of ORT's fused ops are our own rules: no library inverts them.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import onnx
@@ -73,12 +74,24 @@ def _onnx_gelu(op, x):
     return op.Gelu(x)
 
 
+def _tanh_gelu_halved_first(op, x):
+    """``(0.5 x) (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``: transformers' ``gelu_new`` (ALBERT) as
+    torch.onnx's dynamo exporter associates it; onnxscript's tanh rule expects ``x (0.5 (1 + tanh(..)))``."""
+    inner = op.Mul(op.Add(x, op.Mul(op.Pow(x, 3.0), 0.044715)), math.sqrt(2.0 / math.pi))
+    return op.Mul(op.Mul(x, 0.5), op.Add(op.Tanh(inner), 1.0))
+
+
+def _onnx_tanh_gelu(op, x):
+    return op.Gelu(x, approximate="tanh")
+
+
 _GELU_RULES = pattern.RewriteRuleSet(
     [
         _ToOnnxGelu.rule(),
         _ToOnnxTanhGelu.rule(),
         pattern.RewriteRule(erfgelu.erf_gelu_pattern_1, _onnx_gelu),
         pattern.RewriteRule(erfgelu.erf_gelu_pattern_2, _onnx_gelu),
+        pattern.RewriteRule(_tanh_gelu_halved_first, _onnx_tanh_gelu),
     ],
     commute=True,
 )

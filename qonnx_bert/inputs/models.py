@@ -108,9 +108,24 @@ def _read_config(path: Path) -> dict:
     return config
 
 
+# Encoders whose graphs roles.py maps (Softmax attention, post-LayerNorm residual blocks, GELU FFN).
+SUPPORTED_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert")
+
+
+def _check_family(path: Path, config: dict) -> None:
+    kind = config.get("model_type")
+    if kind not in SUPPORTED_TYPES:
+        raise UsageError(
+            f"{path}: model_type {kind!r} is not supported (qonnx maps post-LayerNorm Softmax-attention encoders "
+            f"with a GELU FFN: {', '.join(SUPPORTED_TYPES)}); export it to ONNX yourself and pass the .onnx if it "
+            "is one, else it is not supported yet"
+        )
+
+
 def _local_source(path: Path, name: str) -> ModelSource:
     """A local HF directory: labels from its config; a seeded head if it has none."""
     config = _read_config(path)
+    _check_family(path, config)
     num_labels = len(config["id2label"]) if config.get("id2label") else int(config.get("num_labels", 2))
     has_head = any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or [])
     task = None

@@ -174,9 +174,7 @@ class PegScheme:
         try:
             permuted = _fold_order(model, ctx, chosen.order)
         except UsageError as err:  # e.g. ELECTRA's embedding projection; the fold left the graph as it was
-            if "permutation" in ctx.options:
-                raise
-            opts = replace(opts, permutation="layer")
+            opts = replace(opts, permutation=Permutation.LAYER)
             chosen, permuted = choose_groups(ctx.require_ranges().per_channel, opts, ctx.roles.num_layers), {}
             fallback = [f"chose --permutation layer: the model-wide order does not fold here ({err})"]
         position = None if chosen.order is None else np.argsort(chosen.order)  # graph dimension of each model dimension

@@ -25,6 +25,15 @@ def add_tokenizer_argument(p) -> None:
     p.add_argument("--tokenizer", metavar="DIR", help=TOKENIZER_HELP)
 
 
+def add_external_data_argument(p) -> None:
+    """``--external-data``: for models over protobuf's 2 GB limit (export, quantize)."""
+    p.add_argument(
+        "--external-data",
+        action="store_true",
+        help="write the weights to OUTPUT.data beside the .onnx (needed over 2 GB, e.g. XLM-R-large)",
+    )
+
+
 def register(sub) -> None:
     p = sub.add_parser("calibrate", help="estimate activation ranges on calibration sequences (padding excluded)")
     p.add_argument("model", help="FP32 .onnx: `qonnx export`'s, TorchScript's (opset 14+) or ORT-optimized")

@@ -198,7 +198,34 @@ def _upgrade(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
         copy.CopyFrom(model)
         return copy
     changes.append(f"opset {version} -> {OPSET} (onnx.version_converter)")
-    return version_converter.convert_version(model, OPSET)
+    return _with_weights(version_converter.convert_version(_without_weights(model), OPSET), model)
+
+
+_STUB_LOCATION = "qonnx-weights-held-in-memory"  # never read: the converter sees shapes and types only
+
+
+def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its large initializers as external-data stubs.
+
+    The version converter works on serialized bytes, which protobuf caps at 2 GB, and needs no
+    weight values (attribute-to-input moves make their own constants).
+    """
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    for init in light.graph.initializer:
+        if init.HasField("raw_data") and len(init.raw_data) > 1024:
+            init.ClearField("raw_data")
+            init.data_location = onnx.TensorProto.EXTERNAL
+            init.external_data.add(key="location", value=_STUB_LOCATION)
+    return light
+
+
+def _with_weights(converted: onnx.ModelProto, original: onnx.ModelProto) -> onnx.ModelProto:
+    weights = {i.name: i for i in original.graph.initializer}
+    for init in converted.graph.initializer:
+        if any(e.value == _STUB_LOCATION for e in init.external_data):
+            init.CopyFrom(weights[init.name])
+    return converted
 
 
 def _int64_inputs(graph: ir.Graph) -> int:

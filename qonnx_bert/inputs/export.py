@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from qonnx_bert.core.errors import UsageError
-from qonnx_bert.core.files import atomic_output
+from qonnx_bert.core.files import check_size, save_model
 from qonnx_bert.core.modelinfo import INPUT_NAMES, ModelInfo, embed
 from qonnx_bert.core.runtime import cpu_session
 
@@ -101,7 +101,12 @@ def _max_logit_diff(model, proto: onnx.ModelProto, feeds: dict) -> float:
 
 
 def export_model(
-    source: str, output: str | Path, *, static_shape: tuple[int, int] | None = None, max_length: int = 128
+    source: str,
+    output: str | Path,
+    *,
+    static_shape: tuple[int, int] | None = None,
+    max_length: int = 128,
+    external_data: bool = False,
 ) -> ExportResult:
     """Export ``source`` (a models/ name, ``minilm-l6`` or a local HF directory) to ``output``.
 
@@ -114,6 +119,8 @@ def export_model(
     resolved = resolve_model(source)
     model, tokenizer = load_for_export(resolved)
     _check_length(static_shape[1] if static_shape else max_length, model.config)
+    if not external_data:  # refused before the minutes an export of such a model takes
+        check_size(sum(p.numel() * p.element_size() for p in model.parameters()), Path(output))
     feeds = _model_feeds(model, _torch_feeds(tokenizer, static_shape))
     proto = _export_program(model, feeds, static_shape)
     diff = _max_logit_diff(model, proto, feeds)
@@ -129,9 +136,9 @@ def export_model(
         task=resolved.task,
     )
     embed(proto, info, tokenizer.backend_tokenizer.to_str())
-    with atomic_output(output) as tmp:
-        onnx.save(proto, str(tmp))
-    return ExportResult(Path(output), diff, len(proto.graph.node))
+    nodes = len(proto.graph.node)
+    save_model(proto, output, external_data=external_data)
+    return ExportResult(Path(output), diff, nodes)
 
 
 def _check_length(length: int, config) -> None:

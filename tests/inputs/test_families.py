@@ -86,3 +86,16 @@ def test_unsupported_family_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "model_type 'deberta-v2' is not supported" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.qnn
+def test_static_electra_peg_passes_the_strict_htp_check(tmp_path, capsys):
+    """ELECTRA: embedding projection, so peg permutes per layer (Gathers); HTP must still take all of it."""
+    pytest.importorskip("onnxruntime_qnn", reason='onnxruntime-qnn not installed: pip install "qonnx-bert[qnn]"')
+    build_family("electra", tmp_path / "hf")
+    fp32, ranges, out = tmp_path / "m.onnx", tmp_path / "ranges.json", tmp_path / "peg.onnx"
+    assert main(["export", str(tmp_path / "hf"), "-o", str(fp32), "--static-shape", "1,16"]) == 0
+    assert main(["calibrate", str(fp32), "-n", "8", "-o", str(ranges)]) == 0
+    assert main(["quantize", str(fp32), "--scheme", "peg", "--ranges", str(ranges), "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["check", str(out), "--ep", "qnn-htp", "--soc", "sm8650"]) == 0, capsys.readouterr().out

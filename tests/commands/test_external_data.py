@@ -1,14 +1,11 @@
-"""Models over protobuf's 2 GB: external data written, read back and confined to the model's folder.
+"""Models over protobuf's 2 GB: external data written and read back (locations outside the model's folder:
+tests/core/test_files.py).
 
 A real 2 GB model is a benchmark (bench/large_geometry.py), not a test: here the limit is lowered to
 1 MB so the tiny BERT (4 MB of FP32 weights) takes every path a large model takes.
 """
 
 from __future__ import annotations
-
-import numpy as np
-import onnx
-import pytest
 
 from qonnx_bert.cli import main
 from qonnx_bert.core.files import external_data_path
@@ -47,24 +44,3 @@ def test_large_model_round_trip_with_external_data(tiny_bert_dir, tmp_path, caps
     reference = cpu_session(model).run(None, feeds)[0]  # sessions of models over the limit: from files
     sqnr = sqnr_db(reference, cpu_session(quantized).run(None, feeds)[0])
     assert sqnr >= 40.0, f"{sqnr:.1f} dB"  # as the in-memory path (tests/graph/test_canonicalize.py)
-
-
-@pytest.mark.parametrize("location", ["../outside.data", "/etc/passwd"])
-def test_external_data_outside_the_model_folder_is_refused(location, tmp_path, capsys):
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (tmp_path / "outside.data").write_bytes(np.zeros(256, np.float32).tobytes())
-    weight = onnx.TensorProto(name="w", data_type=onnx.TensorProto.FLOAT, dims=[256])
-    weight.data_location = onnx.TensorProto.EXTERNAL
-    weight.external_data.add(key="location", value=location)
-    graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Add", ["x", "w"], ["y"])],
-        "g",
-        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [256])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [256])],
-        [weight],
-    )
-    path = folder / "m.onnx"
-    path.write_bytes(onnx.helper.make_model(graph).SerializeToString())
-    _one_line_error(capsys, ["calibrate", str(path), "-o", str(tmp_path / "r.json")], "outside the model's folder")
-    assert not (tmp_path / "r.json").exists()

@@ -31,8 +31,9 @@ SQNR_FLOOR_DB = 40.0
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory):
     import torch
-    from conftest import build_tiny_bert
     from transformers import AutoModelForSequenceClassification
+
+    from tests.conftest import build_tiny_bert
 
     path = build_tiny_bert(tmp_path_factory.mktemp("bert"), layers=1)
     model = AutoModelForSequenceClassification.from_pretrained(path)

@@ -20,7 +20,8 @@ MODELS_DIR_VARIABLE = "QONNX_MODELS_DIR"
 CACHE_DIR_VARIABLE = "QONNX_CACHE_DIR"
 RECIPE_FILE = "qonnx_recipe.json"  # written last into a built checkpoint: its presence means "built"
 DEFAULT_HEAD_SEED = 0
-ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert")  # the encoders export and role finding map
+# The encoders export and role finding map (post-LayerNorm Softmax attention, GELU FFN); tests/inputs/test_families.py
+ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert")
 _INSTALL_HINT = 'pip install "qonnx-bert[export]"'
 
 
@@ -108,24 +109,9 @@ def _read_config(path: Path) -> dict:
     return config
 
 
-# Encoders whose graphs roles.py maps (Softmax attention, post-LayerNorm residual blocks, GELU FFN).
-SUPPORTED_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert")
-
-
-def _check_family(path: Path, config: dict) -> None:
-    kind = config.get("model_type")
-    if kind not in SUPPORTED_TYPES:
-        raise UsageError(
-            f"{path}: model_type {kind!r} is not supported (qonnx maps post-LayerNorm Softmax-attention encoders "
-            f"with a GELU FFN: {', '.join(SUPPORTED_TYPES)}); export it to ONNX yourself and pass the .onnx if it "
-            "is one, else it is not supported yet"
-        )
-
-
 def _local_source(path: Path, name: str) -> ModelSource:
     """A local HF directory: labels from its config; a seeded head if it has none."""
     config = _read_config(path)
-    _check_family(path, config)
     num_labels = len(config["id2label"]) if config.get("id2label") else int(config.get("num_labels", 2))
     has_head = any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or [])
     task = None

@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr, force=True
     )
+    for library in ("onnx_ir", "onnxscript"):  # their passes log each step at INFO; ours say what changed
+        logging.getLogger(library).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)

@@ -93,11 +93,11 @@ class SplitModel:
         return cls(light, weights, model_fingerprint(model))
 
     @classmethod
-    def load(cls, path: str | Path) -> SplitModel:
-        """Read an ONNX file; the full protobuf is dropped once split (weights held once)."""
-        from qonnx_bert.core.modelinfo import load_onnx
+    def load(cls, path: str | Path, tokenizer: str | Path | None = None) -> SplitModel:
+        """Read an ONNX file in canonical form; the full protobuf is dropped once split (weights held once)."""
+        from qonnx_bert.inputs.ingest import load_model
 
-        return cls.from_proto(load_onnx(path))
+        return cls.from_proto(load_model(path, tokenizer))
 
     def edit_small(self, edit: Callable[[onnx.ModelProto], onnx.ModelProto]) -> SplitModel:
         """The same weights under ``edit(graph)``, where ``edit`` sees only the small initializers.

@@ -18,10 +18,27 @@ MAX_MEMORY_HELP = (  # the default lives in qonnx_bert.calibration.memory.DEFAUL
 )
 
 
+def add_tokenizer_argument(p) -> None:
+    """``--tokenizer DIR``, shared by the commands that read an FP32 model and encode text."""
+    from qonnx_bert.inputs.ingest import TOKENIZER_HELP
+
+    p.add_argument("--tokenizer", metavar="DIR", help=TOKENIZER_HELP)
+
+
+def add_external_data_argument(p) -> None:
+    """``--external-data``: for models over protobuf's 2 GB limit (export, quantize)."""
+    p.add_argument(
+        "--external-data",
+        action="store_true",
+        help="write the weights to OUTPUT.data beside the .onnx (needed over 2 GB, e.g. XLM-R-large)",
+    )
+
+
 def register(sub) -> None:
     p = sub.add_parser("calibrate", help="estimate activation ranges on calibration sequences (padding excluded)")
-    p.add_argument("model", help="FP32 .onnx written by `qonnx export`")
+    p.add_argument("model", help="FP32 .onnx: `qonnx export`'s, TorchScript's (opset 14+) or ORT-optimized")
     p.add_argument("-o", "--output", required=True, help="ranges JSON to write")
+    add_tokenizer_argument(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--task", help="GLUE task whose training split supplies the sequences (e.g. rte)")
     src.add_argument("--texts", help="a text file, one sequence per line (default: the sentences shipped with qonnx)")
@@ -55,7 +72,7 @@ def run(args) -> int:
     from qonnx_bert.inputs.sequences import calibration_sequences
 
     guard([args.model, args.texts, args.recipe], [args.output, args.ort_cache])
-    model = SplitModel.load(args.model)  # the full protobuf is dropped: weights held once
+    model = SplitModel.load(args.model, args.tokenizer)  # the full protobuf is dropped: weights held once
     sequences = calibration_sequences(
         args.num_sequences, args.seed, task=args.task, data_dir=args.data_dir, texts=args.texts
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from qonnx_bert.commands.calibrate import add_tokenizer_argument
 from qonnx_bert.core.argtypes import positive_int
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ def register(sub) -> None:
     p.add_argument("fp32", help="FP32 .onnx written by `qonnx export`")
     p.add_argument("quantized", help="QDQ .onnx written by `qonnx quantize` from it")
     add_sequence_options(p, 8)
+    add_tokenizer_argument(p)
     p.add_argument(
         "--plot", metavar="PNG", help="also draw a bar plot (needs matplotlib) and write the table beside it as .md"
     )
@@ -42,6 +44,7 @@ def run(args) -> int:
     from qonnx_bert.core.files import atomic_outputs, guard
     from qonnx_bert.core.modelinfo import load_onnx
     from qonnx_bert.core.optional import require_matplotlib
+    from qonnx_bert.inputs.ingest import load_model
     from qonnx_bert.inputs.sequences import first_sequences
 
     plot = Path(args.plot) if args.plot else None
@@ -49,7 +52,7 @@ def run(args) -> int:
     if plot:
         require_matplotlib("--plot")
     sequences = first_sequences(args.num_sequences, task=args.task, data_dir=args.data_dir, texts=args.texts)
-    errors = compare(load_onnx(args.fp32), load_onnx(args.quantized), sequences)
+    errors = compare(load_model(args.fp32, args.tokenizer), load_onnx(args.quantized), sequences)
     table = render_errors(errors)
     head = (
         f"{args.quantized} vs {args.fp32}: {len(sequences)} sequences ({sequences.source}), padding excluded, "

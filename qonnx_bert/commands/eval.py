@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from qonnx_bert.commands.calibrate import add_tokenizer_argument
 from qonnx_bert.commands.check import add_target_options
 from qonnx_bert.core.argtypes import positive_int
 
@@ -19,6 +20,7 @@ def register(sub) -> None:
     p.add_argument("--limit", type=positive_int, help="evaluate the first N dev examples only")
     p.add_argument("--batch-size", type=positive_int, default=16, help="sequences per run (default 16)")
     add_target_options(p, eps=("cpu", "qnn-htp"))
+    add_tokenizer_argument(p)
     p.set_defaults(func=run)
 
 
@@ -38,9 +40,9 @@ def run(args) -> int:
         runtime = "PyTorch"
     else:
         from qonnx_bert.analysis.evaluate import evaluate
-        from qonnx_bert.core.modelinfo import load_onnx
+        from qonnx_bert.inputs.ingest import load_model
 
-        metrics = evaluate(load_onnx(args.model), split, batch_size=args.batch_size).metrics
+        metrics = evaluate(load_model(args.model, args.tokenizer), split, batch_size=args.batch_size).metrics
         runtime = "ONNX Runtime CPU"
     shown = "  ".join(f"{k}={v:.2f}" if k == "score" else f"{k}={v:.4f}" for k, v in metrics.items())
     print(f"{split.task.name} dev ({len(split)} examples, {runtime}): {shown}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from qonnx_bert.commands.calibrate import add_external_data_argument
 from qonnx_bert.core.argtypes import positive_int
 
 logger = logging.getLogger(__name__)
@@ -22,17 +23,22 @@ def register(sub) -> None:
         default=128,
         help="truncation length for dynamic models, at most the model's max positions (default 128)",
     )
+    add_external_data_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from qonnx_bert.core.files import guard
+    from qonnx_bert.core.files import guard, model_outputs
     from qonnx_bert.inputs.export import export_model, parse_static_shape
     from qonnx_bert.inputs.models import resolve_model
 
-    guard([resolve_model(args.source).path], [args.output])
+    guard([resolve_model(args.source).path], model_outputs(args.output, args.external_data))
     result = export_model(
-        args.source, args.output, static_shape=parse_static_shape(args.static_shape), max_length=args.max_length
+        args.source,
+        args.output,
+        static_shape=parse_static_shape(args.static_shape),
+        max_length=args.max_length,
+        external_data=args.external_data,
     )
     logger.info(
         "wrote %s (%d nodes); max |logit difference| vs PyTorch %.2e (limit 1e-4)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from qonnx_bert.commands.calibrate import add_tokenizer_argument
 from qonnx_bert.commands.debug import add_sequence_options
 from qonnx_bert.core.argtypes import non_negative_int, positive_float, positive_int
 
@@ -14,8 +15,9 @@ def register(sub) -> None:
     p = sub.add_parser(
         "outliers", help="where a model's activation outliers are: per layer and embedding dim, as text and a PNG"
     )
-    p.add_argument("model", help="FP32 .onnx written by `qonnx export`")
+    p.add_argument("model", help="FP32 .onnx: `qonnx export`'s, TorchScript's (opset 14+) or ORT-optimized")
     add_sequence_options(p, 16)
+    add_tokenizer_argument(p)
     p.add_argument(
         "--layer",
         type=non_negative_int,
@@ -40,8 +42,8 @@ def run(args) -> int:
     from qonnx_bert.analysis.outliers import plot, render, scan
     from qonnx_bert.core.errors import UsageError
     from qonnx_bert.core.files import atomic_outputs, guard
-    from qonnx_bert.core.modelinfo import load_onnx
     from qonnx_bert.core.optional import require_matplotlib
+    from qonnx_bert.inputs.ingest import load_model
     from qonnx_bert.inputs.sequences import first_sequences
 
     out = Path(args.output) if args.output else None
@@ -49,7 +51,7 @@ def run(args) -> int:
     if out:
         require_matplotlib("-o")
     sequences = first_sequences(args.num_sequences, task=args.task, data_dir=args.data_dir, texts=args.texts)
-    result = scan(load_onnx(args.model), sequences, sigma=args.sigma)
+    result = scan(load_model(args.model, args.tokenizer), sequences, sigma=args.sigma)
     if args.layer is not None and not 0 <= args.layer < result.num_layers:
         raise UsageError(f"--layer {args.layer} is out of range: this model has layers 0-{result.num_layers - 1}")
     layer = result.worst_layer() if args.layer is None else args.layer

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 
+from qonnx_bert.commands.calibrate import add_external_data_argument, add_tokenizer_argument
 from qonnx_bert.commands.lowbit_flags import LOWBIT_FIELDS, add_lowbit_arguments
 from qonnx_bert.core.errors import UsageError
 
@@ -36,10 +37,12 @@ def register(sub) -> None:
     from qonnx_bert.quantize.schemes import scheme_names
 
     p = sub.add_parser("quantize", help="insert QuantizeLinear/DequantizeLinear by scheme")
-    p.add_argument("model", help="FP32 .onnx written by `qonnx export`")
+    p.add_argument("model", help="FP32 .onnx: `qonnx export`'s, TorchScript's (opset 14+) or ORT-optimized")
     p.add_argument("-o", "--output", required=True, help="QDQ .onnx to write (never the input)")
     p.add_argument("--scheme", choices=scheme_names(), help="quantization scheme (default w8a8)")
     p.add_argument("--ranges", help="ranges JSON from `qonnx calibrate` (needed when activations are quantized)")
+    add_tokenizer_argument(p)
+    add_external_data_argument(p)
     p.add_argument("--config", metavar="FILE", help="replay a scheme config saved with --save-config (no scheme flags)")
     p.add_argument("--save-config", metavar="FILE", help="write the scheme config of this run as JSON, for --config")
     g = p.add_argument_group("16-bit activations (any scheme; see --scheme mp / auto-mp)")
@@ -151,19 +154,19 @@ def scheme_config(args):
 
 
 def run(args) -> int:
-    import onnx
 
     from qonnx_bert.calibration.ranges import RangeTable
-    from qonnx_bert.core.files import atomic_outputs, guard
-    from qonnx_bert.core.modelinfo import load_onnx
+    from qonnx_bert.core.files import atomic_outputs, guard, model_outputs, write_model
+    from qonnx_bert.inputs.ingest import load_model
     from qonnx_bert.quantize.api import quantize
     from qonnx_bert.quantize.config import ConfigError
     from qonnx_bert.quantize.schemes.mixed import save_selection
 
     config = scheme_config(args)
-    outputs = [p for p in (args.output, args.save_selection, args.save_config) if p]
-    guard([args.model, args.ranges, args.config, config.int16_from], outputs)
-    model = load_onnx(args.model)
+    files = model_outputs(args.output, args.external_data)  # the .onnx, and its .data with --external-data
+    sides = [p for p in (args.save_selection, args.save_config) if p]
+    guard([args.model, args.ranges, args.config, config.int16_from], [*files, *sides])
+    model = load_model(args.model, args.tokenizer)
     ranges = RangeTable.load(args.ranges) if args.ranges else None
     try:
         quantized, report = quantize(model, config, ranges, path=args.model)
@@ -171,8 +174,9 @@ def run(args) -> int:
         raise as_flags(err) from None
     if args.save_selection and report.selection is None:
         raise UsageError(f"--save-selection: scheme {config.scheme} chose no 16-bit roles to save")
-    with atomic_outputs(*outputs) as (tmp, *side):  # the model and its side files appear together
-        onnx.save(quantized, str(tmp))
+    with atomic_outputs(*files, *sides) as temps:  # the model and its side files appear together
+        write_model(quantized, args.output, temps[: len(files)])
+        side = list(temps[len(files) :])
         if args.save_selection:
             save_selection(side.pop(0), model, config.scheme, report.selection)
         if args.save_config:

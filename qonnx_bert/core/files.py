@@ -238,3 +238,59 @@ _TYPE_NAMES = {
     float: "a number",
     bool: "true/false",
 }
+
+
+PROTOBUF_LIMIT = 2**31 - 1  # bytes: protobuf serializes no larger message, so no larger single .onnx file
+
+
+def too_large(model) -> bool:
+    """Whether ``model`` (an ``onnx.ModelProto``) can only be written with its weights in external data."""
+    return model.ByteSize() > PROTOBUF_LIMIT
+
+
+def check_size(size: int, path: PathLike) -> None:
+    """Refuse a single-file model of ``size`` bytes over protobuf's limit, naming ``--external-data``."""
+    if size > PROTOBUF_LIMIT:
+        raise UsageError(
+            f"{path} would be {size / 2**20:,.0f} MB, over protobuf's 2 GB limit for one file; pass "
+            f"--external-data (weights written to {external_data_path(path).name} beside it)"
+        )
+
+
+def external_data_path(path: PathLike) -> Path:
+    """Where a model written with ``--external-data`` keeps its weights: ``model.onnx.data`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".data")
+
+
+def model_outputs(path: PathLike, external_data: bool) -> list[Path]:
+    """The files a model output is: the ``.onnx``, and its data file with ``external_data``."""
+    return [Path(path), external_data_path(path)] if external_data else [Path(path)]
+
+
+def write_model(model, path: PathLike, temps: tuple[Path, ...]) -> None:
+    """Write ``model`` into the :func:`atomic_outputs` temporaries ``temps`` of ``model_outputs(path, ...)``.
+
+    One temporary: a single file, refused over 2 GB. Two: the weights go to the data file, whose
+    name the ``.onnx`` records, so both are staged in a folder beside ``path`` under their final
+    names first; ``model`` is then left referring to the written data (onnx moves weights out in place).
+    """
+    import onnx
+
+    if len(temps) == 1:
+        check_size(model.ByteSize(), path)
+        onnx.save(model, str(temps[0]))
+        return
+    path = Path(path)
+    data = external_data_path(path)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as folder:
+        staged = Path(folder) / path.name
+        onnx.save(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
+        os.replace(Path(folder) / data.name, temps[1])
+        os.replace(staged, temps[0])
+
+
+def save_model(model, path: PathLike, *, external_data: bool = False) -> None:
+    """:func:`write_model` under :func:`atomic_outputs`: the model's files appear whole and together or not at all."""
+    with atomic_outputs(*model_outputs(path, external_data)) as temps:
+        write_model(model, path, temps)

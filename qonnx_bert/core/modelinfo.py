@@ -69,7 +69,10 @@ def read_info(model: onnx.ModelProto, path: str | Path = "model") -> ModelInfo:
     """The embedded record; a clear error for an ONNX file not written by ``qonnx export``."""
     props = {p.key: p.value for p in model.metadata_props}
     if INFO_KEY not in props or TOKENIZER_KEY not in props:
-        raise UsageError(f"{path} carries no qonnx tokenizer metadata; export it with `qonnx export` first")
+        raise UsageError(
+            f"{path} carries no tokenizer: pass --tokenizer DIR (the model's Hugging Face tokenizer directory) "
+            "or export it with `qonnx export`"
+        )
     return ModelInfo.from_json(props[INFO_KEY])
 
 

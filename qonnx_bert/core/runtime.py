@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import onnx
 import onnxruntime as ort
+
+from qonnx_bert.core.files import too_large
 
 
 def cpu_session(
@@ -37,7 +42,19 @@ def cpu_session(
         options.log_severity_level = 3
     if optimized_path:
         options.optimized_model_filepath = optimized_path
+    if too_large(model):
+        return _session_from_files(model, options)
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _session_from_files(model: onnx.ModelProto, options: ort.SessionOptions) -> ort.InferenceSession:
+    """A session of a model over protobuf's 2 GB: a copy written with external data, read by ORT, removed."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # saving with external data moves the weights out of the proto it is given
+    with tempfile.TemporaryDirectory(prefix="qonnx.") as folder:
+        path = os.path.join(folder, "model.onnx")
+        onnx.save(copy, path, save_as_external_data=True, location="model.onnx.data")
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
 def exposing_session(model: onnx.ModelProto, names: list[str]) -> ort.InferenceSession:

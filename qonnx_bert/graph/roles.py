@@ -96,10 +96,12 @@ class _Walker:
         return [u.node for u in value.uses() if op is None or u.node.op_type == op]
 
     def skip_layout_forward(self, value: ir.Value) -> ir.Value:
+        """Follow a chain of layout ops; ``Shape`` readers (TorchScript's dynamic reshapes) don't branch it."""
         while True:
-            nxt = [n for n in self.consumers(value) if n.op_type in _LAYOUT_OPS]
-            if len(nxt) != 1 or len(value.uses()) != 1:
+            users = [n for n in self.consumers(value) if n.op_type != "Shape"]
+            if len(users) != 1 or users[0].op_type not in _LAYOUT_OPS:
                 return value
+            nxt = users
             value = nxt[0].outputs[0]
 
     def skip_layout_back(self, value: ir.Value) -> ir.Value:

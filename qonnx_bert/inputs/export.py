@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from qonnx_bert.core.errors import UsageError
-from qonnx_bert.core.files import atomic_output
+from qonnx_bert.core.files import check_size, save_model
 from qonnx_bert.core.modelinfo import INPUT_NAMES, ModelInfo, embed
 from qonnx_bert.core.runtime import cpu_session
 
@@ -47,25 +47,44 @@ def _torch_feeds(tokenizer, static_shape: tuple[int, int] | None) -> dict:
     return dict(tokenizer(a, b, padding="max_length", max_length=width, truncation=True, return_tensors="pt"))
 
 
+def _model_feeds(model, feeds: dict) -> dict:
+    """The feeds ``model`` takes: DistilBERT has no ``token_type_ids``; RoBERTa and XLM-R have one type only
+    (a pair's type 1 is out of range), so their graph gets none and uses type 0 inside."""
+    import inspect
+
+    accepted = inspect.signature(model.forward).parameters
+    names = [n for n in INPUT_NAMES if n in feeds and n in accepted]
+    if getattr(model.config, "type_vocab_size", 2) < 2 and "token_type_ids" in names:
+        names.remove("token_type_ids")
+    return {n: feeds[n] for n in names}
+
+
 def _export_program(model, feeds: dict, static_shape):
     import torch
 
-    names = [n for n in INPUT_NAMES if n in feeds]
+    names = list(feeds)
     dynamic = None
     if static_shape is None:
         batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
         dynamic = {n: {0: batch, 1: seq} for n in names}
-    program = torch.onnx.export(
-        model,
-        (),
-        kwargs={n: feeds[n] for n in names},
-        dynamo=True,
-        opset_version=OPSET,
-        dynamic_shapes=dynamic,
-        input_names=names,
-        output_names=["logits"],
-        verbose=False,
-    )
+    try:
+        program = torch.onnx.export(
+            model,
+            (),
+            kwargs={n: feeds[n] for n in names},
+            dynamo=True,
+            opset_version=OPSET,
+            dynamic_shapes=dynamic,
+            input_names=names,
+            output_names=["logits"],
+            verbose=False,
+        )
+    except Exception as err:  # torch raises many types, each with pages of trace: one line for the user
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise UsageError(
+            f"torch.onnx.export failed on this {model.config.model_type} model ({type(err).__name__}: {first}); "
+            "report it with the model's config.json"
+        ) from None
     program.optimize()
     return program.model_proto
 
@@ -82,7 +101,12 @@ def _max_logit_diff(model, proto: onnx.ModelProto, feeds: dict) -> float:
 
 
 def export_model(
-    source: str, output: str | Path, *, static_shape: tuple[int, int] | None = None, max_length: int = 128
+    source: str,
+    output: str | Path,
+    *,
+    static_shape: tuple[int, int] | None = None,
+    max_length: int = 128,
+    external_data: bool = False,
 ) -> ExportResult:
     """Export ``source`` (a models/ name, ``minilm-l6`` or a local HF directory) to ``output``.
 
@@ -95,7 +119,9 @@ def export_model(
     resolved = resolve_model(source)
     model, tokenizer = load_for_export(resolved)
     _check_length(static_shape[1] if static_shape else max_length, model.config)
-    feeds = _torch_feeds(tokenizer, static_shape)
+    if not external_data:  # refused before the minutes an export of such a model takes
+        check_size(sum(p.numel() * p.element_size() for p in model.parameters()), Path(output))
+    feeds = _model_feeds(model, _torch_feeds(tokenizer, static_shape))
     proto = _export_program(model, feeds, static_shape)
     diff = _max_logit_diff(model, proto, feeds)
     logger.info("max |logit(ORT) - logit(PyTorch)| = %.3g", diff)
@@ -110,9 +136,9 @@ def export_model(
         task=resolved.task,
     )
     embed(proto, info, tokenizer.backend_tokenizer.to_str())
-    with atomic_output(output) as tmp:
-        onnx.save(proto, str(tmp))
-    return ExportResult(Path(output), diff, len(proto.graph.node))
+    nodes = len(proto.graph.node)
+    save_model(proto, output, external_data=external_data)
+    return ExportResult(Path(output), diff, nodes)
 
 
 def _check_length(length: int, config) -> None:

@@ -20,7 +20,8 @@ MODELS_DIR_VARIABLE = "QONNX_MODELS_DIR"
 CACHE_DIR_VARIABLE = "QONNX_CACHE_DIR"
 RECIPE_FILE = "qonnx_recipe.json"  # written last into a built checkpoint: its presence means "built"
 DEFAULT_HEAD_SEED = 0
-ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert")  # the encoders export and role finding map
+# The encoders export and role finding map (post-LayerNorm Softmax attention, GELU FFN); tests/inputs/test_families.py
+ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert")
 _INSTALL_HINT = 'pip install "qonnx-bert[export]"'
 
 

@@ -12,6 +12,7 @@ alike, so (``x' = x[..., P]``, exact in FP32)::
     LN(x)[..., P]            = LN_{gamma[P], beta[P]}(x')       LayerNorm over the hidden axis
     (x + y)[..., P]          = x' + y'                          residual Adds
     Gather(x, i, axis != -1) = the [CLS] token, still permuted  the pooler's input
+    Shape(x')                = Shape(x)                         TorchScript's dynamic reshapes
 
 Starting at the first LayerNorm's output (the embeddings), the stream is followed forward
 through its consumers; producers of values joining it (attention outputs, embedding sums)
@@ -121,6 +122,8 @@ class _Folder:
             self.forward(node.outputs[0])
         elif op == "Gather" and node.inputs[0] is value and _axis(node) not in (-1, _rank(node) - 1):
             self.forward(node.outputs[0])
+        elif op == "Shape":
+            return  # sizes only (TorchScript's dynamic reshapes read them): the order does not matter
         else:
             raise self.refuse(
                 node, "it reads the residual stream in a way that depends on the order of hidden dimensions"

@@ -26,6 +26,7 @@ import onnx
 from onnx import numpy_helper
 
 from qonnx_bert.calibration.tensors import QUANTIZED_OP_TYPES
+from qonnx_bert.core.files import too_large
 from qonnx_bert.graph.qdq import QdqView, quantizer_of
 from qonnx_bert.passes.htp_rules import htp_ready, quantize_where_constants
 from qonnx_bert.passes.mixed_precision import widen_exactly
@@ -56,7 +57,8 @@ def _run_quantize_static(plan: Plan) -> onnx.ModelProto:
 
     with tempfile.TemporaryDirectory(prefix="qonnx.") as tmp:
         src, dst, cache = (Path(tmp) / n for n in ("in.onnx", "out.onnx", "ranges.json"))
-        onnx.save(plan.model, str(src))
+        large = too_large(plan.model)  # an FP32 model over 2 GB goes to ORT's tool with external data
+        onnx.save(plan.model, str(src), save_as_external_data=large)
         data = {t: (np.float32(lo), np.float32(hi)) for t, (lo, hi) in plan.ranges.items()}
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
         quantize_static(
@@ -70,6 +72,7 @@ def _run_quantize_static(plan: Plan) -> onnx.ModelProto:
             per_channel=False,
             op_types_to_quantize=list(QUANTIZED_OP_TYPES),
             nodes_to_exclude=list(plan.exclude_nodes),
+            use_external_data_format=large,
             extra_options={
                 "ActivationSymmetric": False,
                 "WeightSymmetric": True,

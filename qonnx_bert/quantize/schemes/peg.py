@@ -49,7 +49,7 @@ input: uint16 (portable) or float (cpu). GLUE effect: ``bench/results/glue-minil
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -170,7 +170,13 @@ class PegScheme:
         base = ctx.calibrated()
         chosen = choose_groups(ctx.require_ranges().per_channel, opts, ctx.roles.num_layers)
         model = ir.from_proto(ctx.prepared)
-        permuted = _fold_order(model, ctx, chosen.order)
+        fallback = []
+        try:
+            permuted = _fold_order(model, ctx, chosen.order)
+        except UsageError as err:  # e.g. ELECTRA's embedding projection; the fold left the graph as it was
+            opts = replace(opts, permutation=Permutation.LAYER)
+            chosen, permuted = choose_groups(ctx.require_ranges().per_channel, opts, ctx.roles.num_layers), {}
+            fallback = [f"chose --permutation layer: the model-wide order does not fold here ({err})"]
         position = None if chosen.order is None else np.argsort(chosen.order)  # graph dimension of each model dimension
         results = []
         for layer, groups in chosen.hidden.items():
@@ -187,7 +193,7 @@ class PegScheme:
             rewritten,
             activation_ranges(entries),
             weights=True,
-            notes=_notes(opts, chosen),
+            notes=fallback + _notes(opts, chosen),
             metadata=metadata,
             **_precision(opts.target, rewritten, results),
         )

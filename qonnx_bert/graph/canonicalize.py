@@ -245,6 +245,9 @@ def _int64_inputs(graph: ir.Graph) -> int:
     return count
 
 
+_WEIGHT_READERS = ("MatMul", "Gemm", "Gather")
+
+
 def _unshare_weights(graph: ir.Graph) -> int:
     """Give every reader of a shared float weight its own copy; returns the copies made.
 
@@ -257,6 +260,8 @@ def _unshare_weights(graph: ir.Graph) -> int:
         tensor = value.const_value
         if tensor is None or value.dtype != ir.DataType.FLOAT or tensor.size < 2:
             continue
+        if sum(node.op_type in _WEIGHT_READERS for node, _ in value.uses()) < 2:
+            continue  # not a layer's weight matrix shared across layers (PEG's passes copy small shared constants)
         for k, (node, index) in enumerate(list(value.uses())[1:], start=1):
             name = f"{value.name}.use{k}"
             copy = ir.Value(
@@ -271,8 +276,9 @@ def _unshare_weights(graph: ir.Graph) -> int:
 def _rewrite(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
     irm = ir.from_proto(model)  # shares the proto's tensors: ``model`` must be a copy the caller gave up
     irm.opset_imports[""] = OPSET  # the converter already brought the default domain to OPSET
-    ir_passes.LiftConstantsToInitializersPass(size_limit=0)(irm)
-    ir_passes.IdentityEliminationPass()(irm)
+    lifted = ir_passes.LiftConstantsToInitializersPass(size_limit=0)(irm).modified
+    if ir_passes.IdentityEliminationPass()(irm).modified or lifted:
+        changes.append("Constant nodes lifted / Identity nodes removed")
     ir_passes.AddDefaultAttributesPass()(irm)  # patterns name attributes (keepdims=1) exporters leave at default
     counts = {
         "fused ops decomposed, NaN guards dropped": _UNFUSE_RULES.apply_to_model(irm),
@@ -298,6 +304,9 @@ def canonicalize(model: onnx.ModelProto, path: str = "model") -> Canonical:
     _refuse_fused(model, path)
     changes: list[str] = []
     out = _rewrite(_upgrade(model, changes), changes)
+    if not changes:  # already canonical (e.g. `qonnx export`'s): keep the file as written, so its fingerprint holds
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
     leftover = sorted({n.op_type for n in out.graph.node if n.domain == _MS})
     if leftover:
         raise UsageError(

@@ -47,7 +47,7 @@ def _torch_feeds(tokenizer, static_shape: tuple[int, int] | None) -> dict:
     return dict(tokenizer(a, b, padding="max_length", max_length=width, truncation=True, return_tensors="pt"))
 
 
-def _export_program(model, feeds: dict, static_shape):
+def _export_program(model, feeds: dict, static_shape, output_names: tuple[str, ...] = ("logits",)):
     import torch
 
     names = [n for n in INPUT_NAMES if n in feeds]
@@ -63,7 +63,7 @@ def _export_program(model, feeds: dict, static_shape):
         opset_version=OPSET,
         dynamic_shapes=dynamic,
         input_names=names,
-        output_names=["logits"],
+        output_names=list(output_names),
         verbose=False,
     )
     program.optimize()

@@ -12,13 +12,17 @@ alike, so (``x' = x[..., P]``, exact in FP32)::
     LN(x)[..., P]            = LN_{gamma[P], beta[P]}(x')       LayerNorm over the hidden axis
     (x + y)[..., P]          = x' + y'                          residual Adds
     Gather(x, i, axis != -1) = the [CLS] token, still permuted  the pooler's input
+    x = Gather(x', P^-1, axis=-1)                              a graph output (feature extraction's
+                                                               last hidden state): one Gather restores it
 
 Starting at the first LayerNorm's output (the embeddings), the stream is followed forward
 through its consumers; producers of values joining it (attention outputs, embedding sums)
 are permuted backward. Every constant touched is copied, never edited in place: the
-exporter shares identical initializers between unrelated nodes. Anything else on the
-stream (a graph output, an op that mixes positions of the hidden axis) is refused with
-the node named, and the graph is then left as it was.
+exporter shares identical initializers between unrelated nodes. A graph output on the
+stream keeps its name and order (its readers, e.g. mean pooling, move with it); the
+permuted value before the restoring Gather is renamed ``<name>.permuted``. Anything
+else on the stream (an op that mixes positions of the hidden axis) is refused with the
+node named, and the graph is then left as it was.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class _Folder:
         self.done: set[int] = set()  # ids of nodes handled
         self.copies: dict[tuple[str, str], ir.Value] = {}
         self.edits: list[tuple[ir.Node, int, ir.Value]] = []  # applied only if the whole fold succeeds
+        self.outputs: list[ir.Value] = []  # permuted graph outputs, restored by a Gather in apply()
 
     def refuse(self, node: ir.Node, why: str) -> UsageError:
         return UsageError(
@@ -89,9 +94,8 @@ class _Folder:
         """``value`` is permuted: adapt every consumer."""
         self.permuted[id(value)] = value
         if value.is_graph_output():
-            raise UsageError(
-                f"cannot fold the PEG permutation into the weights: the residual stream {value.name!r} is a graph output; use --permutation layer"
-            )
+            self.outputs.append(value)  # its readers move to the restored output
+            return
         for node in value.consumers():
             if id(node) in self.done:
                 continue
@@ -138,6 +142,21 @@ class _Folder:
             self.graph.register_initializer(value)
         for node, index, value in self.edits:
             node.replace_input_with(index, value)
+        for value in self.outputs:
+            self._restore_output(value)
+
+    def _restore_output(self, value: ir.Value) -> None:
+        """``value`` (a graph output) becomes ``Gather(value', P^-1, axis=-1)``, under its own name."""
+        name = value.name
+        indices = ir.Value(name=f"{name}.inverse_permutation", const_value=ir.tensor(np.argsort(self.perm)))
+        self.graph.register_initializer(indices)
+        value.name = f"{name}.permuted"
+        gather = ir.Node("", "Gather", [value, indices], attributes=[ir.AttrInt64("axis", -1)], name=f"{name}.restore")
+        restored = gather.outputs[0]
+        restored.name, restored.shape, restored.type = name, value.shape, value.type
+        value.replace_all_uses_with(restored, replace_graph_outputs=True)
+        gather.replace_input_with(0, value)  # replace_all_uses_with moved the Gather's own input too
+        self.graph.insert_after(value.producer(), gather)
 
 
 def _attr(node: ir.Node, name: str, default: int) -> int:

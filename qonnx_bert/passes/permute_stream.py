@@ -19,10 +19,11 @@ Starting at the first LayerNorm's output (the embeddings), the stream is followe
 through its consumers; producers of values joining it (attention outputs, embedding sums)
 are permuted backward. Every constant touched is copied, never edited in place: the
 exporter shares identical initializers between unrelated nodes. A graph output on the
-stream keeps its name and order (its readers, e.g. mean pooling, move with it); the
-permuted value before the restoring Gather is renamed ``<name>.permuted``. Anything
-else on the stream (an op that mixes positions of the hidden axis) is refused with the
-node named, and the graph is then left as it was.
+stream where the stream ends (feature extraction's last hidden state) keeps its name and
+order (its readers, e.g. mean pooling, move with it); the permuted value before the
+restoring Gather is renamed ``<name>.permuted``. Anything else on the stream (a graph
+output that later layers read, an op that mixes positions of the hidden axis) is refused
+with the node named, and the graph is then left as it was.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import onnx_ir as ir
 
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.graph.ops import ARITHMETIC_OPS
+
+_STREAM_READERS = {"MatMul", "Gemm", "LayerNormalization"}  # a graph output read by these is mid-stream
 
 
 class _Folder:
@@ -94,7 +97,11 @@ class _Folder:
         """``value`` is permuted: adapt every consumer."""
         self.permuted[id(value)] = value
         if value.is_graph_output():
-            self.outputs.append(value)  # its readers move to the restored output
+            if any(n.op_type in _STREAM_READERS for n in value.consumers()):
+                raise UsageError(
+                    f"cannot fold the PEG permutation into the weights: the residual stream {value.name!r} is a graph output; use --permutation layer"
+                )
+            self.outputs.append(value)  # the stream ends here: its readers (pooling) move to the restored output
             return
         for node in value.consumers():
             if id(node) in self.done:

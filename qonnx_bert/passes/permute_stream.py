@@ -99,7 +99,8 @@ class _Folder:
         if value.is_graph_output():
             if any(n.op_type in _STREAM_READERS for n in value.consumers()):
                 raise UsageError(
-                    f"cannot fold the PEG permutation into the weights: the residual stream {value.name!r} is a graph output; use --permutation layer"
+                    "cannot fold the PEG permutation into the weights: the residual stream "
+                    f"{value.name!r} is a graph output; use --permutation layer"
                 )
             self.outputs.append(value)  # the stream ends here: its readers (pooling) move to the restored output
             return

@@ -90,7 +90,7 @@ def export_embedding_model(
     feeds = {k: v for k, v in _feeds(tokenizer, static_shape).items() if k in INPUT_NAMES}
     proto = _export_program(model, feeds, static_shape, OUTPUT_NAMES)
     diff = _max_output_diff(model, proto, feeds)
-    logger.info("max |output(ORT) - output(PyTorch)| = %.3g", diff)
+    logger.debug("max |output(ORT) - output(PyTorch)| = %.3g", diff)
     if not diff <= MAX_LOGIT_DIFF:
         raise UsageError(f"exported model differs from PyTorch by {diff:.3g} > {MAX_LOGIT_DIFF}; report this model")
     info = ModelInfo(

@@ -23,6 +23,9 @@ from qonnx_bert.inputs.glue.tasks import limit_split
 from qonnx_bert.inputs.sequences import sample_sequences, shipped_sentences
 from qonnx_bert.passes.permute_stream import permute_stream
 from qonnx_bert.quantize.api import quantize
+from qonnx_bert.targets.htp_check import check_htp
+from qonnx_bert.targets.qnn import resolve_soc
+from tests.test_qnn import needs_qnn
 
 TEXTS = ["short one", "a much longer sentence with many more words in it than the first", "mid length text"]
 
@@ -55,6 +58,8 @@ def test_export_matches_pytorch_pooling(embedding_onnx, torch_hidden):
     feeds, hidden = torch_hidden
     model = onnx.load(str(embedding_onnx))
     assert [o.name for o in model.graph.output] == list(OUTPUT_NAMES)
+    assert sum(n.op_type == "LpNormalization" for n in model.graph.node) == 1  # F.normalize, fused
+    assert "ReduceL2" not in {n.op_type for n in model.graph.node}
     assert read_info(model).head == EMBEDDING and read_info(model).num_labels == 0
     embedding, last = ort.InferenceSession(str(embedding_onnx)).run(None, feeds)
     # 1e-4: the export's own acceptance bound (float32 kernels of ORT vs PyTorch).
@@ -84,8 +89,14 @@ def test_schemes_run_on_an_embedding_model(embedding_onnx, ranges, scheme, optio
     fp32 = onnx.load(str(embedding_onnx))
     quantized, _ = quantize(fp32, scheme, ranges, **options)
     assert [o.name for o in quantized.graph.output] == list(OUTPUT_NAMES)
+    producers = {o: n for n in quantized.graph.node for o in n.output}
+    pooling = [n for n in quantized.graph.node if n.op_type in ("ReduceSum", "Div", "LpNormalization")]
+    assert {n.op_type for n in pooling} == {"ReduceSum", "Div", "LpNormalization"}  # the pooling head, fused
+    for node in pooling:  # quantized like every other op, so HTP runs the pooling in fixed point
+        assert producers[node.input[0]].op_type == "DequantizeLinear", node.name
     got, want = _embeddings(quantized), _embeddings(fp32)
-    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # still unit length: pooling stays float
+    # Unit length up to the output's uint8 grid: step <= 2/255 over 32 dims, so |norm - 1| <= sqrt(32) * step/2.
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=np.sqrt(32) / 255)
     # A random-weight 2-layer model at 8 bits: cosine to the FP32 embedding well above chance (measured > 0.9).
     assert np.min(np.sum(got * want, axis=1)) > 0.8
 
@@ -129,3 +140,15 @@ def test_embedding_model_on_a_classification_task_is_refused(embedding_onnx, glu
     split = limit_split(load_task("rte", "dev", glue_dir), 4)
     with pytest.raises(UsageError, match="use --task stsb"):
         evaluate(onnx.load(str(embedding_onnx)), split, progress=False)
+
+
+@needs_qnn
+@pytest.mark.parametrize(("scheme", "options"), [("w8a8", {}), ("peg", {"groups": 3})])
+def test_static_embedding_model_runs_whole_and_quantized_on_htp(tiny_bert_dir, tmp_path_factory, scheme, options):
+    """Pooling and L2 normalisation included: no op left in float, none on the CPU (the strict check)."""
+    path = tmp_path_factory.mktemp("embedding_htp") / "tiny.embedding.1x32.onnx"
+    export_embedding_model(str(tiny_bert_dir), path, static_shape=(1, 32))
+    fp32 = onnx.load(str(path))
+    ranges = calibrate(fp32, sample_sequences(shipped_sentences(), None, 8, 0, "shipped"), progress=False)
+    report = check_htp(quantize(fp32, scheme, ranges, **options)[0], resolve_soc("sm8650"))
+    assert report.ok, "\n".join(f.line() for f in report.findings)

@@ -78,6 +78,37 @@ def _similarity(embeddings: np.ndarray, split: GlueSplit) -> float:
     return similarity_metrics(cosines, split.labels)["score"]
 
 
+class HtpChecker:
+    """The strict ``qonnx check --ep qnn-htp`` on each scheme's static-shape (1x128) twin: HTP needs
+    fixed shapes, so the twin is exported, calibrated and quantized the same way, once per scheme."""
+
+    def __init__(self, source: str, workdir: Path, labels: tuple[str, ...], soc: str = "sm8650"):
+        self.source, self.workdir, self.labels, self.soc = source, workdir, labels, soc
+        self._static: tuple[onnx.ModelProto, object] | None = None
+
+    def _fp32(self):
+        if self._static is None:
+            path = self.workdir / "model.1x128.onnx"
+            export_embedding_model(self.source, path, static_shape=(1, 128))
+            fp32 = onnx.load(str(path))
+            sentences = shipped_sentences()
+            ranges = calibrate(fp32, sample_sequences(sentences, None, len(sentences), 0, "shipped"), progress=False)
+            self._static = fp32, ranges
+        return self._static
+
+    def __call__(self, model: onnx.ModelProto, spec: DemoScheme) -> str:
+        from qonnx_bert.targets.htp_check import check_htp
+        from qonnx_bert.targets.qnn import resolve_soc
+
+        if spec.target == "cpu":
+            return "n/a (CPU only)"
+        if spec.label not in self.labels:
+            return "not checked"
+        fp32, ranges = self._fp32()
+        report = check_htp(quantize(fp32, spec.scheme, ranges)[0], resolve_soc(self.soc))
+        return "pass" if report.ok else f"FAIL ({len(report.findings)} problems)"
+
+
 def run_demo(
     workdir: Path,
     source: str = "minilm-l6",

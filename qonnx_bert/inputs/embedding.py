@@ -3,7 +3,9 @@
 The graph computes what sentence-transformers defines for mean-pooling models such
 as all-MiniLM-L6-v2: the last hidden state, its mean over the non-padding tokens
 (attention-mask weighted, the count clamped at 1e-9) and that mean L2-normalised
-(``F.normalize``, eps 1e-12). The pooling is written into the graph rather than
+(``F.normalize``, eps 1e-12; one ``LpNormalization`` in the graph). Every pooling op
+is one that the quantizer and HTP take, so a quantized embedding model runs whole on
+HTP (``qonnx check --ep qnn-htp``). The pooling is written into the graph rather than
 left to the caller, so a quantized file gives the embedding users compare with
 cosine similarity, and the ``output`` role that schemes and metrics judge is it:
 ``sentence_embedding`` is the first output, ``last_hidden_state`` the second.
@@ -48,11 +50,24 @@ def _embedder(encoder):
         def forward(self, input_ids, attention_mask, token_type_ids=None):
             kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            # A Where on the mask rather than a Cast of it: HTP runs a Cast of the integer mask in float.
+            one, zero = torch.ones((), dtype=hidden.dtype), torch.zeros((), dtype=hidden.dtype)
+            weights = torch.where(attention_mask.unsqueeze(-1) > 0, one, zero)
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, p=2, dim=1), hidden
 
     return SentenceEmbedder().eval()
+
+
+def _fuse_l2_normalization(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``F.normalize`` (ReduceL2 -> Clip -> Expand -> Div) as one ``LpNormalization``, by ONNX Runtime's
+    own QNN fusion: HTP runs it as its L2Norm op, quantized, where the four ops ran in float."""
+    from onnxruntime.quantization.execution_providers.qnn.fusion_lpnorm import FusionLpNormalization
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    wrapped = ONNXModel(proto)
+    FusionLpNormalization(wrapped).apply()
+    return wrapped.model
 
 
 def _feeds(tokenizer, static_shape: tuple[int, int] | None) -> dict:
@@ -88,7 +103,7 @@ def export_embedding_model(
     encoder = AutoModel.from_pretrained(resolved.path, attn_implementation="eager")
     model, tokenizer = _embedder(encoder.eval()), AutoTokenizer.from_pretrained(resolved.path)
     feeds = {k: v for k, v in _feeds(tokenizer, static_shape).items() if k in INPUT_NAMES}
-    proto = _export_program(model, feeds, static_shape, OUTPUT_NAMES)
+    proto = _fuse_l2_normalization(_export_program(model, feeds, static_shape, OUTPUT_NAMES))
     diff = _max_output_diff(model, proto, feeds)
     logger.debug("max |output(ORT) - output(PyTorch)| = %.3g", diff)
     if not diff <= MAX_LOGIT_DIFF:

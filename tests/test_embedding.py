@@ -1,6 +1,9 @@
 """Feature extraction: the exported sentence embedding equals sentence-transformers' pooling of
 PyTorch's hidden state, schemes run on a headless encoder, and zero-shot STS is MTEB's metric."""
 
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -152,3 +155,13 @@ def test_static_embedding_model_runs_whole_and_quantized_on_htp(tiny_bert_dir, t
     ranges = calibrate(fp32, sample_sequences(shipped_sentences(), None, 8, 0, "shipped"), progress=False)
     report = check_htp(quantize(fp32, scheme, ranges, **options)[0], resolve_soc("sm8650"))
     assert report.ok, "\n".join(f.line() for f in report.findings)
+
+
+def test_export_command_is_quiet_and_says_what_it_wrote(tiny_bert_dir, tmp_path):
+    """No transformers load report, torch/onnxscript chatter or progress bar: one closing line."""
+    out = tmp_path / "quiet.onnx"
+    args = ["export", str(tiny_bert_dir), "--task", "feature-extraction", "-o", str(out)]
+    proc = subprocess.run([sys.executable, "-m", "qonnx_bert", *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"wrote {out}"), lines

@@ -172,8 +172,10 @@ def conclusion(result: DemoResult) -> str:
     fp32, w8a8 = rows["FP32"], rows["W8A8"]
     best = max((r for r in result.rows if r.name != "FP32"), key=lambda r: r.sqnr_db)
     fastest = min((r for r in result.rows if r.name != "FP32"), key=lambda r: r.latency_ms)
+    on_htp = [r.name for r in result.rows if r.htp == "pass"]
     return (
         f"W8A8 keeps only {w8a8.sqnr_db:.1f} dB of embedding SQNR (the paper's outlier problem); "
-        f"{best.name} restores {best.sqnr_db:.1f} dB at STS-B {best.similarity:.1f} vs FP32's {fp32.similarity:.1f}, "
-        f"and {fastest.name} runs {fp32.latency_ms / fastest.latency_ms:.2f}× faster than FP32 on this CPU."
+        f"{best.name} restores {best.sqnr_db:.1f} dB at STS-B {best.similarity:.1f} vs FP32's {fp32.similarity:.1f}; "
+        f"{fastest.name} runs {fp32.latency_ms / fastest.latency_ms:.2f}× faster than FP32 on this CPU"
+        + (f", and {' and '.join(on_htp)} run{'s' * (len(on_htp) == 1)} whole on the HTP." if on_htp else ".")
     )

@@ -51,3 +51,22 @@ def test_checkpoints_go_to_the_user_cache(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "platformdirs", None)  # the fallback without platformdirs
     assert cache_dir() == tmp_path / "xdg" / "qonnx"
     assert ROOT not in checkpoint_dir("x").parents
+
+
+def _block_after(text: str, marker: str) -> list[str]:
+    """The lines of the first fenced block after ``marker``."""
+    rest = text[text.index(marker) :]
+    start = rest.index("```\n") + 4
+    return [line for line in rest[start : rest.index("```", start)].splitlines() if line.strip()]
+
+
+def _ci_block(ci: str, marker: str) -> list[str]:
+    """The command lines under a ``# --- marker`` comment of .ci/run, up to the next comment."""
+    lines = ci[ci.index(marker) :].splitlines()[1:]
+    return [line for line in lines[: next(i for i, x in enumerate(lines) if x.startswith("#"))] if line.strip()]
+
+
+def test_ci_installs_exactly_as_the_readme_says():
+    readme, ci = (ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()
+    assert _ci_block(ci, "# --- README: set-up") == _block_after(readme, "## Install")
+    assert _ci_block(ci, "# --- README: from a wheel") == _block_after(readme, "From a wheel")

@@ -21,6 +21,7 @@ import onnx
 from qonnx_bert.analysis.evaluate import first_output, shipped_sts_dir, similarity_metrics
 from qonnx_bert.benchmarks.latency import full_length_feeds, side_by_side_latency_ms
 from qonnx_bert.calibration.calibrate import calibrate
+from qonnx_bert.core.files import atomic_output
 from qonnx_bert.core.metrics import sqnr_db
 from qonnx_bert.core.runtime import cpu_session
 from qonnx_bert.inputs.embedding import export_embedding_model
@@ -28,7 +29,7 @@ from qonnx_bert.inputs.encode import Encoder
 from qonnx_bert.inputs.glue import GlueSplit, load_task
 from qonnx_bert.inputs.glue.tasks import limit_split
 from qonnx_bert.inputs.sequences import sample_sequences, shipped_sentences
-from qonnx_bert.quantize.api import quantize
+from qonnx_bert.quantize import MixedPrecisionConfig, PegConfig, SchemeConfig, Target, W8A8Config, quantize
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +37,20 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DemoScheme:
     label: str
-    scheme: str
-    target: str = "portable"  # "cpu": peg --target cpu (LayerNorms around the groups in float; CPU provider only)
+    file: str  # model.<file>.onnx in the work folder
+    config: SchemeConfig
+
+    @property
+    def cpu_only(self) -> bool:
+        """``peg --target cpu``: the LayerNorms around the groups stay float, for the CPU provider only."""
+        return getattr(self.config, "target", Target.PORTABLE) == Target.CPU
 
 
 DEMO_SCHEMES = (
-    DemoScheme("W8A8", "w8a8"),
-    DemoScheme("MP", "mp"),
-    DemoScheme("PEG", "peg"),
-    DemoScheme("PEG --target cpu", "peg", "cpu"),
+    DemoScheme("W8A8", "w8a8", W8A8Config()),
+    DemoScheme("MP", "mp", MixedPrecisionConfig()),
+    DemoScheme("PEG", "peg", PegConfig()),
+    DemoScheme("PEG --target cpu", "peg-cpu", PegConfig(target=Target.CPU)),
 )
 
 
@@ -100,12 +106,12 @@ class HtpChecker:
         from qonnx_bert.targets.htp_check import check_htp
         from qonnx_bert.targets.qnn import resolve_soc
 
-        if spec.target == "cpu":
+        if spec.cpu_only:
             return "n/a (CPU only)"
         if spec.label not in self.labels:
             return "not checked"
         fp32, ranges = self._fp32()
-        report = check_htp(quantize(fp32, spec.scheme, ranges)[0], resolve_soc(self.soc))
+        report = check_htp(quantize(fp32, spec.config, ranges)[0], resolve_soc(self.soc))
         return "pass" if report.ok else f"FAIL ({len(report.findings)} problems)"
 
 
@@ -131,9 +137,10 @@ def run_demo(
     split = limit_split(load_task("stsb", "dev", shipped_sts_dir()), pairs)
     models, paths = {"FP32": fp32}, {"FP32": fp32_path}
     for spec in DEMO_SCHEMES:
-        model, report = quantize(fp32, spec.scheme, table, **({"target": "cpu"} if spec.target == "cpu" else {}))
-        paths[spec.label] = workdir / f"model.{spec.scheme}{'-cpu' if spec.target == 'cpu' else ''}.onnx"
-        onnx.save(model, str(paths[spec.label]))
+        model, report = quantize(fp32, spec.config, table)
+        paths[spec.label] = workdir / f"model.{spec.file}.onnx"
+        with atomic_output(paths[spec.label]) as tmp:
+            onnx.save(model, str(tmp))
         models[spec.label] = model
         logger.debug(report.lines()[0])
     reference = _embeddings(fp32, split)

@@ -6,12 +6,14 @@ import importlib.util
 import tempfile
 from pathlib import Path
 
+from qonnx_bert.core.argtypes import positive_int
+
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="FP32, W8A8, MP and PEG on the packaged MiniLM-L6: size, speed, STS-B, SQNR, HTP")
     p.add_argument("--workdir", help="keep the models and ranges here (default: a temporary directory)")
-    p.add_argument("--runs", type=int, default=10, help="timed runs per model (default 10)")
-    p.add_argument("--pairs", type=int, help="score the first N shipped STS-B pairs only (default all 300)")
+    p.add_argument("--runs", type=positive_int, default=10, help="timed runs per model (default 10)")
+    p.add_argument("--pairs", type=positive_int, help="score the first N shipped STS-B pairs only (default all 300)")
     p.add_argument(
         "--htp",
         choices=("peg", "all", "none"),
@@ -25,7 +27,14 @@ def run(args) -> int:
     from qonnx_bert.benchmarks.demo import conclusion, format_table
 
     if args.workdir:
-        result = _run(Path(args.workdir), args)
+        from qonnx_bert.benchmarks.demo import DEMO_SCHEMES
+        from qonnx_bert.core.files import guard, output_folder
+
+        work = Path(args.workdir)
+        names = ["model.onnx", "model.1x128.onnx", "ranges.json", *(f"model.{s.file}.onnx" for s in DEMO_SCHEMES)]
+        guard([], [work / n for n in names], output_dirs=[work])
+        with output_folder(work):
+            result = _run(work, args)
     else:
         with tempfile.TemporaryDirectory(prefix="qonnx-demo.") as tmp:
             result = _run(Path(tmp), args)

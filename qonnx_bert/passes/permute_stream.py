@@ -48,7 +48,8 @@ class _Folder:
 
     def refuse(self, node: ir.Node, why: str) -> UsageError:
         return UsageError(
-            f"cannot fold the PEG permutation into the weights at {node.op_type} node {node.name!r}: {why}; use --permutation layer"
+            f"cannot fold the PEG permutation into the weights at {node.op_type} node {node.name!r}: {why}; "
+            "use --permutation layer"
         )
 
     def constant(self, node: ir.Node, index: int, how: str) -> None:
@@ -60,7 +61,8 @@ class _Folder:
         if (array.shape[0] if how == "rows" else array.shape[-1]) != self.hidden:
             raise self.refuse(
                 node,
-                f"constant {value.name!r} of shape {list(array.shape)} does not span the {self.hidden} hidden dimensions",
+                f"constant {value.name!r} of shape {list(array.shape)} does not span the {self.hidden} "
+                "hidden dimensions",
             )
         key = (value.name, how)
         if key not in self.copies:
@@ -76,7 +78,8 @@ class _Folder:
         node = value.producer()
         if node is None:
             raise UsageError(
-                f"cannot fold the PEG permutation into the weights: {value.name!r} joins the residual stream from outside the graph; use --permutation layer"
+                f"cannot fold the PEG permutation into the weights: {value.name!r} joins the residual stream "
+                "from outside the graph; use --permutation layer"
             )
         self.permuted[id(value)] = value
         self.done.add(id(node))

@@ -13,7 +13,7 @@ from qonnx_bert.calibration.recipes import find_recipe, load_recipe
 from qonnx_bert.core.shipped import CACHE_DIR_VARIABLE, cache_dir, shipped_dir
 from qonnx_bert.inputs.models import checkpoint_dir, recipe_names
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_code_package_is_listed_for_the_wheel():

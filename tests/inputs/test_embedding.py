@@ -25,10 +25,10 @@ from qonnx_bert.inputs.glue import load_task
 from qonnx_bert.inputs.glue.tasks import limit_split
 from qonnx_bert.inputs.sequences import sample_sequences, shipped_sentences
 from qonnx_bert.passes.permute_stream import permute_stream
-from qonnx_bert.quantize.api import quantize
+from qonnx_bert.quantize import config_for, quantize
 from qonnx_bert.targets.htp_check import check_htp
 from qonnx_bert.targets.qnn import resolve_soc
-from tests.test_qnn import needs_qnn
+from tests.targets.test_qnn import needs_qnn
 
 TEXTS = ["short one", "a much longer sentence with many more words in it than the first", "mid length text"]
 
@@ -90,7 +90,7 @@ def _embeddings(model):
 @pytest.mark.parametrize(("scheme", "options"), [("w8a8", {}), ("mp", {}), ("peg", {"groups": 3})])
 def test_schemes_run_on_an_embedding_model(embedding_onnx, ranges, scheme, options):
     fp32 = onnx.load(str(embedding_onnx))
-    quantized, _ = quantize(fp32, scheme, ranges, **options)
+    quantized, _ = quantize(fp32, config_for(scheme, **options), ranges)
     assert [o.name for o in quantized.graph.output] == list(OUTPUT_NAMES)
     producers = {o: n for n in quantized.graph.node for o in n.output}
     pooling = [n for n in quantized.graph.node if n.op_type in ("ReduceSum", "Div", "LpNormalization")]
@@ -153,7 +153,7 @@ def test_static_embedding_model_runs_whole_and_quantized_on_htp(tiny_bert_dir, t
     export_embedding_model(str(tiny_bert_dir), path, static_shape=(1, 32))
     fp32 = onnx.load(str(path))
     ranges = calibrate(fp32, sample_sequences(shipped_sentences(), None, 8, 0, "shipped"), progress=False)
-    report = check_htp(quantize(fp32, scheme, ranges, **options)[0], resolve_soc("sm8650"))
+    report = check_htp(quantize(fp32, config_for(scheme, **options), ranges)[0], resolve_soc("sm8650"))
     assert report.ok, "\n".join(f.line() for f in report.findings)
 
 

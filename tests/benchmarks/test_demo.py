@@ -18,7 +18,7 @@ PAIRS = 24
 @pytest.fixture(scope="module")
 def demo(tiny_bert_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo")
-    return run_demo(workdir, str(tiny_bert_dir), runs=2, pairs=PAIRS, htp_check=lambda model, spec: spec.target)
+    return run_demo(workdir, str(tiny_bert_dir), runs=2, pairs=PAIRS, htp_check=lambda model, spec: spec.file)
 
 
 def _embeddings(path, texts):
@@ -45,7 +45,7 @@ def test_rows_are_measured_on_the_files_written(demo):
         cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
         assert row.similarity == pytest.approx(100 * spearmanr(cos, split.labels).statistic, abs=0.5)
     assert demo.rows[0].sqnr_db == float("inf") and demo.rows[0].htp == "n/a (float)"
-    assert [r.htp for r in demo.rows[1:]] == [s.target for s in DEMO_SCHEMES]  # the checker's verdicts, as given
+    assert [r.htp for r in demo.rows[1:]] == [s.file for s in DEMO_SCHEMES]  # the checker's verdicts, as given
 
 
 def test_table_and_sentence_fit_the_screen(demo):

@@ -1,4 +1,4 @@
-"""``qonnx report RESULTS_DIR [--html]``: bench tables, debug/outlier tables and plots on one page (Markdown or HTML)."""
+"""``qonnx report RESULTS_DIR [--html]``: bench tables, debug/outlier tables and plots on one Markdown or HTML page."""
 
 from __future__ import annotations
 

@@ -20,11 +20,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from qonnx_bert.core.errors import UsageError
-from qonnx_bert.core.files import atomic_output
-from qonnx_bert.core.modelinfo import EMBEDDING, INPUT_NAMES, ModelInfo, embed
+from qonnx_bert.core.modelinfo import EMBEDDING, INPUT_NAMES, ModelInfo
 from qonnx_bert.core.runtime import cpu_session
-from qonnx_bert.inputs.export import CHECK_SENTENCES, MAX_LOGIT_DIFF, ExportResult, _export_program
+from qonnx_bert.inputs.export import CHECK_SENTENCES, ExportResult, _check_length, _export_program, save_checked
 
 logger = logging.getLogger(__name__)
 
@@ -101,22 +99,12 @@ def export_embedding_model(
 
     resolved = resolve_model(source)
     encoder = AutoModel.from_pretrained(resolved.path, attn_implementation="eager")
+    _check_length(static_shape[1] if static_shape else max_length, encoder.config)
     model, tokenizer = _embedder(encoder.eval()), AutoTokenizer.from_pretrained(resolved.path)
     feeds = {k: v for k, v in _feeds(tokenizer, static_shape).items() if k in INPUT_NAMES}
     proto = _fuse_l2_normalization(_export_program(model, feeds, static_shape, OUTPUT_NAMES))
     diff = _max_output_diff(model, proto, feeds)
     logger.debug("max |output(ORT) - output(PyTorch)| = %.3g", diff)
-    if not diff <= MAX_LOGIT_DIFF:
-        raise UsageError(f"exported model differs from PyTorch by {diff:.3g} > {MAX_LOGIT_DIFF}; report this model")
-    info = ModelInfo(
-        source=str(resolved.name),
-        num_labels=0,
-        pad_token_id=int(tokenizer.pad_token_id or 0),
-        max_length=static_shape[1] if static_shape else max_length,
-        static_shape=static_shape,
-        head=EMBEDDING,
-    )
-    embed(proto, info, tokenizer.backend_tokenizer.to_str())
-    with atomic_output(output) as tmp:
-        onnx.save(proto, str(tmp))
-    return ExportResult(Path(output), diff, len(proto.graph.node))
+    length = static_shape[1] if static_shape else max_length
+    info = ModelInfo(str(resolved.name), 0, int(tokenizer.pad_token_id or 0), length, static_shape, head=EMBEDDING)
+    return save_checked(proto, diff, info, tokenizer, output)

@@ -34,10 +34,18 @@ TEXTS = ["short one", "a much longer sentence with many more words in it than th
 
 
 @pytest.fixture(scope="module")
-def embedding_onnx(tiny_bert_dir, tmp_path_factory):
+def exported(tiny_bert_dir, tmp_path_factory):
+    """The tiny model exported by `qonnx export` in a subprocess (its console set-up is global) and what it printed."""
     out = tmp_path_factory.mktemp("embedding") / "tiny.embedding.onnx"
-    export_embedding_model(str(tiny_bert_dir), out)
-    return out
+    args = ["export", str(tiny_bert_dir), "--task", "feature-extraction", "-o", str(out)]
+    proc = subprocess.run([sys.executable, "-m", "qonnx_bert", *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return out, (proc.stdout + proc.stderr).splitlines()
+
+
+@pytest.fixture(scope="module")
+def embedding_onnx(exported):
+    return exported[0]
 
 
 @pytest.fixture(scope="module")
@@ -157,11 +165,7 @@ def test_static_embedding_model_runs_whole_and_quantized_on_htp(tiny_bert_dir, t
     assert report.ok, "\n".join(f.line() for f in report.findings)
 
 
-def test_export_command_is_quiet_and_says_what_it_wrote(tiny_bert_dir, tmp_path):
+def test_export_command_is_quiet_and_says_what_it_wrote(exported):
     """No transformers load report, torch/onnxscript chatter or progress bar: one closing line."""
-    out = tmp_path / "quiet.onnx"
-    args = ["export", str(tiny_bert_dir), "--task", "feature-extraction", "-o", str(out)]
-    proc = subprocess.run([sys.executable, "-m", "qonnx_bert", *args], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    lines = (proc.stdout + proc.stderr).splitlines()
+    out, lines = exported
     assert len(lines) == 1 and lines[0].startswith(f"wrote {out}"), lines

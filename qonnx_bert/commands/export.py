@@ -44,9 +44,10 @@ def run(args) -> int:
         args.source, args.output, static_shape=parse_static_shape(args.static_shape), max_length=args.max_length
     )
     logger.info(
-        "wrote %s (%d nodes); max |output difference| vs PyTorch %.2e (limit 1e-4)",
+        "wrote %s (%d nodes); max |%s difference| vs PyTorch %.2e (limit 1e-4)",
         result.path,
         result.num_nodes,
+        "output" if args.task == "feature-extraction" else "logit",
         result.max_abs_diff,
     )
     return 0

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import signal
 import sys
 
 from qonnx_bert import __version__
+from qonnx_bert.core.console import configure as configure_console
 from qonnx_bert.core.errors import Terminated, UsageError
 
 COMMANDS = (
@@ -46,7 +46,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="qonnx", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"qonnx-bert {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show debug messages and third-party logs and warnings"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"qonnx_bert.commands.{name}").register(sub)
@@ -63,11 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, --version, or a bad argument (already reported)
         return int(done.code or 0)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr, force=True
-    )
-    for library in ("onnx_ir", "onnxscript"):  # their passes log each step at INFO; ours say what changed
-        logging.getLogger(library).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    configure_console(args.verbose)  # third-party loggers (onnx_ir, onnxscript, torch...) only with -v
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from qonnx_bert.calibration.estimators import EstimatorSpec, PerTensor, make_estimator, parse_estimator_spec
 from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.shipped import shipped_dir
 from qonnx_bert.graph.roles import RoleMap
 
 FORMAT = "qonnx.recipe"
@@ -155,14 +156,28 @@ def parse_recipe(
     return Recipe(base, tuple(rules), source, data.get("description", ""))
 
 
-def load_recipe(path: str | Path, *, roles: RoleMap | None = None, default: str | None = None) -> Recipe:
-    """Read and validate a recipe file (see ``parse_recipe``)."""
+def find_recipe(path: str | Path) -> Path:
+    """``path`` if it is a file; else a shipped recipe of that name (``paper-ptq``, ``paper-ptq.json``,
+    or the README's ``calibration/paper-ptq.json`` run outside the checkout)."""
     path = Path(path)
+    if path.is_file() or path.parent.name not in ("", "calibration"):
+        return path
+    shipped = shipped_dir("calibration") / (path.name if path.suffix == ".json" else f"{path.name}.json")
+    return shipped if shipped.is_file() else path
+
+
+def shipped_recipe_names() -> list[str]:
+    return sorted(p.stem for p in shipped_dir("calibration").glob("*.json"))
+
+
+def load_recipe(path: str | Path, *, roles: RoleMap | None = None, default: str | None = None) -> Recipe:
+    """Read and validate a recipe file or shipped recipe (see ``find_recipe``, ``parse_recipe``)."""
+    path = find_recipe(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(
-            f"recipe {path} not found; see the examples in calibration/ (e.g. calibration/paper-ptq.json)"
+            f"recipe {path} not found; pass a recipe file or a shipped one: {', '.join(shipped_recipe_names())}"
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"recipe {path} is not valid JSON ({err}); see calibration/README.md") from None

@@ -19,7 +19,12 @@ from qonnx_bert.graph.shapes import value_infos
 # Gelu is not in ORT's registries: its input and output are quantized by the ops around
 # it. PEG's split GELU output is read only by a Split kept from the quantizer, so Gelu is
 # listed (ORT's generic handler then quantizes its output too; the same tensors as before).
-QUANTIZED_OP_TYPES = tuple(sorted(set(QDQRegistry) | set(QLinearOpsRegistry) | {"Gelu"}))
+# ReduceSum, Div and LpNormalization are the mean pooling and L2 normalisation of a
+# feature-extraction export (BERT-style encoders have none elsewhere: their attention scale
+# is a Mul). The CPU provider runs them in float between DQ and Q either way; quantized,
+# HTP runs them in fixed point instead of rejecting the graph's float ops.
+POOLING_OP_TYPES = {"ReduceSum", "Div", "LpNormalization"}
+QUANTIZED_OP_TYPES = tuple(sorted(set(QDQRegistry) | set(QLinearOpsRegistry) | {"Gelu"} | POOLING_OP_TYPES))
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
 MASK_INPUT = "attention_mask"
 TOKEN_INPUTS = ("input_ids", "token_type_ids")

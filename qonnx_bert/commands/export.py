@@ -24,16 +24,25 @@ def register(sub) -> None:
         help="truncation length for dynamic models, at most the model's max positions (default 128)",
     )
     add_external_data_argument(p)
+    p.add_argument(
+        "--task",
+        choices=("text-classification", "feature-extraction"),
+        default="text-classification",
+        help="text-classification: logits (default); feature-extraction: mean-pooled, L2-normalised "
+        "sentence_embedding plus last_hidden_state (sentence-transformers models such as minilm-l6)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from qonnx_bert.core.files import guard, model_outputs
+    from qonnx_bert.inputs.embedding import export_embedding_model
     from qonnx_bert.inputs.export import export_model, parse_static_shape
     from qonnx_bert.inputs.models import resolve_model
 
     guard([resolve_model(args.source).path], model_outputs(args.output, args.external_data))
-    result = export_model(
+    export = export_embedding_model if args.task == "feature-extraction" else export_model
+    result = export(
         args.source,
         args.output,
         static_shape=parse_static_shape(args.static_shape),
@@ -41,9 +50,10 @@ def run(args) -> int:
         external_data=args.external_data,
     )
     logger.info(
-        "wrote %s (%d nodes); max |logit difference| vs PyTorch %.2e (limit 1e-4)",
+        "wrote %s (%d nodes); max |%s difference| vs PyTorch %.2e (limit 1e-4)",
         result.path,
         result.num_nodes,
+        "output" if args.task == "feature-extraction" else "logit",
         result.max_abs_diff,
     )
     return 0

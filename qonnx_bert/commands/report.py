@@ -1,4 +1,4 @@
-"""``qonnx report RESULTS_DIR -o report.md``: bench tables, debug/outlier tables and plots on one page."""
+"""``qonnx report RESULTS_DIR [--html]``: bench tables, debug/outlier tables and plots on one Markdown or HTML page."""
 
 from __future__ import annotations
 
@@ -11,17 +11,26 @@ logger = logging.getLogger(__name__)
 def register(sub) -> None:
     p = sub.add_parser("report", help="gather bench tables and plots of a results directory into one Markdown page")
     p.add_argument("results", help="a directory: the -o of `qonnx bench`, plus any debug/outliers PNG and .md files")
-    p.add_argument("-o", "--output", help="Markdown file to write (default: RESULTS/report.md)")
+    p.add_argument("-o", "--output", help="file to write (default: RESULTS/report.md, or RESULTS/report.html)")
+    p.add_argument(
+        "--html",
+        action="store_true",
+        help="one self-contained HTML page instead: tables, an accuracy-vs-latency chart, plots inlined",
+    )
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from qonnx_bert.benchmarks.report import build_report
     from qonnx_bert.core.files import atomic_outputs, guard
 
-    output = Path(args.output) if args.output else Path(args.results) / "report.md"
+    default = "report.html" if args.html else "report.md"
+    output = Path(args.output) if args.output else Path(args.results) / default
     guard(_read_by_report(Path(args.results), output), [output])
-    page = build_report(args.results, output)
+    if args.html:
+        from qonnx_bert.benchmarks.html_report import build_html as build
+    else:
+        from qonnx_bert.benchmarks.report import build_report as build
+    page = build(args.results, output)
     with atomic_outputs(output) as (tmp,):
         tmp.write_text(page)
     logger.info("wrote %s", output)

@@ -22,6 +22,7 @@ TOKENIZER_KEY = "qonnx.tokenizer"
 TARGET_KEY = "qonnx.target"  # metadata: the runtime a lowering was made for ("cpu"); absent = portable
 PERMUTED_KEY = "qonnx.permuted"  # tensors a rewrite left permuted along their last axis (PEG)
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+CLASSIFIER, EMBEDDING = "text-classification", "feature-extraction"  # ModelInfo.head, as Hugging Face names pipelines
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class ModelInfo:
     max_length: int
     static_shape: tuple[int, int] | None = None
     task: str | None = None
+    head: str = CLASSIFIER  # EMBEDDING: outputs (sentence_embedding, last_hidden_state), num_labels 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

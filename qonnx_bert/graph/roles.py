@@ -202,9 +202,13 @@ def find_roles(model: onnx.ModelProto | ir.Model) -> RoleMap:
 
 
 def _head_roles(graph: ir.Graph, last: ir.Value) -> dict[str, ir.Value]:
+    """``output`` is the head's result (a classifier's logits: a dense layer's output). A model
+    without a dense head (feature extraction) pools the last hidden state with reductions and
+    divisions that no quantizer touches, so its ``output`` is the last hidden state itself."""
     out: dict[str, ir.Value] = {}
     tanh = [n for n in graph if n.op_type == "Tanh"]
     if tanh:
         out["pooler.output"] = tanh[-1].outputs[0]
-    out["output"] = graph.outputs[0]
+    dense = [v for v in graph.outputs if v.producer() is not None and v.producer().op_type in ("Gemm", "MatMul", "Add")]
+    out["output"] = dense[0] if dense else last if last in graph.outputs else graph.outputs[0]
     return out

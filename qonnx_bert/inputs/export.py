@@ -59,7 +59,7 @@ def _model_feeds(model, feeds: dict) -> dict:
     return {n: feeds[n] for n in names}
 
 
-def _export_program(model, feeds: dict, static_shape):
+def _export_program(model, feeds: dict, static_shape, output_names: tuple[str, ...] = ("logits",)):
     import torch
 
     names = list(feeds)
@@ -76,7 +76,7 @@ def _export_program(model, feeds: dict, static_shape):
             opset_version=OPSET,
             dynamic_shapes=dynamic,
             input_names=names,
-            output_names=["logits"],
+            output_names=list(output_names),
             verbose=False,
         )
     except Exception as err:  # torch raises many types, each with pages of trace: one line for the user
@@ -125,8 +125,6 @@ def export_model(
     proto = _export_program(model, feeds, static_shape)
     diff = _max_logit_diff(model, proto, feeds)
     logger.info("max |logit(ORT) - logit(PyTorch)| = %.3g", diff)
-    if not diff <= MAX_LOGIT_DIFF:
-        raise UsageError(f"exported model differs from PyTorch by {diff:.3g} > {MAX_LOGIT_DIFF}; report this model")
     info = ModelInfo(
         source=str(resolved.name),
         num_labels=int(model.config.num_labels),
@@ -135,6 +133,15 @@ def export_model(
         static_shape=static_shape,
         task=resolved.task,
     )
+    return save_checked(proto, diff, info, tokenizer, output, external_data=external_data)
+
+
+def save_checked(
+    proto: onnx.ModelProto, diff: float, info: ModelInfo, tokenizer, output: str | Path, *, external_data: bool = False
+) -> ExportResult:
+    """Refuse an export more than 1e-4 off PyTorch; else embed its record and tokenizer and write it whole."""
+    if not diff <= MAX_LOGIT_DIFF:
+        raise UsageError(f"exported model differs from PyTorch by {diff:.3g} > {MAX_LOGIT_DIFF}; report this model")
     embed(proto, info, tokenizer.backend_tokenizer.to_str())
     nodes = len(proto.graph.node)
     save_model(proto, output, external_data=external_data)

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.shipped import cache_dir, shipped_dir
 
 DEFAULT_MODEL = "minilm-l6"
 MODELS_DIR_VARIABLE = "QONNX_MODELS_DIR"
-CACHE_DIR_VARIABLE = "QONNX_CACHE_DIR"
 RECIPE_FILE = "qonnx_recipe.json"  # written last into a built checkpoint: its presence means "built"
 DEFAULT_HEAD_SEED = 0
 # The encoders export and role finding map (post-LayerNorm Softmax attention, GELU FFN); tests/inputs/test_families.py
@@ -41,12 +41,10 @@ class ModelSource:
 
 
 def models_dir() -> Path:
-    """The recipes folder: ``$QONNX_MODELS_DIR`` or ``models/`` beside the package (source install)."""
+    """The recipes folder: ``$QONNX_MODELS_DIR``, else the shipped ``models/`` (installed or checkout)."""
     if os.environ.get(MODELS_DIR_VARIABLE):
         return Path(os.environ[MODELS_DIR_VARIABLE])
-    import qonnx_bert
-
-    return Path(qonnx_bert.__file__).resolve().parents[1] / "models"
+    return shipped_dir("models")
 
 
 def recipe_names() -> list[str]:
@@ -69,11 +67,8 @@ def load_recipe(name: str) -> dict:
 
 
 def checkpoint_dir(name: str) -> Path:
-    """Where recipe ``name`` is built: ``$QONNX_CACHE_DIR/models/<name>`` or ``models/build/<name>``."""
-    cache = os.environ.get(CACHE_DIR_VARIABLE)
-    if cache:
-        return Path(cache) / "models" / name
-    return models_dir() / "build" / name
+    """Where recipe ``name`` is built: ``<user cache>/models/<name>`` (never inside the package)."""
+    return cache_dir() / "models" / name
 
 
 def is_built(path: Path) -> bool:

@@ -13,13 +13,18 @@ alike, so (``x' = x[..., P]``, exact in FP32)::
     (x + y)[..., P]          = x' + y'                          residual Adds
     Gather(x, i, axis != -1) = the [CLS] token, still permuted  the pooler's input
     Shape(x')                = Shape(x)                         TorchScript's dynamic reshapes
+    x = Gather(x', P^-1, axis=-1)                              a graph output (feature extraction's
+                                                               last hidden state): one Gather restores it
 
 Starting at the first LayerNorm's output (the embeddings), the stream is followed forward
 through its consumers; producers of values joining it (attention outputs, embedding sums)
 are permuted backward. Every constant touched is copied, never edited in place: the
-exporter shares identical initializers between unrelated nodes. Anything else on the
-stream (a graph output, an op that mixes positions of the hidden axis) is refused with
-the node named, and the graph is then left as it was.
+exporter shares identical initializers between unrelated nodes. A graph output on the
+stream where the stream ends (feature extraction's last hidden state) keeps its name and
+order (its readers, e.g. mean pooling, move with it); the permuted value before the
+restoring Gather is renamed ``<name>.permuted``. Anything else on the stream (a graph
+output that later layers read, an op that mixes positions of the hidden axis) is refused
+with the node named, and the graph is then left as it was.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import onnx_ir as ir
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.graph.ops import ARITHMETIC_OPS
 
+_STREAM_READERS = {"MatMul", "Gemm", "LayerNormalization"}  # a graph output read by these is mid-stream
+
 
 class _Folder:
     def __init__(self, graph: ir.Graph, perm: np.ndarray) -> None:
@@ -38,10 +45,12 @@ class _Folder:
         self.done: set[int] = set()  # ids of nodes handled
         self.copies: dict[tuple[str, str], ir.Value] = {}
         self.edits: list[tuple[ir.Node, int, ir.Value]] = []  # applied only if the whole fold succeeds
+        self.outputs: list[ir.Value] = []  # permuted graph outputs, restored by a Gather in apply()
 
     def refuse(self, node: ir.Node, why: str) -> UsageError:
         return UsageError(
-            f"cannot fold the PEG permutation into the weights at {node.op_type} node {node.name!r}: {why}; use --permutation layer"
+            f"cannot fold the PEG permutation into the weights at {node.op_type} node {node.name!r}: {why}; "
+            "use --permutation layer"
         )
 
     def constant(self, node: ir.Node, index: int, how: str) -> None:
@@ -53,7 +62,8 @@ class _Folder:
         if (array.shape[0] if how == "rows" else array.shape[-1]) != self.hidden:
             raise self.refuse(
                 node,
-                f"constant {value.name!r} of shape {list(array.shape)} does not span the {self.hidden} hidden dimensions",
+                f"constant {value.name!r} of shape {list(array.shape)} does not span the {self.hidden} "
+                "hidden dimensions",
             )
         key = (value.name, how)
         if key not in self.copies:
@@ -69,7 +79,8 @@ class _Folder:
         node = value.producer()
         if node is None:
             raise UsageError(
-                f"cannot fold the PEG permutation into the weights: {value.name!r} joins the residual stream from outside the graph; use --permutation layer"
+                f"cannot fold the PEG permutation into the weights: {value.name!r} joins the residual stream "
+                "from outside the graph; use --permutation layer"
             )
         self.permuted[id(value)] = value
         self.done.add(id(node))
@@ -90,9 +101,13 @@ class _Folder:
         """``value`` is permuted: adapt every consumer."""
         self.permuted[id(value)] = value
         if value.is_graph_output():
-            raise UsageError(
-                f"cannot fold the PEG permutation into the weights: the residual stream {value.name!r} is a graph output; use --permutation layer"
-            )
+            if any(n.op_type in _STREAM_READERS for n in value.consumers()):
+                raise UsageError(
+                    "cannot fold the PEG permutation into the weights: the residual stream "
+                    f"{value.name!r} is a graph output; use --permutation layer"
+                )
+            self.outputs.append(value)  # the stream ends here: its readers (pooling) move to the restored output
+            return
         for node in value.consumers():
             if id(node) in self.done:
                 continue
@@ -141,6 +156,21 @@ class _Folder:
             self.graph.register_initializer(value)
         for node, index, value in self.edits:
             node.replace_input_with(index, value)
+        for value in self.outputs:
+            self._restore_output(value)
+
+    def _restore_output(self, value: ir.Value) -> None:
+        """``value`` (a graph output) becomes ``Gather(value', P^-1, axis=-1)``, under its own name."""
+        name = value.name
+        indices = ir.Value(name=f"{name}.inverse_permutation", const_value=ir.tensor(np.argsort(self.perm)))
+        self.graph.register_initializer(indices)
+        value.name = f"{name}.permuted"
+        gather = ir.Node("", "Gather", [value, indices], attributes=[ir.AttrInt64("axis", -1)], name=f"{name}.restore")
+        restored = gather.outputs[0]
+        restored.name, restored.shape, restored.type = name, value.shape, value.type
+        value.replace_all_uses_with(restored, replace_graph_outputs=True)
+        gather.replace_input_with(0, value)  # replace_all_uses_with moved the Gather's own input too
+        self.graph.insert_after(value.producer(), gather)
 
 
 def _attr(node: ir.Node, name: str, default: int) -> int:

@@ -166,11 +166,3 @@ def test_console_script_exit_code_without_traceback(tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "not found" in proc.stderr
-
-
-@pytest.mark.slow
-def test_demo_runs_on_the_packaged_model(tmp_path, capsys):
-    code, out, _ = run(capsys, "demo", "--workdir", str(tmp_path), "--runs", "2")
-    assert code == 0
-    assert "| fp32 |" in out and "| w8a8 |" in out
-    assert (tmp_path / "model.w8a8.onnx").exists() and (tmp_path / "ranges.json").exists()

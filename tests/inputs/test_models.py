@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.shipped import CACHE_DIR_VARIABLE
 from qonnx_bert.inputs import models
 from qonnx_bert.inputs.glue.tasks import TASKS
 
@@ -66,7 +67,7 @@ def recipes(tmp_path, monkeypatch, tiny_base) -> Path:
         }
         (folder / f"tiny-{task}.json").write_text(json.dumps(recipe))
     monkeypatch.setenv(models.MODELS_DIR_VARIABLE, str(folder))
-    monkeypatch.setenv(models.CACHE_DIR_VARIABLE, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_DIR_VARIABLE, str(tmp_path / "cache"))
     return folder
 
 
@@ -96,7 +97,7 @@ def test_packaged_default_without_package_says_what_to_install(monkeypatch):
 
 
 def test_unbuilt_recipe_says_how_to_build(monkeypatch, tmp_path):
-    monkeypatch.setenv(models.CACHE_DIR_VARIABLE, str(tmp_path))
+    monkeypatch.setenv(CACHE_DIR_VARIABLE, str(tmp_path))
     with pytest.raises(UsageError, match=r"run `qonnx models build minilm-l6-rte --data-dir DIR` first"):
         models.resolve_model("minilm-l6-rte")
 

@@ -374,7 +374,8 @@ def render_perf(perf: dict[str, dict]) -> str:
     for v, p in perf.items():
         lines.append(
             f"| {_label(v)} | {p['size_mb']:.1f} | {p['size_mb'] / base['size_mb']:.2f} | {p['latency_ms']:.2f} | "
-            f"{p['latency_ms'] / base['latency_ms']:.2f} | {p['activation_quantizers']} | {100 * p['int16_fraction']:.0f}% |"
+            f"{p['latency_ms'] / base['latency_ms']:.2f} | {p['activation_quantizers']} | "
+            f"{100 * p['int16_fraction']:.0f}% |"
         )
     return "\n".join(lines)
 

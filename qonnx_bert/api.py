@@ -38,13 +38,9 @@ def export(
     ``task="feature-extraction"`` writes the mean-pooled, L2-normalised sentence embedding and
     the last hidden state; the default writes a classifier's logits. Checked against PyTorch.
     """
-    from qonnx_bert.inputs.embedding import export_embedding_model
     from qonnx_bert.inputs.export import export_model
 
-    if task not in ("text-classification", "feature-extraction"):
-        raise ValueError(f"task must be 'text-classification' or 'feature-extraction', not {task!r}")
-    run = export_embedding_model if task == "feature-extraction" else export_model
-    return run(source, output, static_shape=static_shape, max_length=max_length).path
+    return export_model(source, output, static_shape=static_shape, max_length=max_length, task=task).path
 
 
 def calibrate(

@@ -24,8 +24,8 @@ from qonnx_bert.calibration.calibrate import calibrate
 from qonnx_bert.core.files import atomic_output
 from qonnx_bert.core.metrics import sqnr_db
 from qonnx_bert.core.runtime import cpu_session
-from qonnx_bert.inputs.embedding import export_embedding_model
 from qonnx_bert.inputs.encode import Encoder
+from qonnx_bert.inputs.export import export_model
 from qonnx_bert.inputs.glue import GlueSplit, load_task
 from qonnx_bert.inputs.glue.tasks import limit_split
 from qonnx_bert.inputs.sequences import sample_sequences, shipped_sentences
@@ -95,7 +95,7 @@ class HtpChecker:
     def _fp32(self):
         if self._static is None:
             path = self.workdir / "model.1x128.onnx"
-            export_embedding_model(self.source, path, static_shape=(1, 128))
+            export_model(self.source, path, static_shape=(1, 128), task="feature-extraction")
             fp32 = onnx.load(str(path))
             sentences = shipped_sentences()
             ranges = calibrate(fp32, sample_sequences(sentences, None, len(sentences), 0, "shipped"), progress=False)
@@ -129,7 +129,7 @@ def run_demo(
     """
     workdir.mkdir(parents=True, exist_ok=True)
     fp32_path = workdir / "model.onnx"
-    export_embedding_model(source, fp32_path)
+    export_model(source, fp32_path, task="feature-extraction")
     fp32 = onnx.load(str(fp32_path))
     sentences = shipped_sentences()
     table = calibrate(fp32, sample_sequences(sentences, None, len(sentences), 0, "shipped"), progress=False)

@@ -59,12 +59,7 @@ def register(sub) -> None:
         help="run cells as Ray tasks: on a new local Ray instance (no ADDRESS) or on a cluster "
         "('auto', 'ray://HOST:10001'); pip install 'qonnx-bert[ray]'",
     )
-    p.add_argument(
-        "--latency-runs",
-        type=non_negative_int,
-        default=200,
-        help="timed runs per model for the latency column, in interleaved blocks of 10 (0: skip)",
-    )
+    p.add_argument("--latency-runs", type=non_negative_int, default=200, help="timed runs per model (0: skip)")
     p.set_defaults(func=run)
 
 

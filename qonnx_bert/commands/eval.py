@@ -12,11 +12,15 @@ from qonnx_bert.core.argtypes import positive_int
 logger = logging.getLogger(__name__)
 
 
+def add_glue_task_arguments(p, task_help: str) -> None:
+    p.add_argument("--task", required=True, help=task_help)
+    p.add_argument("--data-dir", help="GLUE TSV directory (default: $QONNX_GLUE_DIR)")
+
+
 def register(sub) -> None:
     p = sub.add_parser("eval", help="score a model on a GLUE dev set (ONNX Runtime CPU, or a PyTorch checkpoint dir)")
     p.add_argument("model", help=".onnx file, or a Hugging Face checkpoint directory (evaluated in PyTorch)")
-    p.add_argument("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte")
-    p.add_argument("--data-dir", help="GLUE TSV directory (default: $QONNX_GLUE_DIR)")
+    add_glue_task_arguments(p, "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte")
     p.add_argument("--limit", type=positive_int, help="evaluate the first N dev examples only")
     p.add_argument("--batch-size", type=positive_int, default=16, help="sequences per run (default 16)")
     add_target_options(p, eps=("cpu", "qnn-htp"))

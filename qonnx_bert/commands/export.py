@@ -36,18 +36,17 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from qonnx_bert.core.files import guard, model_outputs
-    from qonnx_bert.inputs.embedding import export_embedding_model
     from qonnx_bert.inputs.export import export_model, parse_static_shape
     from qonnx_bert.inputs.models import resolve_model
 
     guard([resolve_model(args.source).path], model_outputs(args.output, args.external_data))
-    export = export_embedding_model if args.task == "feature-extraction" else export_model
-    result = export(
+    result = export_model(
         args.source,
         args.output,
         static_shape=parse_static_shape(args.static_shape),
         max_length=args.max_length,
         external_data=args.external_data,
+        task=args.task,
     )
     logger.info(
         "wrote %s (%d nodes); max |%s difference| vs PyTorch %.2e (limit 1e-4)",

@@ -27,12 +27,7 @@ def register(sub) -> None:
         "-o", "--output", metavar="PNG", help="write the figure (needs matplotlib) and the text beside it as .md"
     )
     p.add_argument("--top", type=positive_int, default=5, help="outlier dims listed per layer (default 5)")
-    p.add_argument(
-        "--sigma",
-        type=positive_float,
-        default=6.0,
-        help="outlier threshold in standard deviations of the tensor (default 6)",
-    )
+    p.add_argument("--sigma", type=positive_float, default=6.0, help="outlier threshold in standard deviations")
     p.set_defaults(func=run)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from qonnx_bert.commands.eval import add_glue_task_arguments
 from qonnx_bert.commands.lowbit_flags import add_lowbit_arguments, lowbit_from_args
 
 logger = logging.getLogger(__name__)
@@ -12,8 +13,7 @@ logger = logging.getLogger(__name__)
 def register(sub) -> None:
     p = sub.add_parser("qat", help="fine-tune through the quantized graph with learned ranges (paper, Section 5)")
     p.add_argument("checkpoint", help="a fine-tuned classifier: models/ recipe name or local Hugging Face directory")
-    p.add_argument("--task", required=True, help="GLUE task to train on (its train split) and score (dev)")
-    p.add_argument("--data-dir", help="GLUE TSV directory (default: $QONNX_GLUE_DIR)")
+    add_glue_task_arguments(p, "GLUE task to train on (its train split) and score (dev)")
     p.add_argument(
         "--scheme", default="w8a8", help="scheme trained through (this version: w8a8, or w8a32 for weights only)"
     )

@@ -90,12 +90,7 @@ def _max_output_diff(model, proto: onnx.ModelProto, feeds: dict) -> float:
 
 
 def export_embedding_model(
-    source: str,
-    output: str | Path,
-    *,
-    static_shape: tuple[int, int] | None = None,
-    max_length: int = 128,
-    external_data: bool = False,
+    source: str, output: str | Path, static_shape: tuple[int, int] | None, max_length: int, external_data: bool
 ) -> ExportResult:
     """Export ``source``'s encoder with mean pooling to ``output``; refused (nothing written) past 1e-4 of PyTorch."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -107,13 +107,22 @@ def export_model(
     static_shape: tuple[int, int] | None = None,
     max_length: int = 128,
     external_data: bool = False,
+    task: str = "text-classification",
 ) -> ExportResult:
     """Export ``source`` (a models/ name, ``minilm-l6`` or a local HF directory) to ``output``.
+
+    ``task="feature-extraction"``: the encoder with sentence-transformers pooling (``embedding.py``).
 
     Raises ``UsageError`` if ONNX Runtime's logits differ from PyTorch's by more
     than 1e-4 (nothing is written then).
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if task == "feature-extraction":
+        from qonnx_bert.inputs.embedding import export_embedding_model  # builds on this module's export
+
+        return export_embedding_model(source, output, static_shape, max_length, external_data)
+    if task != "text-classification":
+        raise UsageError(f"unknown export task {task!r}; choose text-classification or feature-extraction")
     from qonnx_bert.inputs.models import load_for_export, resolve_model
 
     resolved = resolve_model(source)

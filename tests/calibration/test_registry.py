@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from qonnx_bert.calibration.estimators import (
-    BaseEstimator,
     EstimatorSpec,
     PerChannel,
     PerTensor,
@@ -78,24 +77,16 @@ def test_make_estimator():
         make_estimator(EstimatorSpec("percentile", {"p": 99}), PerTensor())
 
 
-def test_register_from_test_code(isolated_registry):
+def test_register_from_test_code(isolated_registry, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fake_plugin"))
+    from qonnx_fake_estimator import AbsMax
+
     @register_estimator("test_scaled")
-    class Scaled(BaseEstimator):
-        def __init__(self, granularity, *, scale: float = 1.0):
-            self.scale = scale
-            super().__init__(granularity)
-
-        def _clear(self):
-            self.hi = None
-
-        def _update(self, cols):
-            self.hi = self.layout.minmax(cols)[1] * self.scale
-
-        def _range(self):
-            return -self.hi, self.hi
+    class Scaled(AbsMax):
+        """The plugin's estimator, registered by the decorator instead of an entry point."""
 
     assert Scaled.name == "test_scaled" and "test_scaled" in estimator_names()
-    est = make_estimator("test_scaled:scale=2", PerTensor())
+    est = make_estimator("test_scaled:margin=2", PerTensor())
     est.update(np.array([[1.0, 3.0]]))
     assert est.range()[1][0] == 6.0
     with pytest.raises(ValueError, match="already registered"):

@@ -19,8 +19,9 @@ from qonnx_bert.core.errors import UsageError
 from qonnx_bert.core.modelinfo import EMBEDDING, read_info
 from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.graph.roles import find_roles
-from qonnx_bert.inputs.embedding import OUTPUT_NAMES, export_embedding_model
+from qonnx_bert.inputs.embedding import OUTPUT_NAMES
 from qonnx_bert.inputs.encode import Encoder
+from qonnx_bert.inputs.export import export_model
 from qonnx_bert.inputs.glue import load_task
 from qonnx_bert.inputs.glue.tasks import limit_split
 from qonnx_bert.inputs.sequences import sample_sequences, shipped_sentences
@@ -158,7 +159,7 @@ def test_embedding_model_on_a_classification_task_is_refused(embedding_onnx, glu
 def test_static_embedding_model_runs_whole_and_quantized_on_htp(tiny_bert_dir, tmp_path_factory, scheme, options):
     """Pooling and L2 normalisation included: no op left in float, none on the CPU (the strict check)."""
     path = tmp_path_factory.mktemp("embedding_htp") / "tiny.embedding.1x32.onnx"
-    export_embedding_model(str(tiny_bert_dir), path, static_shape=(1, 32))
+    export_model(str(tiny_bert_dir), path, static_shape=(1, 32), task="feature-extraction")
     fp32 = onnx.load(str(path))
     ranges = calibrate(fp32, sample_sequences(shipped_sentences(), None, 8, 0, "shipped"), progress=False)
     report = check_htp(quantize(fp32, config_for(scheme, **options), ranges)[0], resolve_soc("sm8650"))

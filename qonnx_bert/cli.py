@@ -16,7 +16,7 @@ import sys
 
 from qonnx_bert import __version__
 from qonnx_bert.core.console import configure as configure_console
-from qonnx_bert.core.errors import Terminated, UsageError
+from qonnx_bert.core.errors import Terminated, UsageError, as_flags
 
 COMMANDS = (
     "export",
@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UsageError as err:
-        print(f"qonnx {args.command}: error: {err}", file=sys.stderr)
+        # the command's own options: a setting the library names in backticks is worded as its flag
+        print(f"qonnx {args.command}: error: {as_flags(str(err), set(vars(args)))}", file=sys.stderr)
         return 2
     except Terminated:
         print(f"qonnx {args.command}: terminated", file=sys.stderr)

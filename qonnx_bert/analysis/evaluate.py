@@ -71,7 +71,7 @@ def cosine_similarities(
     """Cosine similarity of the two sentences of each pair, each sentence embedded on its own."""
     if split.texts_b is None or split.task.labels is not None:
         raise UsageError(
-            f"an embedding model is scored zero-shot on sentence similarity; use --task stsb, not {split.task.name}"
+            f"an embedding model is scored zero-shot on sentence similarity; use `task=stsb`, not {split.task.name}"
         )
     a, b = (
         first_output(session, encoder, texts, None, batch_size=batch_size, desc=f"embed {part}", progress=progress)

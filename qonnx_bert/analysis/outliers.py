@@ -132,7 +132,7 @@ def _analyse(layer: int, role: str, per_seq: list[np.ndarray], flat_tokens: list
 def scan(model: onnx.ModelProto, sequences: Sequences, *, sigma: float = 6.0) -> OutlierScan:
     """Outlier statistics of every layer's FFN input, output and residual sum over ``sequences``."""
     if sigma <= 0:
-        raise UsageError("--sigma must be positive")
+        raise UsageError("`sigma` must be positive")
     values, tokens, num_layers = _collect(model, sequences)
     flat = [t for seq in tokens for t in seq]
     tensors = {key: _analyse(*key, per_seq, flat, sigma) for key, per_seq in values.items()}

@@ -65,8 +65,8 @@ def pack(
     if too_big:
         worst = max(too_big, key=sizes.get)
         raise UsageError(
-            f"--max-memory {budget_mb:g} MB is below one batch of tensor {worst} ({sizes[worst] / MB:.0f} MB); "
-            "raise --max-memory or lower --batch-size"
+            f"`max_memory={budget_mb:g}` MB is below one batch of tensor {worst} ({sizes[worst] / MB:.0f} MB); "
+            "raise `max_memory` or lower `batch_size`"
         )
     chunks: list[list[str]] = []
     used = budget + 1

@@ -125,7 +125,7 @@ def budget(text: str) -> int | float:
         raise argparse.ArgumentTypeError(f"{text!r} is neither a count (6) nor a fraction (0.2)") from None
 
 
-def as_flags(err, where: str = "") -> UsageError:
+def config_error_as_flags(err, where: str = "") -> UsageError:
     """A ``ConfigError`` worded with the flags that set each field."""
     problems = "; ".join(f"--{name.replace('_', '-')} {why}" for name, why in err.problems)
     return UsageError(f"{where}{err.scheme}: {problems}" if err.scheme else f"{where}{problems}")
@@ -146,11 +146,11 @@ def scheme_config(args):
         try:
             return config_from_dict(data)
         except ConfigError as err:
-            raise as_flags(err, f"{args.config}: ") from None
+            raise config_error_as_flags(err, f"{args.config}: ") from None
     try:
         return config_for(args.scheme or "w8a8", **given)
     except ConfigError as err:
-        raise as_flags(err) from None
+        raise config_error_as_flags(err) from None
 
 
 def run(args) -> int:
@@ -171,7 +171,7 @@ def run(args) -> int:
     try:
         quantized, report = quantize(model, config, ranges, path=args.model)
     except ConfigError as err:  # a value that does not fit this model
-        raise as_flags(err) from None
+        raise config_error_as_flags(err) from None
     if args.save_selection and report.selection is None:
         raise UsageError(f"--save-selection: scheme {config.scheme} chose no 16-bit roles to save")
     with atomic_outputs(*files, *sides) as temps:  # the model and its side files appear together

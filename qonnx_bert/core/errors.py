@@ -1,5 +1,24 @@
 """The one exception type the CLI turns into a one-line message and exit code 2."""
 
+import re
+
+# Library messages name a setting by its Python parameter in backticks (`data_dir`, `limit=0`); the
+# command line words the ones it has a flag for as that flag (``as_flags``). Other backticked text
+# (`qonnx calibrate`) is left as it is.
+_SETTING = re.compile(r"`([a-z][a-z0-9_]*)(=([^`]*))?`")
+
+
+def as_flags(message: str, flags: set[str]) -> str:
+    """``message`` with each backticked setting in ``flags`` written as ``--flag`` (and its value)."""
+
+    def word(m: re.Match) -> str:
+        if m[1] not in flags:
+            return m[0]
+        flag = "--" + m[1].replace("_", "-")
+        return f"{flag} {m[3]}" if m[2] else flag
+
+    return _SETTING.sub(word, message)
+
 
 class UsageError(ValueError):
     """A problem with the user's input (a path, a name, a value, a file's content).

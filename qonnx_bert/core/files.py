@@ -253,7 +253,7 @@ def check_size(size: int, path: PathLike) -> None:
     if size > PROTOBUF_LIMIT:
         raise UsageError(
             f"{path} would be {size / 2**20:,.0f} MB, over protobuf's 2 GB limit for one file; pass "
-            f"--external-data (weights written to {external_data_path(path).name} beside it)"
+            f"`external_data` (weights written to {external_data_path(path).name} beside it)"
         )
 
 

@@ -72,7 +72,7 @@ def read_info(model: onnx.ModelProto, path: str | Path = "model") -> ModelInfo:
     props = {p.key: p.value for p in model.metadata_props}
     if INFO_KEY not in props or TOKENIZER_KEY not in props:
         raise UsageError(
-            f"{path} carries no tokenizer: pass --tokenizer DIR (the model's Hugging Face tokenizer directory) "
+            f"{path} carries no tokenizer: pass `tokenizer` (the model's Hugging Face tokenizer directory) "
             "or export it with `qonnx export`"
         )
     return ModelInfo.from_json(props[INFO_KEY])

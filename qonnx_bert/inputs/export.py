@@ -171,7 +171,7 @@ def parse_static_shape(text: str | None) -> tuple[int, int] | None:
     try:
         rows, width = (int(x) for x in text.split(","))
     except ValueError:
-        raise UsageError(f"--static-shape {text!r} is not B,T (two integers, e.g. 1,128)") from None
+        raise UsageError(f"`static_shape={text}` is not B,T (two integers, e.g. 1,128)") from None
     if rows < 1 or width < 8 or width > 512:
-        raise UsageError(f"--static-shape {text!r} out of range: B >= 1 and 8 <= T <= 512")
+        raise UsageError(f"`static_shape={text}` out of range: B >= 1 and 8 <= T <= 512")
     return rows, width

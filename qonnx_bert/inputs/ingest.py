@@ -46,7 +46,7 @@ def attach_tokenizer(model: onnx.ModelProto, directory: str | Path, source: str)
         tokenizer_json = tokenizer.backend_tokenizer.to_str()
     except (OSError, ValueError, AttributeError) as err:
         raise UsageError(
-            f"--tokenizer {directory}: no fast Hugging Face tokenizer there ({type(err).__name__}); "
+            f"`tokenizer={directory}`: no fast Hugging Face tokenizer there ({type(err).__name__}); "
             "pass the directory holding the model's tokenizer.json / tokenizer_config.json"
         ) from None
     static = _static_shape(model)

@@ -263,7 +263,7 @@ def _permute_layernorm(b: _Builder, ffn: FfnNodes, perm: np.ndarray, layer: int)
     ):
         raise UsageError(
             f"layer {layer}: the FFN input is not a LayerNorm output read only by the FFN; "
-            "use --permutation model or none"
+            "use `permutation=model` or `permutation=none`"
         )
     gamma, beta = (_const(v, layer, what) for v, what in zip(ln.inputs[1:3], ("LayerNorm gamma", "LayerNorm beta")))
     before_ln = _Builder(b.graph, ln, b.prefix)

@@ -50,7 +50,7 @@ class _Folder:
     def refuse(self, node: ir.Node, why: str) -> UsageError:
         return UsageError(
             f"cannot fold the PEG permutation into the weights at {node.op_type} node {node.name!r}: {why}; "
-            "use --permutation layer"
+            "use `permutation=layer`"
         )
 
     def constant(self, node: ir.Node, index: int, how: str) -> None:
@@ -80,7 +80,7 @@ class _Folder:
         if node is None:
             raise UsageError(
                 f"cannot fold the PEG permutation into the weights: {value.name!r} joins the residual stream "
-                "from outside the graph; use --permutation layer"
+                "from outside the graph; use `permutation=layer`"
             )
         self.permuted[id(value)] = value
         self.done.add(id(node))
@@ -104,7 +104,7 @@ class _Folder:
             if any(n.op_type in _STREAM_READERS for n in value.consumers()):
                 raise UsageError(
                     "cannot fold the PEG permutation into the weights: the residual stream "
-                    f"{value.name!r} is a graph output; use --permutation layer"
+                    f"{value.name!r} is a graph output; use `permutation=layer`"
                 )
             self.outputs.append(value)  # the stream ends here: its readers (pooling) move to the restored output
             return

@@ -69,7 +69,9 @@ def quantize(
     lowbit = config.lowbit()
     if lowbit.weights or lowbit.embeddings:
         if lowbit.adaround and ranges is None:
-            raise ConfigError([("adaround", "learns on the calibration sequences: pass --ranges FILE")], config.scheme)
+            raise ConfigError(
+                [("adaround", "learns on the calibration sequences: pass `ranges` (a calibration file)")], config.scheme
+            )
         sequences = ranges.sequences() if lowbit.adaround else None
         quantized, lowered = lower_weight_bits(quantized, plan.model, lowbit, sequences)  # the plan's float weights
         notes += lowered

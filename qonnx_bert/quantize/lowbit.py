@@ -64,7 +64,7 @@ def _check_runnable(site: WeightSite, grid: WeightGrid) -> None:
     if grid.bits == 2 and site.quantized_input:
         raise UsageError(
             "2-bit weights with quantized activations do not load in ONNX Runtime's CPU provider "
-            "(QLinearMatMul has no int2 kernel): use --weight-bits 4, or a weights-only scheme (w8a32)"
+            "(QLinearMatMul has no int2 kernel): use `weight_bits=4`, or a weights-only scheme (w8a32)"
         )
 
 

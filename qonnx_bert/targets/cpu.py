@@ -82,7 +82,7 @@ def check_cpu(model: onnx.ModelProto, *, path: str = "model") -> CheckReport:
             )
     if not kernels:
         report.findings.append(
-            Finding("(graph)", "-", "no integer kernel at all", "quantize activations too (e.g. --scheme w8a8)")
+            Finding("(graph)", "-", "no integer kernel at all", "quantize activations too (e.g. the w8a8 scheme)")
         )
     return report
 

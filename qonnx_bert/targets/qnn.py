@@ -66,7 +66,7 @@ def resolve_soc(name: str) -> Soc:
     if key in by_id:
         return by_id[key]
     ids = ", ".join(f"{s.name} ({s.soc_model})" for s in SOCS.values())
-    raise UsageError(f"unknown SoC {name!r}; choose one of: {ids}; `--soc list` shows them")
+    raise UsageError(f"unknown SoC {name!r}; choose one of: {ids}; `soc=list` shows them")
 
 
 def soc_table() -> list[str]:

@@ -64,9 +64,9 @@ class QatConfig:
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
-            raise UsageError(f"qat --scheme {self.scheme!r}: this version trains {' or '.join(SCHEMES)}")
+            raise UsageError(f"`scheme={self.scheme}`: this version trains {' or '.join(SCHEMES)}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise UsageError("qat needs --epochs >= 1, --batch-size >= 1 and --lr > 0")
+            raise UsageError("QAT needs `epochs` >= 1, `batch_size` >= 1 and `lr` > 0")
 
 
 def _hf_names(model, weights: dict[str, np.ndarray]) -> dict[str, tuple[str, bool]]:
@@ -105,7 +105,7 @@ def predict(module, examples, batch_size: int, pad_id: int, num_labels: int) -> 
 
 def _out_of_memory(batch_size: int) -> UsageError:
     return UsageError(
-        f"out of memory at --batch-size {batch_size}: rerun with --batch-size {max(1, batch_size // 2)} "
+        f"out of memory at `batch_size={batch_size}`: rerun with `batch_size={max(1, batch_size // 2)}` "
         "(finished epochs are kept and resumed)"
     )
 

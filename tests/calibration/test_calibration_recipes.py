@@ -165,9 +165,9 @@ def test_max_memory_cuts_into_segments_with_identical_ranges(model):
 
 
 def test_max_memory_below_one_tensor_is_a_usage_error(model):
-    with pytest.raises(UsageError, match="raise --max-memory or lower --batch-size"):
+    with pytest.raises(UsageError, match="raise `max_memory` or lower `batch_size`"):
         pack(["a", "b"], {"a": 10, "b": 3 * 2**20}, 1.0)
-    with pytest.raises(UsageError, match="--max-memory"):
+    with pytest.raises(UsageError, match="max_memory"):
         calibrate(model, sequences(), batch_size=4, max_memory=0.001, progress=False)
 
 

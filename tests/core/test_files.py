@@ -165,3 +165,11 @@ def test_argument_types(parse, text, ok):
             parse(text)
     else:
         assert parse(text) == ok
+
+
+def test_library_settings_are_worded_as_the_commands_flags():
+    from qonnx_bert.core.errors import as_flags
+
+    message = "pass `data_dir` or set X; `limit=0`: must be at least 1; run `qonnx calibrate`; `colour` stays"
+    worded = as_flags(message, {"data_dir", "limit"})
+    assert worded == "pass --data-dir or set X; --limit 0: must be at least 1; run `qonnx calibrate`; `colour` stays"

@@ -175,6 +175,6 @@ def test_fused_attention_is_refused_in_one_line(tmp_path, capsys):
 
 def test_missing_tokenizer_names_the_flag(form, tmp_path, capsys):
     argv = ["calibrate", str(form[1]), "-n", "2", "-o", str(tmp_path / "out")]
-    _one_line_refusal(capsys, argv, "pass --tokenizer DIR", tmp_path)
+    _one_line_refusal(capsys, argv, "pass --tokenizer (the model", tmp_path)
     argv = [*argv, "--tokenizer", str(tmp_path / "nowhere")]
     _one_line_refusal(capsys, argv, "no fast Hugging Face tokenizer", tmp_path)

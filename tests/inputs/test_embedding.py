@@ -150,7 +150,7 @@ def test_zero_shot_sts_matches_scipy_on_pytorch_embeddings(embedding_onnx, tiny_
 
 def test_embedding_model_on_a_classification_task_is_refused(embedding_onnx, glue_dir):
     split = limit_split(load_task("rte", "dev", glue_dir), 4)
-    with pytest.raises(UsageError, match="use --task stsb"):
+    with pytest.raises(UsageError, match="use `task=stsb`"):
         evaluate(onnx.load(str(embedding_onnx)), split, progress=False)
 
 

@@ -57,7 +57,7 @@ def test_static_shape_export(tiny_bert_dir, tmp_path):
 
 @pytest.mark.parametrize("text", ["1x128", "0,128", "1,4", "a,b"])
 def test_bad_static_shape(text):
-    with pytest.raises(UsageError, match="static-shape"):
+    with pytest.raises(UsageError, match="static_shape"):
         parse_static_shape(text)
 
 

@@ -89,7 +89,7 @@ def test_stream_as_graph_output_is_refused(fp32):
     prepared = prepare(fp32)
     roles = find_roles(prepared)
     prepared.graph.output.append(helper.make_empty_tensor_value_info(roles.tensor("layer.0.ffn.layernorm")))
-    with pytest.raises(UsageError, match="graph output; use --permutation layer"):
+    with pytest.raises(UsageError, match="graph output; use `permutation=layer`"):
         _permuted(prepared, np.arange(HIDDEN)[::-1].copy())
 
 

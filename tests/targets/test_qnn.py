@@ -453,7 +453,7 @@ def test_dynamic_shapes_are_refused_for_htp(tiny_w8a8):
 def test_unknown_ep_and_soc(tiny_static, capsys):
     assert main(["check", str(tiny_static), "--ep", "tensorrt"]) == 2
     assert "unknown execution provider 'tensorrt'; choose one of: qnn-htp, cpu" in capsys.readouterr().err
-    with pytest.raises(UsageError, match="unknown SoC 'sm9999'.*--soc list"):
+    with pytest.raises(UsageError, match="unknown SoC 'sm9999'.*`soc=list`"):
         qnn.resolve_soc("sm9999")
     assert qnn.resolve_soc("57").name == "sm8650" and qnn.resolve_soc("SM8650").arch == "v75"
 

@@ -107,5 +107,5 @@ def other_model_ranges(init_ranges, tmp_path):
 def test_qat_scheme_and_settings_are_checked():
     with pytest.raises(UsageError, match="this version trains w8a8 or w8a32"):
         QatConfig("rte", scheme="peg")
-    with pytest.raises(UsageError, match="--batch-size >= 1"):
+    with pytest.raises(UsageError, match="`batch_size` >= 1"):
         QatConfig("rte", batch_size=0)

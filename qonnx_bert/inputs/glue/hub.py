@@ -53,7 +53,7 @@ def load_task_from_hub(name: str, split: str) -> GlueSplit:
     """Load ``split`` ("train" or "dev") of a GLUE task from ``nyu-mll/glue``."""
     task = get_task(name)
     hub_split = hub_split_name(task, split)
-    fix = "pass --data-dir with a GLUE TSV folder"
+    fix = "pass `data_dir`, a GLUE TSV folder"
     try:
         import datasets
     except ImportError:

@@ -19,7 +19,7 @@ def _pair(preds, labels, dtype=None) -> tuple[np.ndarray, np.ndarray]:
     p = np.asarray(preds, dtype=dtype).ravel()
     y = np.asarray(labels, dtype=dtype).ravel()
     if p.size == 0 or y.size == 0:
-        raise UsageError("no examples to score; check the data split and --limit")
+        raise UsageError("no examples to score; check the data split and `limit`")
     if p.shape != y.shape:
         raise ValueError(f"{p.size} predictions for {y.size} labels")
     return p, y

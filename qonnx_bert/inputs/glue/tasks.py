@@ -91,11 +91,11 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
     if data_dir is None:
         data_dir = os.environ.get(GLUE_DIR_VARIABLE)
     if data_dir is None:
-        raise UsageError(f"no GLUE data directory; pass --data-dir DIR or set {GLUE_DIR_VARIABLE}")
+        raise UsageError(f"no GLUE data directory; pass `data_dir` or set {GLUE_DIR_VARIABLE}")
     path = Path(data_dir)
     if not path.is_dir():
         raise UsageError(
-            f"GLUE data directory {path} does not exist; pass --data-dir with the folder holding RTE/, SST-2/, ..."
+            f"GLUE data directory {path} does not exist; pass `data_dir`: the folder holding RTE/, SST-2/, ..."
         )
     return path
 
@@ -106,7 +106,7 @@ def _split_file(task: TaskSpec, data_dir: Path, split: str) -> Path:
     name = task.dev_file if split == "dev" else "train.tsv"
     path = data_dir / task.folder / name
     if not path.is_file():
-        raise UsageError(f"{path} not found; --data-dir must hold {task.folder}/{name} (standard GLUE layout)")
+        raise UsageError(f"{path} not found; `data_dir` must hold {task.folder}/{name} (standard GLUE layout)")
     return path
 
 
@@ -175,6 +175,6 @@ def limit_split(split: GlueSplit, limit: int | None) -> GlueSplit:
     if limit is None:
         return split
     if limit < 1:
-        raise UsageError(f"--limit must be at least 1, got {limit}")
+        raise UsageError(f"`limit={limit}`: must be at least 1")
     b = None if split.texts_b is None else split.texts_b[:limit]
     return GlueSplit(split.task, split.texts_a[:limit], b, split.labels[:limit])

@@ -176,7 +176,7 @@ class PegScheme:
         except UsageError as err:  # e.g. ELECTRA's embedding projection; the fold left the graph as it was
             opts = replace(opts, permutation=Permutation.LAYER)
             chosen, permuted = choose_groups(ctx.require_ranges().per_channel, opts, ctx.roles.num_layers), {}
-            fallback = [f"chose --permutation layer: the model-wide order does not fold here ({err})"]
+            fallback = [f"chose permutation layer: the model-wide order does not fold here ({err})"]
         position = None if chosen.order is None else np.argsort(chosen.order)  # graph dimension of each model dimension
         results = []
         for layer, groups in chosen.hidden.items():

@@ -75,7 +75,7 @@ def test_limit_split():
     head = limit_split(data, 5)
     assert len(head) == 5 and len(head.texts_b) == 5 and head.labels.tolist() == data.labels[:5].tolist()
     assert limit_split(data, None) is data
-    with pytest.raises(UsageError, match="--limit"):
+    with pytest.raises(UsageError, match="`limit=0`: must be at least 1"):
         limit_split(data, 0)
 
 
@@ -88,15 +88,15 @@ def test_unknown_task_and_split():
 
 def test_missing_data_dir(tmp_path, monkeypatch):
     monkeypatch.delenv(GLUE_DIR_VARIABLE, raising=False)
-    with pytest.raises(UsageError, match=f"pass --data-dir DIR or set {GLUE_DIR_VARIABLE}"):
+    with pytest.raises(UsageError, match=f"pass `data_dir` or set {GLUE_DIR_VARIABLE}"):
         resolve_data_dir(None)
-    with pytest.raises(UsageError, match="does not exist; pass --data-dir"):
+    with pytest.raises(UsageError, match="does not exist; pass `data_dir`"):
         load_task("rte", "dev", tmp_path / "nowhere")
 
 
 def test_missing_file(tmp_path):
     (tmp_path / "RTE").mkdir()
-    with pytest.raises(UsageError, match=r"--data-dir must hold MNLI/dev_matched.tsv"):
+    with pytest.raises(UsageError, match=r"`data_dir` must hold MNLI/dev_matched.tsv"):
         load_task("mnli", "dev", tmp_path)
     with pytest.raises(UsageError, match=r"RTE/train.tsv"):
         load_task("rte", "train", tmp_path)
@@ -123,14 +123,14 @@ def test_hub_offline_raises_usage_error(monkeypatch, tmp_path):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path)  # no cached copy to fall back on
-    with pytest.raises(UsageError, match="pass --data-dir with a GLUE TSV folder") as err:
+    with pytest.raises(UsageError, match="pass `data_dir`, a GLUE TSV folder") as err:
         load_task_from_hub("rte", "dev")
     assert "\n" not in str(err.value)
 
 
 def test_hub_without_datasets_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
-    with pytest.raises(UsageError, match="needs the 'datasets' package.*--data-dir"):
+    with pytest.raises(UsageError, match="needs the 'datasets' package.*`data_dir`"):
         load_task_from_hub("sst2", "train")
 
 

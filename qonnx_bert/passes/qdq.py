@@ -170,15 +170,33 @@ def remove_qdq(model: onnx.ModelProto, tensors: list[str]) -> None:
 
 @dataclass(frozen=True)
 class Step:
-    """One pass of the QDQ pipeline and what it guarantees afterwards.
+    """One pass of the QDQ pipeline, what it needs from the graph it gets, and what it guarantees.
 
-    ``ensures`` returns None when the guarantee holds, else what is wrong; it is checked
-    on every run (cheap graph walks), so a pass that silently does less fails loudly.
+    ``requires`` and ``ensures`` return None when the condition holds, else what is wrong;
+    both are checked on every run (cheap graph walks), so a pass that is handed a graph it
+    cannot work on, or that silently does less, fails loudly.
     """
 
     name: str
     run: Callable[[onnx.ModelProto, Plan], onnx.ModelProto]
+    requires: Callable[[onnx.ModelProto, Plan], str | None]
     ensures: Callable[[onnx.ModelProto, Plan], str | None]
+
+
+def _quantized_by_ort(model: onnx.ModelProto, plan: Plan) -> str | None:
+    return None if any(n.op_type == "QuantizeLinear" for n in model.graph.node) else "no QuantizeLinear in the graph"
+
+
+def _float_tensors_present(model: onnx.ModelProto, plan: Plan) -> str | None:
+    produced = {o for n in model.graph.node for o in n.output}
+    lost = [t for t in plan.float_tensors if t not in produced]
+    return f"float tensors not in the graph (renamed by the quantizer?): {lost[:3]}" if lost else None
+
+
+def _readers_read_uint8(model: onnx.ModelProto, plan: Plan) -> str | None:
+    view = QdqView(model)
+    bad = [r for r in plan.uint16_readers if r not in view.nodes or view.input_type(view.nodes[r].input[0]) != "uint8"]
+    return f"uint16 readers not fed by a uint8 DequantizeLinear: {bad[:3]}" if bad else None
 
 
 def _still_quantized(model: onnx.ModelProto, plan: Plan) -> str | None:
@@ -221,10 +239,21 @@ QDQ_PIPELINE = (
     Step(
         "quantize Where constants on their output's grid",
         _in_place(quantize_where_constants, ""),
+        _quantized_by_ort,
         _float_where_branches,
     ),
-    Step("keep the plan's float tensors float", _in_place(remove_qdq, "float_tensors"), _still_quantized),
-    Step("feed uint16 readers an exact uint16 copy", _in_place(widen_exactly, "uint16_readers"), _narrow_readers),
+    Step(
+        "keep the plan's float tensors float",
+        _in_place(remove_qdq, "float_tensors"),
+        _float_tensors_present,
+        _still_quantized,
+    ),
+    Step(
+        "feed uint16 readers an exact uint16 copy",
+        _in_place(widen_exactly, "uint16_readers"),
+        _readers_read_uint8,
+        _narrow_readers,
+    ),
 )
 
 
@@ -236,6 +265,9 @@ def insert_qdq(plan: Plan) -> onnx.ModelProto:
     plan = replace(plan, model=model, overrides={**htp, **plan.overrides})
     quantized = _ort_quantize(plan)
     for step in QDQ_PIPELINE:
+        missing = step.requires(quantized, plan)
+        if missing:
+            raise RuntimeError(f"qonnx bug: QDQ pass {step.name!r} got a graph it cannot work on: {missing}")
         quantized = step.run(quantized, plan)
         broken = step.ensures(quantized, plan)
         if broken:

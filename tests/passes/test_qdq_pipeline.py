@@ -28,6 +28,14 @@ def test_every_step_holds_on_the_schemes_that_use_it(fp32, ranges):
         assert all(step.ensures(model, plan) is None for step in qdq.QDQ_PIPELINE)
 
 
+def test_a_pass_handed_the_wrong_graph_is_caught(fp32, ranges, monkeypatch):
+    """A float tensor the quantizer renamed away would leave ``remove_qdq`` nothing to do: caught before it runs."""
+    plan = _plan(fp32, ranges, "peg", groups=2, target="cpu")
+    plan = replace(plan, float_tensors=[*plan.float_tensors, "no_such_tensor"])
+    with pytest.raises(RuntimeError, match="got a graph it cannot work on.*no_such_tensor"):
+        qdq.insert_qdq(plan)
+
+
 def test_a_pass_that_does_less_is_caught(fp32, ranges, monkeypatch):
     plan = _plan(fp32, ranges, "peg", groups=2, target="cpu")
     lazy = [replace(s, run=lambda model, plan: model) if "float" in s.name else s for s in qdq.QDQ_PIPELINE]

@@ -48,8 +48,8 @@ def check_htp(
     report = CheckReport(f"qnn-htp {soc.name} (soc_model {soc.soc_model}, HTP {soc.arch})", unverified=UNVERIFIED)
     if any(p.key == TARGET_KEY and p.value == "cpu" for p in model.metadata_props):
         report.summary.append(
-            "this model was quantized with `target=cpu` (LayerNorms around the PEG groups in float): "
-            "for QNN HTP, quantize again with `target=portable`"
+            "this model was quantized for the CPU provider (PEG's target cpu: LayerNorms around the groups in float): "
+            "for QNN HTP, quantize again with --target portable (`qonnx quantize`; target=portable from Python)"
         )
     with tempfile.TemporaryDirectory(prefix="qonnx.qnn.") as tmp:
         start = time.perf_counter()

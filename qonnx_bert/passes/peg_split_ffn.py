@@ -121,21 +121,16 @@ class SplitResult:
     must not unify. ``whole``: the tensors that carry every group at once (the
     FFN input before the Split, the residual sum after the Concat, and their
     permuted copies); quantized on one 8-bit grid they would undo PEG.
-    ``float_nodes``: the nodes that read or write those tensors (the two
-    LayerNorms, the permutation Gathers, the Concat), which a runtime computing
-    them in float can leave unquantized. ``partials``: the per-group partial
-    products of a dense layer and their running sums, and ``accumulate_nodes``,
-    the Adds that sum them: the original graph has one accumulator there, so
-    rounding each partial product to 8 bits would add noise PEG does not have.
+    ``partials``: the per-group partial products of a dense layer and their
+    running sums: the original graph has one accumulator there, so rounding
+    each partial product to 8 bits would add noise PEG does not have.
     ``permuted``: tensors that keep their name but now hold their FP32 values
     permuted along the last axis (``{name: perm}``), for tools that compare them.
     """
 
     group_nodes: list[str]
     whole: list[str]
-    float_nodes: list[str]
     partials: list[str] = field(default_factory=list)
-    accumulate_nodes: list[str] = field(default_factory=list)
     permuted: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -222,30 +217,21 @@ def split_ffn(
     whole += [h] if len(hs) > 1 else []
     split = [f"layer{layer}.peg.{t}" for t, parts in (("x", xs), ("h", hs)) if len(parts) > 1]
     if not split:  # a permutation alone: no group tensors, nothing to keep apart
-        return SplitResult([], [], [], permuted=moved)
-    touching = {v.producer() for v in whole} | {u.node for v in whole for u in v.uses()}
-    return SplitResult(
-        split,
-        [v.name for v in whole],
-        sorted(n.name for n in touching if n is not None and n.name not in split),
-        sum_of.partials,
-        sum_of.nodes,
-        moved,
-    )
+        return SplitResult([], [], permuted=moved)
+    return SplitResult(split, [v.name for v in whole], sum_of.partials, moved)
 
 
 class _Accumulator:
-    """Sums partial products with a chain of Adds, recording the summands and the Adds."""
+    """Sums partial products with a chain of Adds, recording the summands."""
 
     def __init__(self, b: _Builder):
-        self.b, self.partials, self.nodes = b, [], []
+        self.b, self.partials = b, []
 
     def __call__(self, parts: list[ir.Value], name: str) -> ir.Value:
         acc = parts[0]
         for j, part in enumerate(parts[1:], 1):
             self.partials += [acc.name, part.name]
             acc = self.b.node("Add", [acc, part], f"{name}.{j}")[0]
-            self.nodes.append(acc.producer().name)
         return acc
 
 

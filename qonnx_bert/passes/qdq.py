@@ -27,7 +27,7 @@ from onnx import numpy_helper
 
 from qonnx_bert.calibration.tensors import QUANTIZED_OP_TYPES
 from qonnx_bert.core.files import too_large
-from qonnx_bert.graph.qdq import QdqView, quantizer_of
+from qonnx_bert.graph.qdq import QdqView, is_qdq
 from qonnx_bert.passes.htp_rules import htp_ready, quantize_where_constants
 from qonnx_bert.passes.mixed_precision import widen_exactly
 from qonnx_bert.passes.plan import Plan
@@ -69,14 +69,17 @@ def _run_quantize_static(plan: Plan) -> onnx.ModelProto:
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            per_channel=False,
-            op_types_to_quantize=list(QUANTIZED_OP_TYPES),
+            per_channel=plan.per_channel,
+            reduce_range=plan.reduce_range,
+            op_types_to_quantize=list(plan.op_types or QUANTIZED_OP_TYPES),
             nodes_to_exclude=list(plan.exclude_nodes),
             use_external_data_format=large,
             extra_options={
                 "ActivationSymmetric": False,
                 "WeightSymmetric": True,
                 "TensorQuantOverrides": plan.overrides,
+                "OpTypesToExcludeOutputQuantization": list(plan.float_outputs),
+                "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},  # a [K, N] weight: one scale per output column
             },
         )
         return onnx.load(str(dst))
@@ -148,24 +151,58 @@ def restore_float_weights(quantized: onnx.ModelProto, original: onnx.ModelProto)
     return quantized
 
 
-def remove_qdq(model: onnx.ModelProto, tensors: list[str]) -> None:
-    """Take ``tensors``' QuantizeLinear -> DequantizeLinear pairs out again, in place: readers get the float tensor.
+def _rounded_activations(model: onnx.ModelProto) -> dict[str, str]:
+    """DequantizeLinear output -> the float activation its QuantizeLinear read (Gather outputs left out)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = {}
+    for node in model.graph.node:
+        q = producer.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear":
+            origin = producer.get(q.input[0])
+            if origin is None or origin.op_type != "Gather":
+                out[node.output[0]] = q.input[0]
+    return out
 
-    ORT's QDQ quantizer quantizes every MatMul output and can leave outputs float only
-    per op type, not per node; a MatMul whose output must stay float is fixed up here.
+
+def _other_readers(model: onnx.ModelProto, integer_readers: tuple[str, ...]) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type not in integer_readers and not is_qdq(n)]
+
+
+def float_readers(model: onnx.ModelProto, integer_readers: tuple[str, ...]) -> None:
+    """Readers of a rounded activation that are not ``integer_readers`` read the float tensor again, in place.
+
+    ORT's quantizer gives a tensor one Q/DQ pair shared by all its readers, so on the CPU
+    target the residual Add would read the LayerNorm output rounded to 8 bits for the MatMul
+    beside it. An output of a Gather (a lookup in an int8 table) stays as it is: it is exact
+    on its grid, and the CPU provider gathers the table's int8 rows only while the Q/DQ remain.
+    An empty ``integer_readers`` changes nothing.
     """
-    wanted = set(tensors)
-    quantizers = {n.output[0]: n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in wanted}
-    dequantizers = {
-        n.output[0]: quantizers[n.input[0]].input[0]
-        for n in model.graph.node
-        if n.op_type == "DequantizeLinear" and n.input[0] in quantizers
-    }
-    nodes = [n for n in model.graph.node if n.output[0] not in quantizers and n.output[0] not in dequantizers]
-    for node in nodes:
-        node.input[:] = [dequantizers.get(i, i) for i in node.input]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
+    if not integer_readers:
+        return
+    rounded = _rounded_activations(model)
+    for node in _other_readers(model, integer_readers):
+        node.input[:] = [rounded.get(i, i) for i in node.input]
+    drop_unread(model)
+
+
+def drop_unread(model: onnx.ModelProto) -> None:
+    """Remove Q/DQ nodes nobody reads (repeatedly: a Q whose only DQ went goes too)."""
+    outputs = {o.name for o in model.graph.output}
+    while True:
+        read = {i for n in model.graph.node for i in n.input} | outputs
+        kept = [n for n in model.graph.node if not (is_qdq(n) and n.output[0] not in read)]
+        if len(kept) == len(model.graph.node):
+            return
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+
+
+def _integer_readers_only(model: onnx.ModelProto, plan: Plan) -> str | None:
+    if not plan.integer_readers:
+        return None
+    rounded = _rounded_activations(model)
+    bad = [n.name for n in _other_readers(model, plan.integer_readers) if any(i in rounded for i in n.input)]
+    return f"nodes without an integer kernel still read a rounded activation: {bad[:3]}" if bad else None
 
 
 @dataclass(frozen=True)
@@ -187,21 +224,10 @@ def _quantized_by_ort(model: onnx.ModelProto, plan: Plan) -> str | None:
     return None if any(n.op_type == "QuantizeLinear" for n in model.graph.node) else "no QuantizeLinear in the graph"
 
 
-def _float_tensors_present(model: onnx.ModelProto, plan: Plan) -> str | None:
-    produced = {o for n in model.graph.node for o in n.output}
-    lost = [t for t in plan.float_tensors if t not in produced]
-    return f"float tensors not in the graph (renamed by the quantizer?): {lost[:3]}" if lost else None
-
-
 def _readers_read_uint8(model: onnx.ModelProto, plan: Plan) -> str | None:
     view = QdqView(model)
     bad = [r for r in plan.uint16_readers if r not in view.nodes or view.input_type(view.nodes[r].input[0]) != "uint8"]
     return f"uint16 readers not fed by a uint8 DequantizeLinear: {bad[:3]}" if bad else None
-
-
-def _still_quantized(model: onnx.ModelProto, plan: Plan) -> str | None:
-    kept = [t for t in plan.float_tensors if quantizer_of(model, t) is not None]
-    return f"float tensors still quantized: {kept[:3]}" if kept else None
 
 
 def _float_where_branches(model: onnx.ModelProto, plan: Plan) -> str | None:
@@ -243,10 +269,10 @@ QDQ_PIPELINE = (
         _float_where_branches,
     ),
     Step(
-        "keep the plan's float tensors float",
-        _in_place(remove_qdq, "float_tensors"),
-        _float_tensors_present,
-        _still_quantized,
+        "readers without an integer kernel read float",
+        _in_place(float_readers, "integer_readers"),
+        _quantized_by_ort,
+        _integer_readers_only,
     ),
     Step(
         "feed uint16 readers an exact uint16 copy",

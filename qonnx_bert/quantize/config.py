@@ -47,10 +47,10 @@ class Permutation(Choice):
 
 
 class Target(Choice):
-    """The runtime a PEG lowering is made for."""
+    """The runtime a lowering is made for."""
 
-    PORTABLE = "portable"  # every provider, QNN HTP included
-    CPU = "cpu"  # the CPU provider only: tensors holding every group stay float
+    PORTABLE = "portable"  # every provider, QNN HTP included: every activation quantized
+    CPU = "cpu"  # the CPU provider only: only MatMul inputs quantized, the rest float (``passes.plan.cpu_plan``)
 
 
 class ConfigError(UsageError):
@@ -158,8 +158,14 @@ class SchemeConfig:
         return out
 
 
+@dataclass(frozen=True, kw_only=True)
 class W8A8Config(SchemeConfig, scheme="w8a8"):
-    """int8 symmetric weights, uint8 asymmetric activations, all per-tensor."""
+    """int8 symmetric weights, uint8 asymmetric activations, all per-tensor.
+
+    ``target=cpu``: only the MatMul inputs are quantized, weights per output channel.
+    """
+
+    target: Target = Target.PORTABLE
 
 
 class W8A32Config(SchemeConfig, scheme="w8a32"):

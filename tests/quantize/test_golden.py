@@ -22,6 +22,7 @@ from qonnx_bert.quantize import config_for, quantize
 GOLDEN = Path(__file__).parents[1] / "data" / "golden-quantized.json"
 CONFIGS = {
     "w8a8": ("w8a8", {}),
+    "w8a8 --target cpu": ("w8a8", {"target": "cpu"}),
     "w8a8 + int16 residual sums": ("w8a8", {"int16": ["layer.*.ffn.residual_sum"]}),
     "mp": ("mp", {}),
     "auto-mp budget 4": ("auto-mp", {"budget": 4}),

@@ -151,18 +151,30 @@ def _fp32_order(model, tensor, texts=TEXTS):
     return values if perm is None else values[:, np.argsort(perm)]
 
 
-@pytest.mark.parametrize("target", ["portable", "cpu"])
 @pytest.mark.parametrize(
     "scheme, options", [("peg-equal", {"groups": 4, "permutation": "none"}), ("peg", {"groups": 3})]
 )
-def test_lowered_peg_matches_per_channel_reference(fp32, ranges, scheme, options, target):
-    peg, ref = _peg_and_reference(fp32, ranges, scheme, target=target, **options)
+def test_lowered_peg_matches_per_channel_reference(fp32, ranges, scheme, options):
+    peg, ref = _peg_and_reference(fp32, ranges, scheme, **options)
     last = find_roles(fp32).tensor("layer.1.ffn.layernorm")
     got, want, exact = _fp32_order(peg, last), _fp32_order(ref, last), _fp32_order(fp32, last)
     # Same tensors, same group ranges: the lowering differs from the reference by the rounding of
     # values its float summation order moves across a rounding boundary, far less than the
     # quantization noise both carry vs FP32 (measured 15-22 dB less on the tiny BERT).
     assert sqnr_db(want, got) > sqnr_db(exact, got) + 10
+
+
+@pytest.mark.parametrize(
+    "scheme, options", [("peg-equal", {"groups": 4, "permutation": "none"}), ("peg", {"groups": 3})]
+)
+def test_cpu_lowering_rounds_less_than_the_per_channel_reference(fp32, ranges, scheme, options):
+    """``target=cpu`` rounds only the MatMul inputs of the reference's computation (the same groups
+    and ranges; outputs, residual sums, LayerNorm and softmax stay float): it is a different, lighter
+    quantization, so what must hold is that it is at least as close to FP32 as the reference."""
+    peg, ref = _peg_and_reference(fp32, ranges, scheme, target="cpu", **options)
+    last = find_roles(fp32).tensor("layer.1.ffn.layernorm")
+    got, want, exact = _fp32_order(peg, last), _fp32_order(ref, last), _fp32_order(fp32, last)
+    assert sqnr_db(exact, got) > sqnr_db(exact, want)
 
 
 @pytest.mark.slow
@@ -208,6 +220,10 @@ def test_lowered_peg_predicts_as_the_per_channel_reference(fine_tuned, scheme, o
     # Measured on the 128 dev sentences, logit SQNR lowered-vs-reference / reference-vs-FP32:
     # peg portable 27.0 / 23.6 dB, cpu 27.3 / 23.6, peg-equal 22.8 / 17.6 (when the partial
     # products of W1 were rounded to uint8: 23.5 / 23.6 and 17.3 / 17.6); agreement 97-98%.
+    if options.get("target") == "cpu":  # a lighter quantization than the reference's: at least as close to FP32
+        assert sqnr_db(exact, got) >= sqnr_db(exact, want)
+        assert argmax_agreement(exact, got) >= argmax_agreement(exact, want) - 0.01
+        return
     assert sqnr_db(want, got) >= sqnr_db(exact, want) + 1.5
     assert argmax_agreement(want, got) >= 0.95
     assert argmax_agreement(exact, got) >= argmax_agreement(exact, want) - 0.03
@@ -220,21 +236,20 @@ def test_group_matmuls_use_integer_kernels(fp32, ranges, tmp_path, target):
     options.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(peg.SerializeToString(), options, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    if target == "cpu":  # every weighted MatMul reads uint8 and writes float; the attention products are float
+        inits = {i.name for i in peg.graph.initializer}
+        weight_dq = {n.output[0] for n in peg.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+        weighted = sum(n.op_type == "MatMul" and n.input[1] in weight_dq for n in peg.graph.node)
+        assert ops.count("MatMulIntegerToFloat") == weighted and not [o for o in ops if o.startswith("QLinear")]
+        assert f"MatMul: {weighted} of {weighted} QDQ units fused into integer kernels" in check_cpu(peg).summary
+        return
     # per layer: 6 attention MatMuls and the 3 group MatMuls of the second dense layer, uint8 in and out
     assert ops.count("QLinearMatMul") == 2 * (6 + 3)
-    # the first dense layer's 3 partial products are summed unrounded: cpu, an integer MatMul with a float
-    # output (the CPU provider's MatMulIntegerToFloat); portable, in uint16 (HTP runs a16w8 natively;
+    # the first dense layer's 3 partial products are summed unrounded, in uint16 (HTP runs a16w8 natively;
     # the CPU provider, with no 16-bit kernels, on float activations: MatMulNBits with the int8 weights).
-    # FFN inputs and residual sums: float / uint16.
-    if target == "cpu":
-        assert ops.count("MatMulIntegerToFloat") == 2 * 3 and "MatMul" not in ops and 16 not in report.activation_bits
-    else:
-        assert (
-            ops.count("MatMulNBits") == 2 * 3 and "MatMul" not in ops and report.activation_bits.get(16, 0) >= 4 + 2 * 3
-        )
+    assert ops.count("MatMulNBits") == 2 * 3 and "MatMul" not in ops and report.activation_bits.get(16, 0) >= 4 + 2 * 3
     # `qonnx check --ep cpu` says so: the uint16 partial products are MatMuls on float activations
-    fused = 2 * (6 + 3) + (2 * 3 if target == "cpu" else 0)
-    assert f"MatMul: {fused} of {2 * (6 + 3 + 3)} QDQ units fused into integer kernels" in check_cpu(peg).summary
+    assert f"MatMul: {2 * (6 + 3)} of {2 * (6 + 3 + 3)} QDQ units fused into integer kernels" in check_cpu(peg).summary
 
 
 def test_each_group_has_its_own_scale(fp32, ranges):
@@ -333,7 +348,6 @@ def test_cpu_target_leaves_only_the_groups_quantized(fp32, ranges):
     portable, report_p = quantize(fp32, config_for("peg", groups=3), ranges)
     cpu, report_c = quantize(fp32, config_for("peg", groups=3, target="cpu"), ranges)
     assert report_p.activation_bits.get(16, 0) > 0 and report_c.activation_bits.get(16, 0) == 0
-    assert sqnr_db(_logits(portable), _logits(cpu)) > 30  # same groups, same ranges; only uint16 rounding differs
     concat = [n for n in cpu.graph.node if n.op_type == "Concat" and ".peg." in n.name]
     consumers = [n for n in cpu.graph.node if set(n.input) & {o for c in concat for o in c.output}]
     assert concat and all(n.op_type in ("LayerNormalization", "Gather") for n in consumers)

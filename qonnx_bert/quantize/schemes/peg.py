@@ -65,7 +65,7 @@ from qonnx_bert.inputs.sequences import Sequences
 from qonnx_bert.passes.mixed_precision import int16_overrides
 from qonnx_bert.passes.peg_split_ffn import split_ffn
 from qonnx_bert.passes.permute_stream import permute_stream
-from qonnx_bert.passes.plan import Plan, activation_ranges
+from qonnx_bert.passes.plan import Plan, activation_ranges, cpu_plan
 from qonnx_bert.quantize.config import ConfigError, PegConfig, PegEqualConfig, Permutation, Target
 from qonnx_bert.quantize.schemes.context import SchemeContext
 from qonnx_bert.quantize.schemes.peg_groups import intermediate_groups, layer_groups, model_order, quantization_noise
@@ -189,7 +189,7 @@ class PegScheme:
         metadata = ({TARGET_KEY: "cpu"} if opts.target == Target.CPU else {}) | (
             {PERMUTED_KEY: permuted_record(permuted)} if permuted else {}
         )
-        return Plan(
+        plan = Plan(
             rewritten,
             activation_ranges(entries),
             weights=True,
@@ -197,6 +197,7 @@ class PegScheme:
             metadata=metadata,
             **_precision(opts.target, rewritten, results),
         )
+        return cpu_plan(plan) if opts.target == Target.CPU else plan
 
 
 def _fold_order(model: ir.Model, ctx: SchemeContext, order: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -218,11 +219,8 @@ def _precision(target: str, model: onnx.ModelProto, results: list) -> dict:
     whole = [t for r in results for t in r.whole]
     partials = [t for r in results for t in r.partials]
     exclude = [n for r in results for n in r.group_nodes]
-    if target == Target.CPU:
-        return {
-            "exclude_nodes": exclude + [n for r in results for n in r.float_nodes + r.accumulate_nodes],
-            "float_tensors": partials,
-        }
+    if target == Target.CPU:  # cpu_plan leaves every tensor float but the MatMul inputs
+        return {"exclude_nodes": exclude}
     readers = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.output[0] in set(partials)]
     overrides = int16_overrides(model, whole + partials, readers=readers) if whole else {}
     return {"exclude_nodes": exclude, "overrides": overrides, "uint16_readers": readers}

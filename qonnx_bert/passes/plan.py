@@ -32,8 +32,9 @@ class Plan:
     weights one int8 scale per output channel; ``integer_readers`` are the only
     op types that may read a rounded activation, every other reader reads the
     float tensor (empty: all read the rounded one); ``reduce_range`` puts the
-    weights on a 7-bit grid, [-64, 64] (``cpu_plan``: what the CPU provider's
-    integer MatMul kernels take).
+    weights on a 7-bit grid, [-64, 64]; ``fuse_cpu`` fuses the result into the CPU
+    provider's transformer kernels (``passes.cpu_fusion``) (``cpu_plan``: what
+    the CPU provider's integer kernels take).
     ``metadata`` goes into the quantized model's ``metadata_props`` (e.g. the
     runtime a lowering was made for, which ``qonnx check`` reads). ``selection``
     is what a mixed-precision scheme chose for 16 bits and why (roles, sensitivity):
@@ -54,6 +55,7 @@ class Plan:
     per_channel: bool = False
     integer_readers: tuple[str, ...] = ()
     reduce_range: bool = False
+    fuse_cpu: bool = False
 
 
 def activation_ranges(tensors: dict[str, dict]) -> dict[str, tuple[float, float]]:
@@ -102,5 +104,6 @@ def cpu_plan(plan: Plan) -> Plan:
         integer_readers=("MatMul", "Gemm"),
         per_channel=True,
         reduce_range=True,
+        fuse_cpu=True,
         exclude_nodes=list(dict.fromkeys(plan.exclude_nodes + products)),
     )

@@ -28,6 +28,7 @@ from onnx import numpy_helper
 from qonnx_bert.calibration.tensors import QUANTIZED_OP_TYPES
 from qonnx_bert.core.files import too_large
 from qonnx_bert.graph.qdq import QdqView, is_qdq
+from qonnx_bert.passes.cpu_fusion import fuse_for_cpu
 from qonnx_bert.passes.htp_rules import htp_ready, quantize_where_constants
 from qonnx_bert.passes.mixed_precision import widen_exactly
 from qonnx_bert.passes.plan import Plan
@@ -205,6 +206,15 @@ def _integer_readers_only(model: onnx.ModelProto, plan: Plan) -> str | None:
     return f"nodes without an integer kernel still read a rounded activation: {bad[:3]}" if bad else None
 
 
+def _fused_for_cpu(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
+    """``fuse_for_cpu``; a float kernel it fused over a rounded activation then reads the float one again."""
+    if not plan.fuse_cpu:
+        return model
+    fused = fuse_for_cpu(model)
+    float_readers(fused, plan.integer_readers)
+    return fused
+
+
 @dataclass(frozen=True)
 class Step:
     """One pass of the QDQ pipeline, what it needs from the graph it gets, and what it guarantees.
@@ -274,6 +284,7 @@ QDQ_PIPELINE = (
         _quantized_by_ort,
         _integer_readers_only,
     ),
+    Step("fuse into the CPU provider's transformer kernels", _fused_for_cpu, _quantized_by_ort, _integer_readers_only),
     Step(
         "feed uint16 readers an exact uint16 copy",
         _in_place(widen_exactly, "uint16_readers"),

@@ -5,6 +5,9 @@ of its range in the ranges file, times the float weight rounded to int8 per outp
 against what ONNX Runtime's fused integer kernel (MatMulIntegerToFloat) returns.
 """
 
+from collections import Counter
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -13,13 +16,18 @@ from onnx import numpy_helper
 
 from qonnx_bert.core.metrics import sqnr_db
 from qonnx_bert.core.modelinfo import TARGET_KEY
+from qonnx_bert.core.runtime import cpu_session
+from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.graph.qdq import is_qdq
 from qonnx_bert.graph.roles import find_roles
 from qonnx_bert.inputs.encode import Encoder
 from qonnx_bert.inputs.sequences import shipped_sentences
 from qonnx_bert.passes.plan import activation_ranges
+from qonnx_bert.passes.qdq import insert_qdq
 from qonnx_bert.quantize import config_for, quantize
+from qonnx_bert.quantize.schemes import SchemeContext, get_scheme
 from qonnx_bert.targets.cpu import check_cpu, optimized_model
+from tests.conftest import RAGGED_TEXTS
 
 TEXTS = shipped_sentences()[:24]
 CASES = [("w8a8", {}), ("peg", {"groups": 3}), ("peg", {"groups": 1, "intermediate_groups": 2})]
@@ -124,3 +132,20 @@ def test_portable_w8a8_is_unchanged_by_the_cpu_option(fp32, ranges):
     default, _ = quantize(fp32, config_for("w8a8"), ranges)
     portable, _ = quantize(fp32, config_for("w8a8", target="portable"), ranges)
     assert default.SerializeToString() == portable.SerializeToString()
+
+
+def test_fused_cpu_graph_computes_what_the_unfused_qdq_graph_says(fp32, ranges):
+    """The fusion (onnxscript's ORT fusions, then static QAttention) is an exact rewrite of the quantized graph:
+    same uint8 inputs, same int8 weights; only float summation order and the masked keys' fill value
+    (-10000 vs the float minimum, both exactly zero after the softmax) differ."""
+    prepared = prepare(fp32)
+    config = config_for("w8a8", target="cpu")
+    plan = get_scheme("w8a8").plan(SchemeContext(config, fp32, prepared, find_roles(prepared), ranges))
+    fused, unfused = insert_qdq(plan), insert_qdq(replace(plan, fuse_cpu=False))
+    ops = Counter(n.op_type for n in fused.graph.node)
+    assert ops["QAttention"] == find_roles(fp32).num_layers and ops["SkipLayerNormalization"] == 2 * ops["QAttention"]
+    assert "Softmax" not in ops and "Transpose" not in ops
+    feeds = Encoder.from_model(fp32).feeds(RAGGED_TEXTS)  # padded: the mask is exercised
+    want = cpu_session(unfused, fused=False).run(None, feeds)[0]
+    got = cpu_session(fused).run(None, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

@@ -114,7 +114,7 @@ def test_each_gelu_group_is_rounded_once_on_its_own_range(planted):
     split = next(n for n in peg.graph.node if n.name == "layer0.peg.h")
     producers = {o: n for n in peg.graph.node for o in n.output}
     inits = {i.name: numpy_helper.to_array(i) for i in peg.graph.initializer}
-    assert producers[split.input[0]].op_type == "Gelu"  # --target cpu: the whole GELU output stays float
+    assert producers[split.input[0]].op_type == "BiasGelu"  # --target cpu: the whole GELU output stays float (fused)
     stats = ranges.per_channel["layer.0.ffn.gelu"]
     lo, hi = np.minimum(stats["min"], 0.0), np.maximum(stats["max"], 0.0)
     sizes = inits[split.input[1]]
@@ -287,7 +287,8 @@ def test_each_ffn_input_group_is_rounded_once_on_its_own_grid(fp32, ranges, targ
     assert len(splits) == find_roles(fp32).num_layers
     for split in splits:
         source = _float_source(producers, split.input[0])
-        assert producers[source].op_type == "LayerNormalization"
+        # cpu: fused with the residual Add before it into the CPU provider's SkipLayerNormalization
+        assert producers[source].op_type == ("SkipLayerNormalization" if target == "cpu" else "LayerNormalization")
         if target == "cpu":
             assert source == split.input[0]  # the CPU provider's Split reads the float LayerNorm output
         else:  # integer runtimes need it quantized: on a uint16 grid, far finer than any group's

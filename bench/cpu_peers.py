@@ -47,8 +47,6 @@ SCHEMES = {
     "qonnx-w8a8-cpu": {"scheme": "w8a8", "target": "cpu"},
     "qonnx-peg-cpu": {"scheme": "peg", "target": "cpu"},
     "qonnx-peg-cpu-k2": {"scheme": "peg", "target": "cpu", "groups": 2},
-    "qonnx-peg-cpu-k1": {"scheme": "peg", "target": "cpu", "groups": 1},
-    "qonnx-peg-cpu-k1-j4": {"scheme": "peg", "target": "cpu", "groups": 1, "intermediate_groups": 4},
 }
 
 

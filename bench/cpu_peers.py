@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -247,7 +248,7 @@ def main() -> None:
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
     paths = {task: build_task(task, args) for task in args.tasks}
     results = {
-        "command": "python bench/cpu_peers.py " + " ".join(os.sys.argv[1:]),
+        "command": "python bench/cpu_peers.py " + " ".join(sys.argv[1:]),
         "machine": machine(),
         "models": list(paths[args.tasks[0]]),
         "runs": args.runs,

@@ -8,7 +8,7 @@ an output that is an input, two outputs that coincide, a file output that is an
 existing directory (or a directory output that is an existing file), and an output
 whose nearest existing folder cannot be written. The work then runs, and
 :func:`atomic_outputs` writes every output to a temporary file created only then,
-renaming them all at the end; on any failure, Ctrl-C or SIGTERM the temporary files
+renaming them all at the end, all or none; on any failure, Ctrl-C or SIGTERM the temporary files
 and the folders it created are removed.
 """
 
@@ -160,9 +160,9 @@ def atomic_outputs(*paths: PathLike) -> Iterator[tuple[Path, ...]]:
             os.close(fd)
             temps.append(Path(tmp))
         yield tuple(temps)
-        for tmp, target in zip(temps, targets, strict=True):
+        for tmp in temps:
             os.chmod(tmp, mode)  # here, not at creation: a writer may have replaced the temp file with its own
-            os.replace(tmp, target)
+        _replace_all(temps, targets)
         done = True
     finally:
         for tmp in temps:
@@ -170,6 +170,41 @@ def atomic_outputs(*paths: PathLike) -> Iterator[tuple[Path, ...]]:
                 tmp.unlink()
         if not done:
             _remove_empty(created)
+
+
+def _replace_all(temps: list[Path], targets: list[Path]) -> None:
+    """Rename each temporary onto its target, all or none: a failed rename puts back what was replaced.
+
+    POSIX renames one file atomically, not several; so each existing target is first
+    hard-linked to a backup beside it, and on a failure (a full disk, a folder made
+    read-only meanwhile, a signal) the outputs already renamed are restored from their
+    backups, or removed where there was none.
+    """
+    backups: list[Path | None] = []
+    renamed: list[Path] = []
+    try:
+        for target in targets:
+            backup = None
+            if target.exists():
+                backup = target.with_name(f".{target.name}.{os.getpid()}.bak")
+                os.link(target, backup)
+            backups.append(backup)
+        for tmp, target in zip(temps, targets, strict=True):
+            os.replace(tmp, target)
+            renamed.append(target)
+    except BaseException:
+        for target, backup in zip(renamed, backups, strict=False):
+            with contextlib.suppress(OSError):
+                if backup is None:
+                    target.unlink()
+                else:
+                    os.replace(backup, target)
+        raise
+    finally:
+        for backup in backups:
+            if backup is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    backup.unlink()
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""The path guard and atomic outputs of ``qonnx_bert.core.files``, on real files (no mocks)."""
+"""The path guard and atomic outputs of ``qonnx_bert.core.files``: real files, faults injected where needed."""
 
 from __future__ import annotations
 
@@ -115,6 +115,29 @@ def test_a_failure_leaves_no_temp_file_no_new_folder_and_old_outputs_intact(tmp_
             raise RuntimeError("work failed")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["b.json"]
     assert (tmp_path / "b.json").read_text() == "old"
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_a_failed_rename_puts_back_the_outputs_already_renamed(tmp_path, monkeypatch, failure):
+    """The renames are all or none: the third fails, so the first is restored and the second (new) removed."""
+    (tmp_path / "a.json").write_text("old a")
+    (tmp_path / "c.json").write_text("old c")
+    replace, calls = os.replace, []
+
+    def failing_replace(src, dst):
+        calls.append(Path(dst).name)
+        if Path(dst).name == "c.json" and str(src).endswith(".tmp"):
+            raise failure
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(type(failure)):
+        with atomic_outputs(tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json") as temps:
+            for tmp in temps:
+                tmp.write_text("new")
+    assert calls[:3] == ["a.json", "b.json", "c.json"]  # a and b were renamed before c failed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "c.json"]  # no b, no backup, no temp
+    assert (tmp_path / "a.json").read_text() == "old a" and (tmp_path / "c.json").read_text() == "old c"
 
 
 def test_output_folder_removes_the_empty_folders_it_made(tmp_path):

@@ -263,3 +263,46 @@ def test_report_gathers_tables_and_plots(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="holds no"):
         build_report(tmp_path / "empty", tmp_path / "r.md")
+
+
+def test_sigterm_stops_the_worker_processes_and_leaves_no_temp_file(tmp_path, tiny_onnx, tiny_bert_dir, glue_dir):
+    """A real SIGTERM to ``qonnx bench --jobs 2`` while its workers are inside cells.
+
+    The child makes every evaluation print its worker's pid and hang: the command must
+    still end at once with 143, its workers gone (not left running their cells), no
+    temporary file anywhere under the output.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = _bench_dir(tmp_path, tiny_onnx)
+    child = (
+        "import os, sys, time\n"
+        "from qonnx_bert.benchmarks import glue_bench\n"
+        "def hang(*a, **k):\n"
+        "    print(os.getpid(), flush=True)\n"
+        "    time.sleep(120)\n"
+        "glue_bench.evaluate = hang\n"
+        "from qonnx_bert.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    argv = _argv(out, tiny_bert_dir, glue_dir, "fp32,w8a32,w8a8", "--jobs", "2")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        worker = int(proc.stdout.readline())
+        assert worker != proc.pid
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # a no-op when it ended; a hanging run must not outlive the test
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "qonnx bench: terminated" and "Traceback" not in err
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)  # the worker was ended, not left to finish its cell
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]

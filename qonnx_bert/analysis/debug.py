@@ -28,7 +28,8 @@ import onnxruntime as ort
 
 from qonnx_bert.calibration.collector import valid_mask
 from qonnx_bert.calibration.tensors import MASK_INPUT, TensorLayout, quantizable_tensors
-from qonnx_bert.core.modelinfo import read_permuted
+from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.modelinfo import read_permuted, static_shape
 from qonnx_bert.core.runtime import exposing_session
 from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.graph.qdq import GRAPH_OUTPUT_SUFFIX
@@ -122,7 +123,7 @@ def compare(fp32: onnx.ModelProto, qdq: onnx.ModelProto, sequences: Sequences) -
     ref_session = exposing_session(ref_model, present)
     q_names = list(dict.fromkeys(n for t in present for n in (matches[t].before, matches[t].after)))
     q_session = exposing_session(qdq, q_names)
-    encoder = Encoder.from_model(fp32)
+    encoder = Encoder.from_model(fp32, static_shape=_common_shape(fp32, qdq))
     permuted = read_permuted(qdq)
     for feeds in sequence_feeds(encoder, sequences):
         ref = dict(zip(present, ref_session.run(present, _inputs(ref_session, feeds)), strict=True))
@@ -132,8 +133,23 @@ def compare(fp32: onnx.ModelProto, qdq: onnx.ModelProto, sequences: Sequences) -
         for t in present:
             layout = layouts.get(t, TensorLayout(t, (), False))
             m = matches[t]
+            if ref[t].shape != got[m.after].shape:
+                raise UsageError(
+                    f"{t} is {list(ref[t].shape)} in the FP32 model but {list(got[m.after].shape)} in the "
+                    "quantized one: pass the FP32 model the quantized one was made from"
+                )
             errors[t].add(*(valid_values(x, layout, mask) for x in (ref[t], got[m.after], got[m.before])))
     return sorted(errors.values(), key=_worst_first)
+
+
+def _common_shape(fp32: onnx.ModelProto, qdq: onnx.ModelProto) -> tuple[int, int] | None:
+    """The fixed batch x length both models can take (a static model's), None if both are dynamic."""
+    shapes = {"FP32": static_shape(fp32), "quantized": static_shape(qdq)}
+    fixed = {s for s in shapes.values() if s}
+    if len(fixed) > 1:
+        given = ", ".join(f"the {k} one {s[0]}x{s[1]}" for k, s in shapes.items())
+        raise UsageError(f"the two models take different fixed shapes ({given}); compare models of one shape")
+    return next(iter(fixed), None)
 
 
 def _inputs(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

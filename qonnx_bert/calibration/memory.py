@@ -69,9 +69,9 @@ def pack(
             "raise `max_memory` or lower `batch_size`"
         )
     chunks: list[list[str]] = []
-    used = budget + 1
+    used = 0.0
     for name in names:
-        if used + sizes[name] > budget or len(chunks[-1]) == max_count:
+        if not chunks or used + sizes[name] > budget or len(chunks[-1]) == max_count:
             chunks.append([])
             used = 0
         chunks[-1].append(name)

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "qonnx.ranges"
 VERSION = 1
 MIN_RANGE = 1e-6  # the span a min == max range is widened to
+MAX_ABS = float(np.finfo(np.float32).max) / 2  # beyond it, max - min and so the float32 scale overflow
 
 
 def model_fingerprint(model: onnx.ModelProto) -> str:
@@ -63,6 +64,10 @@ def _checked_range(entry: object, where: str) -> dict:
         require(entry, "role", str, where)
     if not (math.isfinite(low) and math.isfinite(high)):
         raise UsageError(f"{where} has a non-finite range [{low}, {high}]; re-run `qonnx calibrate`")
+    if max(abs(low), abs(high)) > MAX_ABS:
+        raise UsageError(
+            f"{where} has a range [{low}, {high}] beyond float32 (|value| > {MAX_ABS:.3g}); re-run `qonnx calibrate`"
+        )
     if low > high:
         raise UsageError(f"{where} has min {low} > max {high}; re-run `qonnx calibrate`")
     return entry
@@ -77,8 +82,10 @@ def _checked_channels(entry: object, where: str) -> None:
     if len(low) != len(high) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in low + high):
         raise UsageError(f"{where}: min and max must be lists of numbers of the same length")
     lo, hi = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
-    if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (lo <= hi).all()):
-        raise UsageError(f"{where} has a non-finite or inverted (min > max) channel range; re-run `qonnx calibrate`")
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (lo <= hi).all()) or np.abs([lo, hi]).max() > MAX_ABS:
+        raise UsageError(
+            f"{where} has a non-finite, inverted (min > max) or beyond-float32 channel range; re-run `qonnx calibrate`"
+        )
 
 
 def _widen_degenerate(tensors: dict[str, dict], path: str | Path) -> None:

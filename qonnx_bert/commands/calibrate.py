@@ -69,9 +69,10 @@ def run(args) -> int:
     from qonnx_bert.calibration.memory import DEFAULT_MAX_MEMORY_MB
     from qonnx_bert.calibration.segments import SplitModel
     from qonnx_bert.core.files import atomic_outputs, guard
-    from qonnx_bert.inputs.sequences import calibration_sequences
+    from qonnx_bert.inputs.sequences import calibration_sequences, source_files
 
-    guard([args.model, args.texts, args.recipe], [args.output, args.ort_cache])
+    read = source_files("train", task=args.task, data_dir=args.data_dir, texts=args.texts)
+    guard([args.model, args.tokenizer, args.recipe, *read], [args.output, args.ort_cache])
     model = SplitModel.load(args.model, args.tokenizer)  # the full protobuf is dropped: weights held once
     sequences = calibration_sequences(
         args.num_sequences, args.seed, task=args.task, data_dir=args.data_dir, texts=args.texts

@@ -41,18 +41,23 @@ def run(args) -> int:
     from pathlib import Path
 
     from qonnx_bert.analysis.debug import compare, plot_errors, render_errors
+    from qonnx_bert.core.errors import UsageError
     from qonnx_bert.core.files import atomic_outputs, guard
-    from qonnx_bert.core.modelinfo import load_onnx
+    from qonnx_bert.core.modelinfo import load_onnx, quantized_nodes
     from qonnx_bert.core.optional import require_matplotlib
     from qonnx_bert.inputs.ingest import load_model
-    from qonnx_bert.inputs.sequences import first_sequences
+    from qonnx_bert.inputs.sequences import first_sequences, source_files
 
     plot = Path(args.plot) if args.plot else None
-    guard([args.fp32, args.quantized, args.texts], [plot, plot and plot.with_suffix(".md")])
+    read = source_files("dev", task=args.task, data_dir=args.data_dir, texts=args.texts)
+    guard([args.fp32, args.quantized, args.tokenizer, *read], [plot, plot and plot.with_suffix(".md")])
     if plot:
         require_matplotlib("--plot")
     sequences = first_sequences(args.num_sequences, task=args.task, data_dir=args.data_dir, texts=args.texts)
-    errors = compare(load_model(args.fp32, args.tokenizer), load_onnx(args.quantized), sequences)
+    quantized = load_onnx(args.quantized)
+    if not quantized_nodes(quantized):
+        raise UsageError(f"{args.quantized} holds no quantized node; pass the model `qonnx quantize` wrote")
+    errors = compare(load_model(args.fp32, args.tokenizer), quantized, sequences)
     table = render_errors(errors)
     head = (
         f"{args.quantized} vs {args.fp32}: {len(sequences)} sequences ({sequences.source}), padding excluded, "

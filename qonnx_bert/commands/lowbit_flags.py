@@ -7,6 +7,7 @@ stay None so the config's defaults apply.
 from __future__ import annotations
 
 from qonnx_bert.calibration.weight_grid import BITS, Granularity
+from qonnx_bert.core.errors import UsageError
 from qonnx_bert.quantize.lowbit import LowBitConfig, lowbit_config
 
 LOWBIT_FIELDS = (
@@ -32,8 +33,19 @@ def add_lowbit_arguments(p) -> None:
     )
 
 
+def check_block_size(given: dict) -> None:
+    """``--block-size`` alone would be ignored (its config field has a default): refuse it."""
+    granularities = (given.get("weight_granularity"), given.get("embedding_granularity"))
+    if "block_size" in given and Granularity.BLOCK.value not in granularities:
+        raise UsageError(
+            "--block-size sets the blocks of --weight-granularity block (or --embedding-granularity block)"
+        )
+
+
 def given_lowbit(args) -> dict:
-    return {name: getattr(args, name) for name in LOWBIT_FIELDS if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in LOWBIT_FIELDS if getattr(args, name) is not None}
+    check_block_size(given)
+    return given
 
 
 def lowbit_from_args(args) -> LowBitConfig:

@@ -39,10 +39,11 @@ def run(args) -> int:
     from qonnx_bert.core.files import atomic_outputs, guard
     from qonnx_bert.core.optional import require_matplotlib
     from qonnx_bert.inputs.ingest import load_model
-    from qonnx_bert.inputs.sequences import first_sequences
+    from qonnx_bert.inputs.sequences import first_sequences, source_files
 
     out = Path(args.output) if args.output else None
-    guard([args.model, args.texts], [out, out and out.with_suffix(".md")])
+    read = source_files("dev", task=args.task, data_dir=args.data_dir, texts=args.texts)
+    guard([args.model, args.tokenizer, *read], [out, out and out.with_suffix(".md")])
     if out:
         require_matplotlib("-o")
     sequences = first_sequences(args.num_sequences, task=args.task, data_dir=args.data_dir, texts=args.texts)

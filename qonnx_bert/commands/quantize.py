@@ -12,7 +12,7 @@ import json
 import logging
 
 from qonnx_bert.commands.calibrate import add_external_data_argument, add_tokenizer_argument
-from qonnx_bert.commands.lowbit_flags import LOWBIT_FIELDS, add_lowbit_arguments
+from qonnx_bert.commands.lowbit_flags import LOWBIT_FIELDS, add_lowbit_arguments, check_block_size
 from qonnx_bert.core.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -102,11 +102,16 @@ def layer_list(text: str) -> list[int]:
         layers = []
     if not layers:
         raise argparse.ArgumentTypeError(f"{text!r} is not a layer list such as 0,2,4-5 (spans run upward)")
+    twice = sorted({i for i in layers if layers.count(i) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"{text!r} names layer {', '.join(map(str, twice))} more than once")
     return layers
 
 
 def _span(part: str) -> range:
-    first, _, last = part.partition("-")
+    first, dash, last = part.partition("-")
+    if dash and not last:  # "1-" would read as "1 onward"; spans are closed
+        raise ValueError(part)
     span = range(int(first), int(last or first) + 1)
     if not span or span.start < 0:
         raise ValueError(part)
@@ -138,6 +143,7 @@ def scheme_config(args):
     from qonnx_bert.quantize.schemes import config_for, config_from_dict
 
     given = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None}
+    check_block_size(given)
     if args.config:
         if given or args.scheme:
             flags = ", ".join(f"--{n.replace('_', '-')}" for n in (["scheme"] if args.scheme else []) + list(given))
@@ -165,14 +171,15 @@ def run(args) -> int:
     config = scheme_config(args)
     files = model_outputs(args.output, args.external_data)  # the .onnx, and its .data with --external-data
     sides = [p for p in (args.save_selection, args.save_config) if p]
-    guard([args.model, args.ranges, args.config, config.int16_from], [*files, *sides])
+    guard([args.model, args.tokenizer, args.ranges, args.config, config.int16_from], [*files, *sides])
     model = load_model(args.model, args.tokenizer)
     ranges = RangeTable.load(args.ranges) if args.ranges else None
     try:
         quantized, report = quantize(model, config, ranges, path=args.model)
     except ConfigError as err:  # a value that does not fit this model
         raise config_error_as_flags(err) from None
-    if args.save_selection and report.selection is None:
+    chosen = report.selection and (report.selection["roles"] or report.selection["sensitivity"])
+    if args.save_selection and not chosen:
         raise UsageError(f"--save-selection: scheme {config.scheme} chose no 16-bit roles to save")
     with atomic_outputs(*files, *sides) as temps:  # the model and its side files appear together
         write_model(quantized, args.output, temps[: len(files)])

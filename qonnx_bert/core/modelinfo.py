@@ -100,17 +100,28 @@ def read_permuted(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {name: orders[i] for name, i in data["tensors"].items()}
 
 
+def static_shape(model: onnx.ModelProto) -> tuple[int, int] | None:
+    """The fixed (batch, length) of the first input, None where either is dynamic."""
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in model.graph.input[0].type.tensor_type.shape.dim]
+    return (dims[0], dims[1]) if len(dims) == 2 and None not in dims else None
+
+
+def quantized_nodes(model: onnx.ModelProto) -> int:
+    """Nodes that (de)quantize or compute in integers: QDQ, dynamic quantization, ORT's integer kernels."""
+    return sum(
+        n.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+        or n.op_type.startswith(("QLinear", "QGemm", "QAttention", "MatMulInteger", "DynamicQuantizeMatMul"))
+        for n in model.graph.node
+    )
+
+
 def check_encoder_inputs(model: onnx.ModelProto, path: str | Path = "model") -> None:
     """Refuse an empty graph, an already quantized one, and one without the BERT inputs (an image model, ...)."""
     if not model.graph.node:
         raise UsageError(f"{path} is an empty graph (no nodes); pass the FP32 model written by `qonnx export`")
-    quantized = sum(
-        n.op_type in ("QuantizeLinear", "DequantizeLinear") or n.op_type.startswith("QLinear") for n in model.graph.node
-    )
+    quantized = quantized_nodes(model)
     if quantized:
-        raise UsageError(
-            f"{path} is already quantized ({quantized} quantize/dequantize nodes); pass the FP32 model it came from"
-        )
+        raise UsageError(f"{path} is already quantized ({quantized} quantized nodes); pass the FP32 model it came from")
     names = {i.name for i in model.graph.input}
     missing = [n for n in INPUT_NAMES if n not in names and n != "token_type_ids"]
     if missing:

@@ -7,7 +7,7 @@ the tokenizer travels inside the ONNX file as ``tokenizer.json``.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -25,8 +25,13 @@ class Encoder:
     input_names: tuple[str, ...]
 
     @classmethod
-    def from_model(cls, model: onnx.ModelProto, path: str = "model") -> Encoder:
+    def from_model(
+        cls, model: onnx.ModelProto, path: str = "model", static_shape: tuple[int, int] | None = None
+    ) -> Encoder:
+        """The model's tokenizer and record; ``static_shape`` pads to another model's fixed batch x length."""
         info = read_info(model, path)
+        if static_shape is not None:
+            info = replace(info, static_shape=static_shape)
         tok = Tokenizer.from_str(read_tokenizer_json(model, path))
         tok.no_padding()
         length = info.static_shape[1] if info.static_shape else info.max_length

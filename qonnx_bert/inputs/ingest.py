@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 
 from qonnx_bert.core.errors import UsageError
-from qonnx_bert.core.modelinfo import ModelInfo, check_encoder_inputs, embed, load_onnx
+from qonnx_bert.core.modelinfo import ModelInfo, check_encoder_inputs, embed, load_onnx, static_shape
 from qonnx_bert.graph.canonicalize import canonicalize
 
 DEFAULT_MAX_LENGTH = 128  # as `qonnx export`: the truncation length of calibration and eval text
@@ -24,11 +24,6 @@ TOKENIZER_HELP = (
 
 def _is_quantized(model: onnx.ModelProto) -> bool:
     return any(n.op_type == "QuantizeLinear" for n in model.graph.node)
-
-
-def _static_shape(model: onnx.ModelProto) -> tuple[int, int] | None:
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in model.graph.input[0].type.tensor_type.shape.dim]
-    return (dims[0], dims[1]) if len(dims) == 2 and None not in dims else None
 
 
 def _num_labels(model: onnx.ModelProto) -> int:
@@ -49,7 +44,7 @@ def attach_tokenizer(model: onnx.ModelProto, directory: str | Path, source: str)
             f"`tokenizer={directory}`: no fast Hugging Face tokenizer there ({type(err).__name__}); "
             "pass the directory holding the model's tokenizer.json / tokenizer_config.json"
         ) from None
-    static = _static_shape(model)
+    static = static_shape(model)
     info = ModelInfo(
         source=source,
         num_labels=_num_labels(model),

@@ -56,7 +56,13 @@ def text_file_sentences(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"text file {path} not found; pass a UTF-8 file with one sequence per line")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UsageError(
+            f"{path} is not UTF-8 text (byte {err.start}); save it as UTF-8, one sequence per line"
+        ) from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise UsageError(f"{path} holds no text lines; pass a file with one sequence per line")
     return lines
@@ -92,6 +98,15 @@ def first_sequences(n: int, *, task: str | None = None, data_dir=None, texts: st
         return Sequences(split.texts_a[:n], b, f"glue:{split.task.name}:dev", 0)
     lines = text_file_sentences(texts) if texts else shipped_sentences()
     return Sequences(lines[:n], None, f"file:{texts}" if texts else "shipped", 0)
+
+
+def source_files(split: str, *, task: str | None = None, data_dir=None, texts: str | None = None) -> list[Path]:
+    """The files a sequence source reads (a GLUE ``split`` file or the text file), for the path guard."""
+    if task:
+        from qonnx_bert.inputs.glue.tasks import split_file
+
+        return [split_file(task, split, data_dir)]
+    return [Path(texts)] if texts else []
 
 
 def sequence_feeds(encoder: Encoder, sequences: Sequences) -> Iterator[dict[str, np.ndarray]]:

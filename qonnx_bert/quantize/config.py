@@ -143,6 +143,8 @@ class SchemeConfig:
             problems.append(("block_size", f"is {self.block_size!r}; give a power of two >= 2 (e.g. 32)"))
         if self.adaround is not None and not (_is_int(self.adaround) and self.adaround >= 1):
             problems.append(("adaround", f"is {self.adaround!r}; give a number of iterations >= 1"))
+        elif self.adaround is not None and (self.weight_bits is None or self.weight_bits > 4):
+            problems.append(("adaround", "rounds <= 4-bit weights only; set the weight bits to 4 or 2"))
         if not all(isinstance(p, str) and p for p in self.int16):
             problems.append(("int16", "must be a list of non-empty role patterns"))
         if self.int16_from is not None and not (isinstance(self.int16_from, str) and self.int16_from):

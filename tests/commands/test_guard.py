@@ -29,6 +29,7 @@ def work(tiny_onnx, tiny_ranges, tiny_bert_dir, glue_dir, tmp_path_factory) -> P
     onnx.save(onnx.load(str(tiny_onnx)), str(w / "ext.onnx"), save_as_external_data=True, location="ext.onnx.data")
     (w / "t.txt").write_text("a sentence\nanother one\n")
     (w / "t.md").write_text("texts kept as Markdown\n")
+    (w / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
     (w / "rec.json").write_text(json.dumps({"format": "qonnx.recipe", "version": 1, "default": "current_minmax"}))
     shutil.copytree(tiny_bert_dir, w / "ckpt")
     (w / "adir").mkdir()
@@ -45,6 +46,7 @@ def work(tiny_onnx, tiny_ranges, tiny_bert_dir, glue_dir, tmp_path_factory) -> P
         "nan": lambda d: d["tensors"][tensor].update(min=float("nan")),
         "inf": lambda d: d["tensors"][tensor].update(max=float("inf")),
         "inverted": lambda d: d["tensors"][tensor].update(min=5.0, max=-5.0),
+        "huge": lambda d: d["tensors"][tensor].update(min=-1e308, max=1e308),
     }.items():
         doc = json.loads(json.dumps(ranges))
         change(doc)
@@ -104,7 +106,40 @@ CASES = {
         ["debug", M, "{w}/qdq.onnx", "--texts", "{w}/t.md", "--plot", "{w}/t.png"],
         "is the input file",
     ),
+    # found by the second sweep: the GLUE files and tokenizer a command reads are inputs too
+    "calibrate -o = the GLUE training TSV": (
+        ["calibrate", M, "--task", "rte", "--data-dir", "{glue}", "-n", "2", "-o", "{glue}/RTE/train.tsv"],
+        "is the input file",
+    ),
+    "debug --plot = the GLUE dev TSV": (
+        ["debug", M, "{w}/qdq.onnx", "--task", "rte", "--data-dir", "{glue}", "--plot", "{glue}/RTE/dev.tsv"],
+        "is the input file",
+    ),
+    "outliers -o = the GLUE dev TSV": (
+        ["outliers", M, "--task", "rte", "--data-dir", "{glue}", "-o", "{glue}/RTE/dev.tsv"],
+        "is the input file",
+    ),
+    "calibrate -o = a tokenizer file": (
+        ["calibrate", M, "--tokenizer", "{w}/ckpt", "-o", "{w}/ckpt/tokenizer.json"],
+        "read from",
+    ),
+    "quantize -o = a tokenizer file": (
+        [*QUANT, "--tokenizer", "{w}/ckpt", "-o", "{w}/ckpt/tokenizer.json"],
+        "read from",
+    ),
     # 2. wrong results with exit 0
+    "--texts not UTF-8": (["calibrate", M, "--texts", "{w}/latin1.txt", "-o", "{w}/o.json"], "is not UTF-8"),
+    "--layers 1- (an open span)": ([*QUANT, "--scheme", "peg", "--layers", "1-", "-o", "{w}/o.onnx"], "layer list"),
+    "--layers 0,0": ([*QUANT, "--scheme", "peg", "--layers", "0,0", "-o", "{w}/o.onnx"], "more than once"),
+    "--adaround on 8-bit weights": ([*QUANT, "--adaround", "5", "-o", "{w}/o.onnx"], "<= 4-bit weights only"),
+    "--block-size without blocks": ([*QUANT, "--block-size", "16", "-o", "{w}/o.onnx"], "--block-size sets"),
+    "--save-selection of a scheme that selects nothing": (
+        [*QUANT, "--save-selection", "{w}/s.json", "-o", "{w}/o.onnx"],
+        "chose no 16-bit roles",
+    ),
+    "--estimator 'mse:'": (["calibrate", M, "--estimator", "mse:", "-o", "{w}/o.json"], "nothing after ':'"),
+    "ranges beyond float32": ([*QUANT[:2], "--ranges", "{w}/r_huge.json", "-o", "{w}/o.onnx"], "beyond float32"),
+    "debug of two FP32 models": (["debug", M, M], "holds no quantized node"),
     "eval --batch-size -1": (["eval", M, "--task", "rte", "--data-dir", "{glue}", "--batch-size", "-1"], "at least 1"),
     "ranges min > max": ([*QUANT[:2], "--ranges", "{w}/r_inverted.json", "-o", "{w}/o.onnx"], "> max"),
     "ranges +inf": ([*QUANT[:2], "--ranges", "{w}/r_inf.json", "-o", "{w}/o.onnx"], "non-finite range"),
@@ -228,3 +263,22 @@ def test_same_command_same_bytes(work, tmp_path):
     for out in models:
         assert main(["quantize", model, "--scheme", "mp", "--ranges", str(ranges[0]), "-o", str(out)]) == 0
     assert models[0].read_bytes() == models[1].read_bytes()
+
+
+def test_debug_compares_a_dynamic_fp32_model_with_its_static_quantized_twin(work, tmp_path, capsys):
+    """The static model fixes the shape: both run on sequences padded to it, padding left out of the sums."""
+    static, ranges, qdq = tmp_path / "static.onnx", tmp_path / "r.json", tmp_path / "qdq.onnx"
+    assert main(["export", str(work / "ckpt"), "--static-shape", "1,16", "-o", str(static)]) == 0
+    assert main(["calibrate", str(static), "-n", "4", "-o", str(ranges)]) == 0
+    assert main(["quantize", str(static), "--ranges", str(ranges), "-o", str(qdq)]) == 0
+    capsys.readouterr()
+    assert main(["debug", str(work / "victim.onnx"), str(qdq), "-n", "3"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if "| 8-bit |" in line]
+    assert len(rows) > 10 and all(float(r[3]) > 10 for r in rows)  # matched by name, on a few-dB-or-better grid
+
+
+def test_a_memory_bound_beyond_any_model_packs_all_tensors_in_one_pass():
+    from qonnx_bert.calibration.memory import pack
+
+    assert pack(["a", "b", "c"], {"a": 4, "b": 4, "c": 4}, 1e300) == [["a", "b", "c"]]
+    assert pack(["a", "b", "c"], {"a": 4, "b": 4, "c": 4}, 1e300, max_count=2) == [["a", "b"], ["c"]]

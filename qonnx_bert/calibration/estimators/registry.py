@@ -120,8 +120,10 @@ def _parse_value(text: str) -> Any:
 
 def parse_estimator_spec(text: str) -> EstimatorSpec:
     """``"name"`` or ``"name:key=value,key=value"``; values become int, float, bool or str."""
-    name, _, rest = text.strip().partition(":")
+    name, colon, rest = text.strip().partition(":")
     name, params = name.strip(), {}
+    if colon and not rest.strip():
+        raise UsageError(f"bad estimator spec {text!r}: nothing after ':'; give name:key=value,... or just the name")
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, value = (s.strip() for s in item.partition("="))
         if not eq or not key or key in params:

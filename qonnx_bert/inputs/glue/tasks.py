@@ -110,6 +110,11 @@ def _split_file(task: TaskSpec, data_dir: Path, split: str) -> Path:
     return path
 
 
+def split_file(name: str, split: str, data_dir: str | Path | None = None) -> Path:
+    """The TSV file ``load_task`` reads, for the path guard to protect before any work."""
+    return _split_file(get_task(name), resolve_data_dir(data_dir), split)
+
+
 def _rows(path: Path, header: bool) -> tuple[list[str] | None, list[list[str]]]:
     csv.field_size_limit(sys.maxsize)
     try:

@@ -23,7 +23,7 @@ import onnx
 from qonnx_bert.core.files import check_size
 from qonnx_bert.core.modelinfo import EMBEDDING, INPUT_NAMES, ModelInfo
 from qonnx_bert.core.runtime import cpu_session
-from qonnx_bert.inputs.export import CHECK_SENTENCES, ExportResult, _check_length, _export_program, save_checked
+from qonnx_bert.inputs.export import CHECK_SENTENCES, ExportResult, check_length, export_program, save_checked
 
 logger = logging.getLogger(__name__)
 
@@ -100,12 +100,12 @@ def export_embedding_model(
 
     resolved = resolve_model(source)
     encoder = AutoModel.from_pretrained(resolved.path, attn_implementation="eager")
-    _check_length(static_shape[1] if static_shape else max_length, encoder.config)
+    check_length(static_shape[1] if static_shape else max_length, encoder.config)
     if not external_data:  # refused before the export, as for classifiers
         check_size(sum(p.numel() * p.element_size() for p in encoder.parameters()), Path(output))
     model, tokenizer = _embedder(encoder.eval()), AutoTokenizer.from_pretrained(resolved.path)
     feeds = {k: v for k, v in _feeds(tokenizer, static_shape).items() if k in INPUT_NAMES}
-    proto = _fuse_l2_normalization(_export_program(model, feeds, static_shape, OUTPUT_NAMES))
+    proto = _fuse_l2_normalization(export_program(model, feeds, static_shape, OUTPUT_NAMES))
     diff = _max_output_diff(model, proto, feeds)
     logger.debug("max |output(ORT) - output(PyTorch)| = %.3g", diff)
     length = static_shape[1] if static_shape else max_length

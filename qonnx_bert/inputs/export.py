@@ -59,7 +59,8 @@ def _model_feeds(model, feeds: dict) -> dict:
     return {n: feeds[n] for n in names}
 
 
-def _export_program(model, feeds: dict, static_shape, output_names: tuple[str, ...] = ("logits",)):
+def export_program(model, feeds: dict, static_shape, output_names: tuple[str, ...] = ("logits",)):
+    """torch.onnx's dynamo export of ``model`` on ``feeds`` (dynamic batch and length unless ``static_shape``)."""
     import torch
 
     names = list(feeds)
@@ -127,11 +128,11 @@ def export_model(
 
     resolved = resolve_model(source)
     model, tokenizer = load_for_export(resolved)
-    _check_length(static_shape[1] if static_shape else max_length, model.config)
+    check_length(static_shape[1] if static_shape else max_length, model.config)
     if not external_data:  # refused before the minutes an export of such a model takes
         check_size(sum(p.numel() * p.element_size() for p in model.parameters()), Path(output))
     feeds = _model_feeds(model, _torch_feeds(tokenizer, static_shape))
-    proto = _export_program(model, feeds, static_shape)
+    proto = export_program(model, feeds, static_shape)
     diff = _max_logit_diff(model, proto, feeds)
     logger.info("max |logit(ORT) - logit(PyTorch)| = %.3g", diff)
     info = ModelInfo(
@@ -157,7 +158,7 @@ def save_checked(
     return ExportResult(Path(output), diff, nodes)
 
 
-def _check_length(length: int, config) -> None:
+def check_length(length: int, config) -> None:
     """A sequence length the model's position table covers (longer ones crash inside ONNX Runtime later)."""
     limit = getattr(config, "max_position_embeddings", None)
     if length < 1 or (limit is not None and length > limit):

@@ -12,12 +12,14 @@ Table 5 (PEG K and permutation), and size/latency.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import platform
 import statistics
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +27,9 @@ import onnx
 
 from qonnx_bert.analysis.evaluate import evaluate
 from qonnx_bert.calibration.calibrate import calibrate
-from qonnx_bert.calibration.ranges import RangeTable
+from qonnx_bert.calibration.ranges import RangeTable, model_fingerprint
 from qonnx_bert.core.errors import UsageError
-from qonnx_bert.core.files import atomic_output
+from qonnx_bert.core.files import atomic_output, read_json_object, require
 from qonnx_bert.inputs.export import export_model
 from qonnx_bert.inputs.glue import load_task
 from qonnx_bert.inputs.sequences import glue_train_sequences
@@ -184,22 +186,97 @@ def fp32_path(cfg: BenchConfig) -> Path:
     return path
 
 
-def check_same_model(cfg: BenchConfig) -> None:
-    """Refuse a results directory whose cached ranges (and so cells) came from another build of the model.
+RUN_FILE = "run.json"  # in each task folder: the model and --limit its cells were computed with
+
+
+def checkpoint_fingerprint(model: str) -> str:
+    """A hash of the files of ``model``'s checkpoint: a name or path can hold another model (a rebuild, a copy)."""
+    from qonnx_bert.inputs.models import resolve_model
+
+    h = hashlib.sha256()
+    for path in sorted(p for p in resolve_model(model).path.iterdir() if p.is_file()):
+        h.update(path.name.encode())
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def prepare_task(cfg: BenchConfig) -> None:
+    """Refuse a task folder whose cells came from another model or ``--limit`` (resuming would mix them),
+    export the FP32 model once, and record the run.
+
+    The folder records both (``run.json``) once its export is there, before its first cell, so
+    an interrupted export leaves nothing; a folder from before that record is checked once
+    against a fresh export and its cells' example counts.
+    """
+    record = cfg.out_dir / RUN_FILE
+    mine = {"model": cfg.model, "checkpoint": checkpoint_fingerprint(cfg.model), "limit": cfg.limit}
+    fix = f"pass a new -o directory, or delete {cfg.out_dir} to re-run this task"
+    if record.exists():
+        theirs = read_json_object(record, "bench run record", fix)
+        if require(theirs, "checkpoint", str, str(record)) != mine["checkpoint"]:
+            model = require(theirs, "model", str, str(record))
+            raise UsageError(f"{cfg.out_dir} holds results of model {model}, not of {cfg.model}; {fix}")
+        if require(theirs, "limit", (int, type(None)), str(record)) != cfg.limit:
+            raise UsageError(
+                f"{cfg.out_dir} holds results of {_limit_words(theirs['limit'])}, not {_limit_words(cfg.limit)}; {fix}"
+            )
+    else:
+        _check_unrecorded(cfg, fix)
+    cached = sorted((cfg.out_dir / "ranges").glob("seed*.json"))
+    if cached and not RangeTable.load(cached[0]).fits(onnx.load(str(fp32_path(cfg)))):  # a cached export replaced
+        raise UsageError(f"{cfg.out_dir} holds results for another build of {cfg.model}; {fix}")
+    fp32_path(cfg)
+    if not record.exists():
+        with atomic_output(record) as tmp:
+            tmp.write_text(json.dumps(mine, indent=1))
+
+
+def _limit_words(limit: int | None) -> str:
+    return f"--limit {limit}" if limit else "all dev examples (no --limit)"
+
+
+def _check_unrecorded(cfg: BenchConfig, fix: str) -> None:
+    """A folder without ``run.json``: its ranges (else its FP32 export) must fit a fresh export of the model,
+    and its cells must count this run's dev examples.
 
     Fine-tuning is not bit-reproducible across machines, so a checkpoint rebuilt from the same
     recipe exports with other weights; cells cached for the old build would be mixed silently
     with new ones, and its ranges do not fit the new export.
     """
-    exported = fp32_path(cfg)
     cached = sorted((cfg.out_dir / "ranges").glob("seed*.json"))
-    if not cached:
-        return
-    if not RangeTable.load(cached[0]).fits(onnx.load(str(exported))):
-        raise UsageError(
-            f"{cfg.out_dir} holds results for another build of {cfg.model}; "
-            f"pass a new -o directory, or delete {cfg.out_dir} to re-run this task"
-        )
+    exported = cfg.out_dir / "models" / "fp32.onnx"
+    if cached or exported.exists():
+        with tempfile.TemporaryDirectory(dir=cfg.out_dir, prefix=".qonnx.") as tmp:
+            fresh = Path(tmp) / "fp32.onnx"
+            export_model(cfg.model, fresh)
+            model = onnx.load(str(fresh))
+            fits = (
+                RangeTable.load(cached[0]).fits(model)
+                if cached
+                else model_fingerprint(onnx.load(str(exported))) == model_fingerprint(model)
+            )
+            if not fits:
+                raise UsageError(f"{cfg.out_dir} holds results for another build of {cfg.model}; {fix}")
+            if not exported.exists():  # the export this run needs: kept, not made twice
+                exported.parent.mkdir(exist_ok=True)
+                os.replace(fresh, exported)
+    cells = sorted((cfg.out_dir / "cells").glob("*.json"))
+    if cells:
+        count = len(_dev_split(cfg).labels)
+        done = read_json_object(cells[0], "bench cell", fix).get("num_examples")
+        if done != count:
+            raise UsageError(
+                f"{cfg.out_dir} holds results of {done} dev examples, this run scores {count} "
+                f"({_limit_words(cfg.limit)}); {fix}"
+            )
+
+
+def _dev_split(cfg: BenchConfig):
+    from qonnx_bert.inputs.glue.tasks import limit_split
+
+    return limit_split(load_task(cfg.task, "dev", cfg.data_dir), cfg.limit)
 
 
 def ranges_path(cfg: BenchConfig, seed: int) -> Path:
@@ -251,12 +328,7 @@ def run_cell(cfg: BenchConfig, variant: Variant, seed: int) -> dict:
     if variant.scheme is not None:
         model, report = quantize_variant(variant, fp32, ranges_for(cfg, seed, fp32))
         notes, bits = report.lines(), report.activation_bits
-    split = load_task(cfg.task, "dev", cfg.data_dir)
-    if cfg.limit:
-        from qonnx_bert.inputs.glue.tasks import limit_split
-
-        split = limit_split(split, cfg.limit)
-    result = evaluate(model, split, batch_size=cfg.batch_size, progress=False)
+    result = evaluate(model, _dev_split(cfg), batch_size=cfg.batch_size, progress=False)
     if seed == 0 and variant.scheme is not None and variant.section != LEAVE_ONE_OUT:  # kept for the size/latency table
         with atomic_output(model_path(cfg, variant.name)) as tmp:
             onnx.save(model, str(tmp))

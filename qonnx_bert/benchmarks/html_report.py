@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from qonnx_bert.benchmarks.glue_bench import _label, _mean
-from qonnx_bert.benchmarks.report import _read_results, build_report
+from qonnx_bert.benchmarks.report import TITLE, _read_results, build_report
 from qonnx_bert.core.errors import UsageError
 
 _INSTALL_HINT = 'pip install "qonnx-bert[plot]"'
@@ -86,7 +86,7 @@ def _chart_section(root: Path) -> str:
     if not (root / "results.json").is_file():
         return ""
     results = _read_results(root / "results.json")
-    points = chart_points(results) if "tasks" in results else []
+    points = chart_points(results)
     if not points:
         return ""
     task = results.get("perf_task", results["tasks"][0])
@@ -118,7 +118,7 @@ def build_html(root: str | Path, output: str | Path) -> str:
     body = _inline_images(page, output.resolve().parent)
     head, sep, rest = body.partition("</h1>\n")  # the chart goes first, under the title
     body = head + sep + _chart_section(root) + rest
-    title = html.escape(f"qonnx report: {root.resolve().name}")
+    title = html.escape(f"{TITLE}{root.resolve().name}")
     return (
         f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
         f"<style>{_STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n"

@@ -111,13 +111,7 @@ def _command(args) -> str:
 
 
 def run(args) -> int:
-    from qonnx_bert.benchmarks.glue_bench import (
-        VARIANTS,
-        check_same_model,
-        expand_variants,
-        render_results,
-        save_record,
-    )
+    from qonnx_bert.benchmarks.glue_bench import VARIANTS, expand_variants, prepare_task, render_results, save_record
     from qonnx_bert.core.files import atomic_outputs, guard, output_folder
 
     out = Path(args.output)
@@ -136,8 +130,8 @@ def run(args) -> int:
     )
     records = []
     with output_folder(out), _executor(args) as pool:  # a missing Ray fails before any work
-        for cfg in configs:  # export once per task (and refuse another build's cache), here, before fanning out
-            check_same_model(cfg)
+        for cfg in configs:  # refuse another run's cells and export once per task, here, before fanning out
+            prepare_task(cfg)
         for done in pool.map(_calibrate_one, calibrations):
             logger.debug("calibrated %s", done)
         for record in pool.map(_run_one, jobs):

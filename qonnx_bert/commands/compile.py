@@ -29,7 +29,7 @@ def run(args) -> int:
     from qonnx_bert.core.modelinfo import load_onnx
     from qonnx_bert.targets import require_ep
     from qonnx_bert.targets.htp_check import compile_htp
-    from qonnx_bert.targets.qnn import resolve_soc
+    from qonnx_bert.targets.qnn import context_files, resolve_soc
 
     if args.soc == "list":
         return print_soc_list()
@@ -38,7 +38,7 @@ def run(args) -> int:
     if args.model is None or args.output_dir is None:
         raise UsageError("usage: qonnx compile MODEL.onnx --ep qnn-htp --soc sm8650 -o OUT_DIR")
     out, name = Path(args.output_dir), Path(args.model).stem
-    guard([args.model], [out / f"{name}_ctx.onnx"], output_dirs=[out])
+    guard([args.model], context_files(out, name), output_dirs=[out])
     soc = resolve_soc(args.soc)
     with output_folder(out):
         report, compiled = compile_htp(load_onnx(args.model), soc, out, name)

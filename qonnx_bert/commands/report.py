@@ -38,11 +38,16 @@ def run(args) -> int:
 
 
 def _read_by_report(results: Path, output: Path) -> list[Path]:
-    """The files a report reads or links (bench results, every .json, .md and .png), its own earlier page aside."""
-    from qonnx_bert.benchmarks.report import RESULTS_FILES
+    """Every file under the results folder, its own earlier page aside: the output may land on no other.
+
+    Not only what the page reads or links: bench cells, ranges and models live there too,
+    and a results folder is what a user can least afford to lose. Listed file by file, as
+    the folder itself would count the output too.
+    """
+    from qonnx_bert.benchmarks.report import is_report_page
 
     if not results.is_dir():
         return [results]
     own = output.resolve()
-    found = [p for p in results.rglob("*") if p.suffix in (".json", ".md", ".png")]
-    return [p for p in found if p.resolve() != own or p.name in RESULTS_FILES]
+    found = [p for p in results.rglob("*") if p.is_file()]
+    return [p for p in found if p.resolve() != own or not is_report_page(p)]

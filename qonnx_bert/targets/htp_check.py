@@ -14,8 +14,8 @@ Each problem is named by node, with the fix (the rule it breaks: ``passes.htp_ru
 
 from __future__ import annotations
 
+import os
 import re
-import shutil
 import tempfile
 import time
 from collections import Counter
@@ -23,11 +23,21 @@ from pathlib import Path
 
 import onnx
 
+from qonnx_bert.core.files import atomic_outputs
 from qonnx_bert.core.modelinfo import TARGET_KEY
 from qonnx_bert.graph.qdq import QdqView, unit_owner
 from qonnx_bert.passes.htp_rules import diagnose
 from qonnx_bert.targets.findings import CheckReport, Finding
-from qonnx_bert.targets.qnn import EP_NAME, Compiled, Soc, context_config, htp_session, qnn_devices, require_htp_model
+from qonnx_bert.targets.qnn import (
+    EP_NAME,
+    Compiled,
+    Soc,
+    context_config,
+    context_files,
+    htp_session,
+    qnn_devices,
+    require_htp_model,
+)
 from qonnx_bert.targets.qnn_graph import QnnNode, float_nodes, load_qnn_nodes, mixed_type_nodes, tensor_types
 
 UNVERIFIED = (
@@ -177,19 +187,26 @@ def _graph_failure(log: str, error: str) -> Finding:
 
 
 def compile_htp(model: onnx.ModelProto, soc: Soc, out_dir: Path, name: str) -> tuple[CheckReport, Compiled | None]:
-    """Check and compile in one session: ``out_dir/<name>_ctx.onnx`` + its ``.bin``, only if the check passes.
+    """Check and compile in one session: ``context_files(out_dir, name)``, only if the check passes.
 
-    The files are written to a temporary folder inside ``out_dir`` and moved
-    together (the stub names its binary by relative path), so a failed check
-    or a crash leaves nothing half-written.
+    The EP writes both files into a staging folder inside ``out_dir`` (the stub names its
+    binary by relative path, so they keep their final names there); they are then renamed
+    onto the outputs all or none (:func:`atomic_outputs`), so a failed check, a crash or a
+    signal leaves nothing half-written, and nothing replaced.
     """
+    stub, binary = context_files(out_dir, name)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".qonnx.") as tmp:
-        stub = Path(tmp) / f"{name}_ctx.onnx"
+        staged = Path(tmp)
         start = time.perf_counter()
-        report = check_htp(model, soc, config=context_config(stub))
+        report = check_htp(model, soc, config=context_config(staged / stub.name))
         seconds = time.perf_counter() - start
         if not report.ok:
             return report, None
-        written = [Path(shutil.move(str(p), str(out_dir / p.name))) for p in sorted(Path(tmp).iterdir())]
-    return report, Compiled(out_dir / stub.name, [p for p in written if p.suffix == ".bin"], seconds)
+        made = sorted(p.name for p in staged.iterdir())
+        if made != sorted([stub.name, binary.name]):  # ORT's naming of the binary is what the guard was told
+            raise RuntimeError(f"the QNN EP wrote {made}, not {stub.name} and {binary.name}")
+        with atomic_outputs(stub, binary) as (stub_tmp, binary_tmp):
+            os.replace(staged / stub.name, stub_tmp)
+            os.replace(staged / binary.name, binary_tmp)
+    return report, Compiled(stub, [binary], seconds)

@@ -189,3 +189,12 @@ class Compiled:
 def context_config(stub: Path) -> dict[str, str]:
     """Session config that makes session creation write an EP-context stub plus a separate .bin."""
     return {"ep.context_enable": "1", "ep.context_file_path": str(stub), "ep.context_embed_mode": "0"}
+
+
+def context_files(out_dir: Path, name: str) -> tuple[Path, Path]:
+    """What ``qonnx compile`` writes: the stub ``<name>_ctx.onnx`` and the binary the QNN EP names after it.
+
+    Known before the work starts, so the guard keeps both off the inputs (and off a folder).
+    """
+    stub = out_dir / f"{name}_ctx.onnx"
+    return stub, stub.with_name(f"{stub.stem}_qnn.bin")

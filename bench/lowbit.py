@@ -56,6 +56,8 @@ ROWS = {
     "w6a32-ptq": Row("W6A32 PTQ", "w8a32", LowBitConfig(W6)),
     "w4a32-ptq": Row("W4A32 PTQ", "w8a32", LowBitConfig(W4)),
     "w4a32-adaround": Row("W4A32 AdaRound", "w8a32", LowBitConfig(W4, adaround=AdaRoundConfig())),
+    "w4a8-ptq": Row("W4A8 PTQ", "w8a8", LowBitConfig(W4)),
+    "w4a8-e2-ptq": Row("W4A8, 2-bit embeddings PTQ", "w8a8", LowBitConfig(W4, WeightGrid(2))),
     "w8a8-qat": Row("W8A8 QAT (per-tensor)", "w8a8", LowBitConfig(), qat=True),
     "w4a32-qat": Row("W4A32 QAT", "w8a32", LowBitConfig(W4), qat=True),
     "w4a8-qat": Row("W4A8 QAT", "w8a8", LowBitConfig(W4), qat=True),

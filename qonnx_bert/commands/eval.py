@@ -38,9 +38,7 @@ def run(args) -> int:
     if args.ep != "cpu":
         return run_emulated(args, split)
     if Path(args.model).is_dir():
-        from qonnx_bert.inputs.finetune import evaluate_torch
-
-        metrics = evaluate_torch(args.model, split)
+        metrics = evaluate_checkpoint(args.model, split)
         runtime = "PyTorch"
     else:
         from qonnx_bert.analysis.evaluate import evaluate
@@ -51,6 +49,32 @@ def run(args) -> int:
     shown = "  ".join(f"{k}={v:.2f}" if k == "score" else f"{k}={v:.4f}" for k, v in metrics.items())
     print(f"{split.task.name} dev ({len(split)} examples, {runtime}): {shown}")
     return 0
+
+
+def evaluate_checkpoint(path: str, split) -> dict[str, float]:
+    """A fine-tuned classifier's GLUE metric; a checkpoint without a trained head is scored as an embedding model.
+
+    Its seeded stand-in head would give a chance-level score with exit 0: refused for
+    classification, and STS-B is scored zero-shot (cosine Spearman) as its ONNX export would be.
+    """
+    import numpy as np
+
+    from qonnx_bert.analysis.evaluate import similarity_metrics
+    from qonnx_bert.core.errors import UsageError
+    from qonnx_bert.inputs.embedding import embed_torch
+    from qonnx_bert.inputs.finetune import evaluate_torch
+    from qonnx_bert.inputs.models import resolve_model
+
+    source = resolve_model(path)
+    if source.head_seed is None:
+        return evaluate_torch(path, split)
+    if split.texts_b is None or split.task.labels is not None:
+        raise UsageError(
+            f"{path} has no trained classification head: fine-tune it for {split.task.name} "
+            "(`qonnx models build`), or score it as a sentence-embedding model with --task stsb"
+        )
+    a, b = (embed_torch(source, texts) for texts in (split.texts_a, split.texts_b))
+    return similarity_metrics(np.sum(a * b, axis=1), split.labels)  # unit vectors: the dot is the cosine
 
 
 def run_emulated(args, split) -> int:

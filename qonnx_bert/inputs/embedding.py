@@ -89,6 +89,23 @@ def _max_output_diff(model, proto: onnx.ModelProto, feeds: dict) -> float:
     return max(float(np.max(np.abs(g - e))) for g, e in zip(got, expected, strict=True))
 
 
+def embed_torch(source, texts: list[str], *, batch_size: int = 32, max_length: int = 128) -> np.ndarray:
+    """Sentence embeddings of ``texts`` in PyTorch (the pooling the export writes): the reference for ONNX scores."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    model = _embedder(AutoModel.from_pretrained(source.path, attn_implementation="sdpa"))
+    tokenizer = AutoTokenizer.from_pretrained(source.path)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            batch = tokenizer(
+                texts[i : i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            )
+            out.append(model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))[0].numpy())
+    return np.concatenate(out)
+
+
 def export_embedding_model(
     source: str, output: str | Path, static_shape: tuple[int, int] | None, max_length: int, external_data: bool
 ) -> ExportResult:

@@ -170,3 +170,34 @@ def test_export_command_is_quiet_and_says_what_it_wrote(exported):
     """No transformers load report, torch/onnxscript chatter or progress bar: one closing line."""
     out, lines = exported
     assert len(lines) == 1 and lines[0].startswith(f"wrote {out}"), lines
+
+
+@pytest.fixture(scope="module")
+def headless_dir(tiny_bert_dir, tmp_path_factory):
+    """The tiny encoder saved without its classification head (``BertModel``), as sentence-transformers ship one."""
+    out = tmp_path_factory.mktemp("headless")
+    AutoModel.from_pretrained(tiny_bert_dir).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(out)
+    return out
+
+
+def test_eval_of_a_headless_checkpoint_scores_sts_zero_shot_like_its_onnx_export(headless_dir, glue_dir, capsys):
+    """PyTorch's zero-shot STS-B score equals the ONNX embedding export's (the same pooling, two runtimes)."""
+    from qonnx_bert.cli import main
+
+    onnx_path = headless_dir / "e.onnx"
+    assert main(["export", str(headless_dir), "--task", "feature-extraction", "-o", str(onnx_path)]) == 0
+    scores = []
+    for model in (headless_dir, onnx_path):
+        capsys.readouterr()
+        assert main(["eval", str(model), "--task", "stsb", "--data-dir", str(glue_dir)]) == 0
+        scores.append(float(capsys.readouterr().out.split("score=")[1].split()[0]))
+    assert scores[0] == pytest.approx(scores[1], abs=0.01)  # printed to 2 decimals; cosines agree to ~1e-6
+
+
+def test_eval_of_a_headless_checkpoint_on_a_classification_task_is_refused(headless_dir, glue_dir, capsys):
+    """Its seeded stand-in head would score at chance with exit 0."""
+    from qonnx_bert.cli import main
+
+    assert main(["eval", str(headless_dir), "--task", "rte", "--data-dir", str(glue_dir)]) == 2
+    assert "has no trained classification head" in capsys.readouterr().err

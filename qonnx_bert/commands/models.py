@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from qonnx_bert.core.argtypes import positive_int
+from qonnx_bert.core.argtypes import positive_float, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +32,7 @@ def register(sub) -> None:
 
 def _epochs(text: str) -> int | float:
     """Whole epochs stay ints in the recorded recipe; fractions (0.5) are allowed."""
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    value = positive_float(text)
     return int(value) if value.is_integer() else value
 
 
@@ -54,16 +52,19 @@ def run_list(args) -> int:
 
 def run_build(args) -> int:
     from qonnx_bert.core.files import guard, output_folder
-    from qonnx_bert.inputs.finetune import finetune
-    from qonnx_bert.inputs.glue.tasks import resolve_data_dir
-    from qonnx_bert.inputs.models import checkpoint_dir, is_built, load_recipe, models_dir
+    from qonnx_bert.inputs.finetune import complete_recipe, directory_files, finetune
+    from qonnx_bert.inputs.glue.tasks import resolve_data_dir, split_file
+    from qonnx_bert.inputs.models import checkpoint_dir, is_built, load_recipe, recipe_path, resolve_model
 
-    recipe = load_recipe(args.name)
+    path = recipe_path(args.name)
+    recipe = complete_recipe(load_recipe(args.name), f"recipe {path}")
     out = checkpoint_dir(args.name)
-    guard([models_dir() / f"{args.name}.json"], [], output_dirs=[out])
     if is_built(out) and not args.force:
         print(f"{args.name} is already built at {out}; pass --force to rebuild")
         return 0
+    reads = [split_file(recipe["task"], split, args.data_dir) for split in ("train", "dev")]
+    # the build replaces the checkpoint folder whole: every file in it is an output
+    guard([path, resolve_model(recipe["base"]).path, *reads], directory_files(out), output_dirs=[out])
     if args.epochs is not None:
         recipe["epochs"] = args.epochs
     if args.max_train_examples is not None:

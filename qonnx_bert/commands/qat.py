@@ -6,6 +6,7 @@ import logging
 
 from qonnx_bert.commands.eval import add_glue_task_arguments
 from qonnx_bert.commands.lowbit_flags import add_lowbit_arguments, lowbit_from_args
+from qonnx_bert.core.argtypes import int_in, positive_float, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -19,11 +20,13 @@ def register(sub) -> None:
     )
     p.add_argument("--ranges", required=True, help="PTQ ranges of the checkpoint's export (`qonnx calibrate`)")
     p.add_argument("-o", "--output", required=True, help="output folder (a rerun resumes after its last epoch)")
-    p.add_argument("--epochs", type=int, default=3, help="(default 3)")
-    p.add_argument("--lr", type=float, default=2e-5, help="peak learning rate of weights and ranges (default 2e-5)")
-    p.add_argument("--batch-size", type=int, default=32, help="(default 32)")
-    p.add_argument("--max-train-examples", type=int, help="a seeded subset of the training split")
-    p.add_argument("--seed", type=int, default=0, help="(default 0)")
+    p.add_argument("--epochs", type=positive_int, default=3, help="(default 3)")
+    p.add_argument(
+        "--lr", type=positive_float, default=2e-5, help="peak learning rate of weights and ranges (default 2e-5)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=32, help="(default 32)")
+    p.add_argument("--max-train-examples", type=positive_int, help="a seeded subset of the training split")
+    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0, help="(default 0)")
     add_lowbit_arguments(p)
     p.set_defaults(func=run)
 

@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.files import require
 from qonnx_bert.inputs.glue.metrics import predictions_from_logits, score
 from qonnx_bert.inputs.glue.tasks import GlueSplit, get_task, load_task
 from qonnx_bert.inputs.models import RECIPE_FILE, load_model, resolve_model
@@ -39,27 +40,59 @@ RECIPE_DEFAULTS = {
     "weight_decay": 0.01,
     "warmup_ratio": 0.1,
 }
+_RECIPE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "base": str,
+    "task": str,
+    "description": str,
+    "epochs": (int, float),
+    "lr": (int, float),
+    "batch_size": int,
+    "max_length": int,
+    "seed": int,
+    "max_train_examples": int,
+    "weight_decay": (int, float),
+    "warmup_ratio": (int, float),
+}
+# JSON also reads NaN (no bound holds) and Infinity (refused apart); NumPy takes 32-bit seeds
+_RECIPE_BOUNDS = {
+    "epochs": ("> 0", lambda v: v > 0),
+    "lr": ("> 0", lambda v: v > 0),
+    "batch_size": (">= 1", lambda v: v >= 1),
+    "max_length": (">= 1", lambda v: v >= 1),
+    "seed": ("in [0, 2**32 - 1]", lambda v: 0 <= v < 2**32),
+    "max_train_examples": (">= 1", lambda v: v >= 1),
+    "weight_decay": (">= 0", lambda v: v >= 0),
+    "warmup_ratio": ("in [0, 1]", lambda v: 0 <= v <= 1),
+}
 BUCKET_BATCHES = 50  # a bucket holds this many batches' worth of examples, sorted by length
 
 
-def complete_recipe(recipe: dict) -> dict:
-    """The recipe with defaults filled in; unknown or missing keys are a usage error, not a silent typo."""
-    unknown = set(recipe) - set(RECIPE_DEFAULTS) - {"name", "base", "task", "description"}
+def complete_recipe(recipe: dict, where: str = "recipe") -> dict:
+    """The recipe with defaults filled in; unknown or missing keys are a usage error, not a silent typo.
+
+    ``where`` names the recipe (its file) in the errors, which name the key and what it must be.
+    """
+    unknown = set(recipe) - set(_RECIPE_TYPES)
     if unknown:
         raise UsageError(
-            f"recipe has unknown keys {sorted(unknown)}; allowed: base, task, {', '.join(RECIPE_DEFAULTS)}"
+            f"{where} has unknown keys {sorted(unknown)}; allowed: base, task, {', '.join(RECIPE_DEFAULTS)}"
         )
     for key in ("base", "task"):
         if not recipe.get(key):
-            raise UsageError(f"recipe lacks {key!r}; a recipe needs at least base and task")
+            raise UsageError(f"{where} lacks {key!r}; a recipe needs at least base and task")
     head = {k: recipe[k] for k in ("name", "base", "task") if k in recipe}  # readable key order in the record
     full = {**head, **RECIPE_DEFAULTS, **recipe}
-    full["task"] = get_task(full["task"]).name
-    if full["epochs"] <= 0 or full["batch_size"] < 1 or full["lr"] <= 0:
-        raise UsageError(
-            f"recipe needs epochs > 0, batch_size >= 1 and lr > 0; got {full['epochs']}, {full['batch_size']}, "
-            f"{full['lr']}"
-        )
+    for key, kind in _RECIPE_TYPES.items():
+        if key in full and (key != "max_train_examples" or full[key] is not None):  # null: the whole split
+            require(full, key, kind, where)
+    for key, (bound, holds) in _RECIPE_BOUNDS.items():
+        if full[key] is not None and (full[key] == math.inf or not holds(full[key])):
+            raise UsageError(f"{where}: key {key!r} must be a finite number {bound}, got {full[key]}")
+    try:
+        full["task"] = get_task(full["task"]).name
+    except UsageError as err:
+        raise UsageError(f"{where}: key 'task': {err}") from None
     return full
 
 
@@ -223,18 +256,36 @@ def evaluate_torch(
     return score_logits(split, logits)
 
 
+def directory_files(path: str | Path) -> list[Path]:
+    """The files :func:`atomic_directory` would replace at ``path``: outputs too, for the path guard."""
+    path = Path(path)
+    return [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else []
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory beside ``path``; it replaces ``path`` only if the block succeeds."""
+    """Yield a temporary directory beside ``path``; it replaces ``path`` only if the block succeeds.
+
+    The folder gets the user's umask (``mkdtemp`` makes it 0700); a failed swap puts the old one back.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        if path.exists():
+        moved = path.exists()
+        if moved:
             os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if moved:
+                os.replace(old, path)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

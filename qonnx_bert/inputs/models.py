@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.files import read_json_object
 from qonnx_bert.core.shipped import cache_dir, shipped_dir
 
 DEFAULT_MODEL = "minilm-l6"
@@ -53,17 +54,18 @@ def recipe_names() -> list[str]:
     return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
 
-def load_recipe(name: str) -> dict:
-    """The recipe ``models/<name>.json`` as a dict (a clear error if missing or not JSON)."""
+def recipe_path(name: str) -> Path:
+    """The file of recipe ``name``: ``models/<name>.json``; an unknown name lists the known ones."""
     path = models_dir() / f"{name}.json"
     if not path.is_file():
         known = ", ".join(recipe_names()) or f"none found in {models_dir()}"
         raise UsageError(f"unknown recipe {name!r}; known recipes: {known}")
-    try:
-        recipe = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UsageError(f"recipe {path} is not valid JSON ({err}); fix or restore the file") from None
-    return {"name": name, **recipe}
+    return path
+
+
+def load_recipe(name: str) -> dict:
+    """The recipe ``models/<name>.json`` as a dict (one line naming the file if it is not a JSON object)."""
+    return {"name": name, **read_json_object(recipe_path(name), "recipe", "fix or restore the file")}
 
 
 def checkpoint_dir(name: str) -> Path:

@@ -5,8 +5,9 @@ QDQ graph is trained in PyTorch (``QdqModule``) with the paper's schedule: Adam,
 warm-up over 10% of the steps then linear decay, max sequence length 128. Outputs, in
 ``out_dir``: ``checkpoint/`` (the HF model with the trained weights), ``ranges.json`` (the
 learned ranges, fingerprinted for that checkpoint's export), ``model.qdq.onnx`` (what
-``qonnx export`` + ``qonnx quantize --ranges`` give), ``qat.json``, ``dev_logits.npy``. ``qat_state.pt`` holds
-the last finished epoch: a rerun with the same settings resumes after it.
+``qonnx export`` + ``qonnx quantize --ranges`` give), ``qat.json``, ``dev_logits.npy``, written
+together at the end. ``qat_state.pt`` holds the last finished epoch: a rerun with the same settings
+resumes after it, so it is the one file an interrupted run leaves.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from tqdm import tqdm
 
 from qonnx_bert.calibration.ranges import RangeTable, model_fingerprint
 from qonnx_bert.core.errors import UsageError
-from qonnx_bert.core.files import atomic_output
+from qonnx_bert.core.files import atomic_output, atomic_outputs, guard, output_folder, write_model
 from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.inputs.export import export_model
 from qonnx_bert.inputs.finetune import (
     atomic_directory,
     bucket_batches,
     collate,
+    directory_files,
     encode,
     loss_fn,
     make_optimizer,
@@ -37,8 +39,8 @@ from qonnx_bert.inputs.finetune import (
     seed_everything,
     subsample,
 )
-from qonnx_bert.inputs.glue.tasks import get_task, load_task
-from qonnx_bert.inputs.models import load_model, resolve_model
+from qonnx_bert.inputs.glue.tasks import get_task, load_task, split_file
+from qonnx_bert.inputs.models import ModelSource, load_model, resolve_model
 from qonnx_bert.quantize.api import quantize
 from qonnx_bert.quantize.lowbit import LowBitConfig, lower_weight_bits
 from qonnx_bert.quantize.schemes import config_for
@@ -47,6 +49,8 @@ from qonnx_bert.training.qdq_module import QdqModule
 SCHEMES = ("w8a8", "w8a32")  # mp and peg graphs train the same way; exporting their converts' ranges is next
 STATE = "qat_state.pt"
 DEV_LOGITS = "dev_logits.npy"  # the fake-quantized model's dev logits after the last epoch: what deployment must match
+CHECKPOINT = "checkpoint"
+OUTPUTS = ("ranges.json", "model.qdq.onnx", "qat.json", DEV_LOGITS)  # written together with checkpoint/
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,12 @@ class QatConfig:
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise UsageError(f"`scheme={self.scheme}`: this version trains {' or '.join(SCHEMES)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise UsageError("QAT needs `epochs` >= 1, `batch_size` >= 1 and `lr` > 0")
+        if self.epochs < 1 or self.batch_size < 1 or not 0 < self.lr < math.inf:
+            raise UsageError("QAT needs `epochs` >= 1, `batch_size` >= 1 and a finite `lr` > 0")
+        if self.max_train_examples is not None and self.max_train_examples < 1:
+            raise UsageError(f"`max_train_examples={self.max_train_examples}`: QAT needs at least 1 example")
+        if not 0 <= self.seed < 2**32:
+            raise UsageError(f"`seed={self.seed}` must be in [0, 2**32 - 1]")
 
 
 def _hf_names(model, weights: dict[str, np.ndarray]) -> dict[str, tuple[str, bool]]:
@@ -130,28 +138,40 @@ def _train_epoch(module, optimizer, scheduler, examples, labels, config: QatConf
         bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch + 1)
 
 
-def _save_state(path: Path, epoch: int, module, optimizer, scheduler, config: QatConfig, history: list) -> None:
+def _save_state(
+    path: Path, epoch: int, module, optimizer, scheduler, config: QatConfig, history: list, logits: np.ndarray
+) -> None:
     import torch
 
-    state = {"epoch": epoch, "config": repr(config), "history": history, "module": module.state_dict()}
-    state |= {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    state = {
+        "epoch": epoch,
+        "config": repr(config),
+        "history": history,
+        "logits": logits,  # the dev logits a resumed run writes when no epoch is left to train
+        "module": module.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+    }
     with atomic_output(path) as tmp:
         torch.save(state, tmp)
 
 
-def _resume(path: Path, module, optimizer, scheduler, config: QatConfig) -> tuple[int, list]:
-    """The first epoch still to run, and the dev metrics so far (0, [] on a fresh start)."""
+def _resume(path: Path, module, optimizer, scheduler, config: QatConfig) -> tuple[int, list, np.ndarray | None]:
+    """The first epoch still to run, the dev metrics and logits so far (0, [], None on a fresh start)."""
     import torch
 
     if not path.exists():
-        return 0, []
-    state = torch.load(path, weights_only=False)
-    if state["config"] != repr(config):
+        return 0, [], None
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception:  # a truncated or foreign file: pickle, zip or torch errors
+        raise UsageError(f"{path} is not a qat state; use a new -o folder or delete it") from None
+    if not isinstance(state, dict) or state.get("config") != repr(config) or "logits" not in state:
         raise UsageError(f"{path} is from a run with other settings; use a new -o folder or delete it")
     module.load_state_dict(state["module"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    return state["epoch"] + 1, state["history"]
+    return state["epoch"] + 1, state["history"], state["logits"]
 
 
 def _learned_ranges(ranges: RangeTable, learned: dict, fp32: onnx.ModelProto) -> RangeTable:
@@ -178,24 +198,47 @@ def _with_weights(fp32: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx
     return out
 
 
+def qat_outputs(out_dir: str | Path) -> tuple[list[Path], list[Path]]:
+    """The files and folders :func:`run_qat` writes into ``out_dir``, for the path guard.
+
+    ``checkpoint/`` is replaced whole, so every file it holds now is an output too.
+    """
+    out = Path(out_dir)
+    files = [out / name for name in (*OUTPUTS, STATE)]
+    return [*files, *directory_files(out / CHECKPOINT)], [out, out / CHECKPOINT]
+
+
 def run_qat(
     checkpoint: str, data_dir, ranges_path: str | Path, out_dir: str | Path, config: QatConfig, *, progress=True
 ) -> dict:
-    """Train ``checkpoint`` quantization-aware on ``config.task``; write the outputs above into ``out_dir``."""
-    from transformers import AutoTokenizer
+    """Train ``checkpoint`` quantization-aware on ``config.task``; write the outputs above into ``out_dir``.
 
+    Every file it reads (checkpoint, ranges, GLUE TSVs) is kept off the outputs before any work; a
+    failed run removes the folders it made, except the one holding the resume state.
+    """
     task, out = get_task(config.task), Path(out_dir)
     source = resolve_model(checkpoint)
     if source.head_seed is not None or source.num_labels != task.num_labels:
         raise UsageError(
             f"{checkpoint} has no trained {task.num_labels}-label head for {task.name}: fine-tune it first"
         )
+    files, folders = qat_outputs(out)
+    reads = [split_file(task.name, split, data_dir) for split in ("train", "dev")]
+    guard([source.path, ranges_path, *reads], files, output_dirs=folders)
+    with output_folder(out):
+        return _train(source, data_dir, ranges_path, out, config, progress)
+
+
+def _train(source: ModelSource, data_dir, ranges_path, out: Path, config: QatConfig, progress: bool) -> dict:
+    from transformers import AutoTokenizer
+
+    task = get_task(config.task)
     train_split = subsample(load_task(task.name, "train", data_dir), config.max_train_examples, config.seed)
     dev_split = load_task(task.name, "dev", data_dir)
     ranges = RangeTable.load(ranges_path)
     seed_everything(config.seed)
     with tempfile.TemporaryDirectory(prefix="qonnx-qat.") as tmp:
-        export_model(checkpoint, Path(tmp) / "fp32.onnx", max_length=config.max_length)
+        export_model(source.name, Path(tmp) / "fp32.onnx", max_length=config.max_length)
         fp32 = onnx.load(str(Path(tmp) / "fp32.onnx"))
     ranges.check_fits(fp32, [], ranges_path)
     module = QdqModule(_deployed(fp32, config, ranges), prepare(fp32), ranges, config.lowbit)
@@ -210,28 +253,26 @@ def run_qat(
     steps = math.ceil(len(train_ex) / config.batch_size)
     recipe = {"lr": config.lr, "weight_decay": 0.0, "warmup_ratio": config.warmup_ratio}  # AdamW without decay: Adam
     optimizer, scheduler = make_optimizer(module, recipe, steps * config.epochs)
-    out.mkdir(parents=True, exist_ok=True)
-    first, history = _resume(out / STATE, module, optimizer, scheduler, config)
+    first, history, logits = _resume(out / STATE, module, optimizer, scheduler, config)
     module.refresh_weight_scales()
     bar = tqdm(
         total=steps * config.epochs, initial=steps * first, desc=f"qat {task.name}", unit="step", disable=not progress
     )
-    for epoch in range(first, config.epochs):  # weight scales: set at build or resume, refreshed after each epoch
-        module.train()
-        _train_epoch(module, optimizer, scheduler, train_ex, train_split.labels, config, epoch, pad_id, bar)
-        module.refresh_weight_scales()
-        logits = predict(module, dev_ex, 64, pad_id, task.num_labels)
-        dev = score_logits(dev_split, logits)
-        history.append({"epoch": epoch + 1, "dev": dev})
-        with atomic_output(out / DEV_LOGITS) as tmp, open(tmp, "wb") as f:
-            np.save(f, logits)
-        bar.write(f"epoch {epoch + 1}: dev score {dev['score']:.4f}")
-        _save_state(out / STATE, epoch, module, optimizer, scheduler, config, history)
-    bar.close()
-    return _write_outputs(out, fp32, hf, tokenizer, names, module, ranges, config, history)
+    with bar:  # closed before an error or interrupt is reported, so the message is the last line
+        for epoch in range(first, config.epochs):  # weight scales: set at build or resume, refreshed after each epoch
+            module.train()
+            _train_epoch(module, optimizer, scheduler, train_ex, train_split.labels, config, epoch, pad_id, bar)
+            module.refresh_weight_scales()
+            logits = predict(module, dev_ex, 64, pad_id, task.num_labels)
+            dev = score_logits(dev_split, logits)
+            history.append({"epoch": epoch + 1, "dev": dev})
+            bar.write(f"epoch {epoch + 1}: dev score {dev['score']:.4f}")
+            _save_state(out / STATE, epoch, module, optimizer, scheduler, config, history, logits)
+    return _write_outputs(out, fp32, hf, tokenizer, names, module, ranges, config, history, logits)
 
 
-def _write_outputs(out: Path, fp32, hf, tokenizer, names, module, ranges, config: QatConfig, history) -> dict:
+def _write_outputs(out: Path, fp32, hf, tokenizer, names, module, ranges, config: QatConfig, history, logits) -> dict:
+    """The checkpoint folder and the files of ``OUTPUTS``, renamed into ``out`` together at the end."""
     import torch
 
     weights = {name: w for name, (_, w) in module.learned_weights().items()}
@@ -241,12 +282,15 @@ def _write_outputs(out: Path, fp32, hf, tokenizer, names, module, ranges, config
             params[name].copy_(torch.from_numpy(weights[onnx_name].T if transposed else weights[onnx_name]))
     trained = _with_weights(fp32, weights)
     learned = _learned_ranges(ranges, module.learned_ranges(), trained)
-    with atomic_directory(out / "checkpoint") as tmp:
-        hf.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    learned.save(out / "ranges.json")
-    with atomic_output(out / "model.qdq.onnx") as tmp:
-        onnx.save(_deployed(trained, config, learned), str(tmp))
     record = {"config": json.loads(json.dumps(asdict(config), default=str)), "history": history}
-    (out / "qat.json").write_text(json.dumps(record, indent=2, default=float) + "\n", encoding="utf-8")
+    targets = [out / name for name in OUTPUTS]
+    with atomic_outputs(*targets) as temps, atomic_directory(out / CHECKPOINT) as folder:
+        ranges_tmp, qdq_tmp, record_tmp, logits_tmp = temps
+        hf.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        learned.write(ranges_tmp)
+        write_model(_deployed(trained, config, learned), targets[1], (qdq_tmp,))
+        record_tmp.write_text(json.dumps(record, indent=2, default=float) + "\n", encoding="utf-8")
+        with open(logits_tmp, "wb") as f:
+            np.save(f, logits)
     return record

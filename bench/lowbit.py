@@ -29,12 +29,11 @@ from qonnx_bert.calibration.calibrate import calibrate
 from qonnx_bert.calibration.ranges import RangeTable
 from qonnx_bert.calibration.weight_grid import WeightGrid
 from qonnx_bert.core.files import atomic_output
-from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.inputs.export import export_model
 from qonnx_bert.inputs.glue.tasks import get_task, load_task
 from qonnx_bert.inputs.sequences import glue_train_sequences
 from qonnx_bert.quantize.api import quantize
-from qonnx_bert.quantize.lowbit import LowBitConfig, lower_weight_bits
+from qonnx_bert.quantize.lowbit import LowBitConfig
 from qonnx_bert.quantize.schemes import config_for
 from qonnx_bert.training.qat import QatConfig, run_qat
 
@@ -50,6 +49,7 @@ class Row:
 W4, W6 = WeightGrid(4), WeightGrid(6)
 ROWS = {
     "fp32": Row("FP32", None, LowBitConfig()),
+    "w8a32-ptq": Row("W8A32 PTQ (per-tensor)", "w8a32", LowBitConfig()),
     "w8a32-e6-ptq": Row("W8A32, 6-bit embeddings PTQ", "w8a32", LowBitConfig(embeddings=W6)),
     "w8a32-e4-ptq": Row("W8A32, 4-bit embeddings PTQ", "w8a32", LowBitConfig(embeddings=W4)),
     "w8a32-e2-ptq": Row("W8A32, 2-bit embeddings PTQ", "w8a32", LowBitConfig(embeddings=WeightGrid(2))),
@@ -58,12 +58,14 @@ ROWS = {
     "w4a32-adaround": Row("W4A32 AdaRound", "w8a32", LowBitConfig(W4, adaround=AdaRoundConfig())),
     "w4a8-ptq": Row("W4A8 PTQ", "w8a8", LowBitConfig(W4)),
     "w4a8-e2-ptq": Row("W4A8, 2-bit embeddings PTQ", "w8a8", LowBitConfig(W4, WeightGrid(2))),
+    "w4a8-peg-ptq": Row("W4A8 PEG PTQ", "peg", LowBitConfig(W4)),
+    "w4a8-peg-e2-ptq": Row("W4A8 PEG, 2-bit embeddings PTQ", "peg", LowBitConfig(W4, WeightGrid(2))),
     "w8a8-qat": Row("W8A8 QAT (per-tensor)", "w8a8", LowBitConfig(), qat=True),
     "w4a32-qat": Row("W4A32 QAT", "w8a32", LowBitConfig(W4), qat=True),
     "w4a8-qat": Row("W4A8 QAT", "w8a8", LowBitConfig(W4), qat=True),
     "w4a8-e2-qat": Row("W4A8, 2-bit embeddings QAT", "w8a8", LowBitConfig(W4, WeightGrid(2)), qat=True),
 }
-TABLE_12 = ("fp32", "w8a32-e6-ptq", "w8a32-e4-ptq", "w8a32-e2-ptq")
+TABLE_12 = ("fp32", "w8a32-ptq", "w8a32-e6-ptq", "w8a32-e4-ptq", "w8a32-e2-ptq")
 
 
 def _prepared(task: str, checkpoint: str, data_dir, work: Path) -> tuple[onnx.ModelProto, RangeTable]:
@@ -84,10 +86,19 @@ def _model(row: Row, task, checkpoint, data_dir, fp32, ranges, work: Path, seed:
         config = QatConfig(task, row.scheme, row.lowbit, epochs=epochs, seed=seed)
         run_qat(checkpoint, data_dir, work / "ranges.json", out, config, progress=False)
         return onnx.load(str(out / "model.qdq.onnx"))
-    model = quantize(fp32, config_for(row.scheme), ranges)[0]
-    if row.lowbit.weights or row.lowbit.embeddings:
-        model = lower_weight_bits(model, prepare(fp32), row.lowbit, ranges.sequences())[0]
-    return model
+    return quantize(fp32, config_for(row.scheme, **_config_fields(row.lowbit)), ranges)[0]
+
+
+def _config_fields(lowbit: LowBitConfig) -> dict:
+    """A row's low-bit settings as scheme-config fields: ``quantize`` lowers the scheme's own float weights
+    (PEG's permuted and split ones included), as ``qonnx quantize --weight-bits`` does."""
+    fields = {}
+    for kind, grid in (("weight", lowbit.weights), ("embedding", lowbit.embeddings)):
+        if grid is not None:
+            fields |= {f"{kind}_bits": grid.bits, f"{kind}_granularity": grid.granularity}
+    if lowbit.adaround is not None:
+        fields["adaround"] = lowbit.adaround.iterations
+    return fields
 
 
 def run_cell(name: str, task: str, checkpoint: str, args, seed: int) -> dict:

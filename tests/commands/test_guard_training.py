@@ -25,6 +25,7 @@ from qonnx_bert.core.errors import UsageError
 from qonnx_bert.inputs.finetune import RECIPE_DEFAULTS, complete_recipe
 from qonnx_bert.training import qat
 from qonnx_bert.training.qat import OUTPUTS, STATE, QatConfig, run_qat
+from tests.commands.test_cli_properties import JUNK  # what a damaged JSON file might hold where a value was
 
 
 @pytest.fixture(scope="module")
@@ -206,18 +207,6 @@ def test_interrupted_qat_keeps_only_its_state_and_a_rerun_resumes(
     record = run()
     assert [h["epoch"] for h in record["history"]] == [1, 2]
     assert all((out / name).is_file() for name in OUTPUTS) and (out / "checkpoint" / "config.json").is_file()
-
-
-# What a hand-edited recipe might hold where a value was (JSON reads NaN and Infinity too).
-JUNK = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-(2**70), 2**70),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=5),
-    st.lists(st.integers(-2, 2), max_size=3),
-    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-)
 
 
 @settings(max_examples=150, deadline=None, derandomize=True)

@@ -1,6 +1,6 @@
-"""Peak RSS and time of calibrate + quantize(peg) at BERT-base and BERT-large geometry (issue 19).
+"""Peak RSS and time of calibrate + quantize(peg) at BERT-base, BERT-large and XLM-R-large (> 2 GB) geometry (issue 19).
 
-    .venv/bin/python bench/large_geometry.py                      # base and large (the committed result)
+    .venv/bin/python bench/large_geometry.py                      # base, large, xlmr-large (committed)
     .venv/bin/python bench/large_geometry.py --geometry tiny --out /tmp/x   # a seconds-long check
 
 Each geometry is a BERT classifier with seeded random weights (``BertConfig``), exported once by
@@ -24,10 +24,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-GEOMETRIES = {  # layers, hidden, heads, FFN
-    "tiny": (1, 32, 2, 64),
-    "base": (12, 768, 12, 3072),
-    "large": (24, 1024, 16, 4096),
+GEOMETRIES = {  # layers, hidden, heads, FFN, vocabulary
+    "tiny": (1, 32, 2, 64, 30522),
+    "base": (12, 768, 12, 3072, 30522),
+    "large": (24, 1024, 16, 4096, 30522),
+    # XLM-R-large's vocabulary makes the FP32 weights pass 2 GB: the external-data path
+    "xlmr-large": (24, 1024, 16, 4096, 250002),
 }
 RSS_GOAL = 3.0  # x the FP32 model's size
 LARGE_BYTES = 2**31 - 1
@@ -43,9 +45,9 @@ def build(name: str, cache: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    layers, hidden, heads, ffn = GEOMETRIES[name]
+    layers, hidden, heads, ffn, vocab = GEOMETRIES[name]
     config = BertConfig(
-        vocab_size=30522,
+        vocab_size=vocab,
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
@@ -82,7 +84,8 @@ def _qonnx(argv: list[str]) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4; keep Popen consistent
     err = proc.stderr.read()
     if proc.returncode != 0:
-        raise RuntimeError(f"qonnx {argv[0]} failed ({proc.returncode}): {err.strip().splitlines()[-1:]}")
+        last = (err.strip().splitlines() or ["killed (out of memory?)"])[-1]
+        raise RuntimeError(f"qonnx {argv[0]} failed (exit {proc.returncode}): {last}")
     return {"seconds": round(time.perf_counter() - start, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
@@ -99,7 +102,7 @@ def measure(name: str, cache: Path, texts: Path) -> dict:
     fp32 = _size_mb(model)
     peak = max(calibrate["peak_rss_mb"], quantize["peak_rss_mb"])
     return {
-        "geometry": dict(zip(("layers", "hidden", "heads", "ffn"), GEOMETRIES[name], strict=True)),
+        "geometry": dict(zip(("layers", "hidden", "heads", "ffn", "vocabulary"), GEOMETRIES[name], strict=True)),
         "fp32_mb": fp32,
         "peg_mb": _size_mb(out),
         "calibrate": calibrate,
@@ -118,6 +121,9 @@ def markdown(results: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, r in results["runs"].items():
+        if "failed" in r:  # e.g. the out-of-memory killer: the row says so instead of losing the others
+            lines.append(f"| {name} | {r['fp32_mb']} | {r['failed']} | | | | | missed |")
+            continue
         c, q = r["calibrate"], r["quantize_peg"]
         lines.append(
             f"| {name} | {r['fp32_mb']} | {c['seconds']} | {c['peak_rss_mb']} | {q['seconds']} | "
@@ -128,18 +134,23 @@ def markdown(results: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--geometry", action="append", choices=sorted(GEOMETRIES), help="default: base and large")
+    p.add_argument("--geometry", action="append", choices=sorted(GEOMETRIES), help="default: base, large, xlmr-large")
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qonnx-bench"
     p.add_argument("--cache", type=Path, default=cache, help="exports built once here (as calibration_bench.py)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "large-geometry")
     args = p.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
     texts = write_texts(args.cache / "large-geometry-texts.txt", 64)
-    runs = {name: measure(name, args.cache, texts) for name in args.geometry or ("base", "large")}
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs", "runs": runs}
+    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs", "runs": {}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(results))
+    for name in args.geometry or ("base", "large", "xlmr-large"):
+        try:
+            results["runs"][name] = measure(name, args.cache, texts)
+        except RuntimeError as err:  # a step failed (its last line is in the message): record it, go on
+            fp32 = args.cache / f"bert-{name}-random.onnx"
+            results["runs"][name] = {"fp32_mb": _size_mb(fp32) if fp32.is_file() else "—", "failed": str(err)}
+        args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")  # after each geometry
+        args.out.with_suffix(".md").write_text(markdown(results))
     print(markdown(results))
     return 0
 

@@ -368,7 +368,8 @@ def seed0_model(cfg: BenchConfig, variant: str) -> Path:
     return path
 
 
-def _label(name: str) -> str:
+def variant_label(name: str) -> str:
+    """A variant's table label (its name where it has none)."""
     return VARIANTS[name].label if name in VARIANTS and VARIANTS[name].label else name
 
 
@@ -376,7 +377,8 @@ def _cells(row: list[float | None]) -> list[str]:
     return [f"{v:.2f}" if v is not None else "—" for v in row]
 
 
-def _mean(row: list[float | None]) -> float | None:
+def mean_score(row: list[float | None]) -> float | None:
+    """The row's mean, or None where a cell is missing (a partial mean would mislead)."""
     return statistics.mean(row) if row and all(v is not None for v in row) else None
 
 
@@ -385,14 +387,14 @@ def render_table(scores: dict[str, dict[str, float]], tasks: list[str], variants
     lines = ["| configuration | " + " | ".join(tasks) + " | mean |", "|---|" + "---:|" * (len(tasks) + 1)]
     for name in variants:
         row = [scores.get(name, {}).get(t) for t in tasks]
-        lines.append(f"| {_label(name)} | " + " | ".join(_cells(row + [_mean(row)])) + " |")
+        lines.append(f"| {variant_label(name)} | " + " | ".join(_cells(row + [mean_score(row)])) + " |")
     return "\n".join(lines)
 
 
 def render_leave_one_out(scores: dict[str, dict[str, float]], tasks: list[str], variants: list[str]) -> str:
     """Table 2: W32A8 with one role family in float, and how much of the mean it recovers."""
     base = [scores.get("w32a8", {}).get(t) for t in tasks]
-    base_mean = _mean(base)
+    base_mean = mean_score(base)
     lines = [
         "| left in float (W32A8 otherwise) | " + " | ".join(tasks) + " | mean | Δ mean |",
         "|---|" + "---:|" * (len(tasks) + 2),
@@ -401,9 +403,9 @@ def render_leave_one_out(scores: dict[str, dict[str, float]], tasks: list[str], 
         lines.append("| none (all activations quantized) | " + " | ".join(_cells(base + [base_mean])) + " | — |")
     for name in (v for v in variants if VARIANTS.get(v) and VARIANTS[v].section == LEAVE_ONE_OUT):
         row = [scores.get(name, {}).get(t) for t in tasks]
-        mean = _mean(row)
+        mean = mean_score(row)
         delta = f"{mean - base_mean:+.2f}" if mean is not None and base_mean is not None else "—"
-        lines.append(f"| {_label(name)} | " + " | ".join(_cells(row + [mean])) + f" | {delta} |")
+        lines.append(f"| {variant_label(name)} | " + " | ".join(_cells(row + [mean])) + f" | {delta} |")
     return "\n".join(lines)
 
 
@@ -431,7 +433,9 @@ def render_peg(scores: dict[str, dict[str, float]], tasks: list[str], variants: 
         row = [scores.get(name, {}).get(t) for t in tasks]
         k, permuted, grouping = _peg_k(name)
         lines.append(
-            f"| {_label(name)} | {k} | {permuted} | {grouping} | " + " | ".join(_cells(row + [_mean(row)])) + " |"
+            f"| {variant_label(name)} | {k} | {permuted} | {grouping} | "
+            + " | ".join(_cells(row + [mean_score(row)]))
+            + " |"
         )
     return "\n".join(lines)
 
@@ -445,8 +449,8 @@ def render_perf(perf: dict[str, dict]) -> str:
     ]
     for v, p in perf.items():
         lines.append(
-            f"| {_label(v)} | {p['size_mb']:.1f} | {p['size_mb'] / base['size_mb']:.2f} | {p['latency_ms']:.2f} | "
-            f"{p['latency_ms'] / base['latency_ms']:.2f} | {p['activation_quantizers']} | "
+            f"| {variant_label(v)} | {p['size_mb']:.1f} | {p['size_mb'] / base['size_mb']:.2f} | "
+            f"{p['latency_ms']:.2f} | {p['latency_ms'] / base['latency_ms']:.2f} | {p['activation_quantizers']} | "
             f"{100 * p['int16_fraction']:.0f}% |"
         )
     return "\n".join(lines)

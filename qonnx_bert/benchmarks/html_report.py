@@ -15,8 +15,8 @@ import io
 import re
 from pathlib import Path
 
-from qonnx_bert.benchmarks.glue_bench import _label, _mean
-from qonnx_bert.benchmarks.report import TITLE, _read_results, build_report
+from qonnx_bert.benchmarks.glue_bench import mean_score, variant_label
+from qonnx_bert.benchmarks.report import TITLE, build_report, read_results
 from qonnx_bert.core.errors import UsageError
 
 _INSTALL_HINT = 'pip install "qonnx-bert[plot]"'
@@ -41,9 +41,9 @@ def chart_points(results: dict) -> list[tuple[str, float, float]]:
     tasks, scores = results["tasks"], results["scores"]
     points = []
     for variant, perf in (results.get("perf") or {}).items():
-        mean = _mean([scores.get(variant, {}).get(t) for t in tasks])
+        mean = mean_score([scores.get(variant, {}).get(t) for t in tasks])
         if mean is not None:
-            points.append((_label(variant), float(perf["latency_ms"]), float(mean)))
+            points.append((variant_label(variant), float(perf["latency_ms"]), float(mean)))
     return points
 
 
@@ -85,7 +85,7 @@ def _inline_images(body: str, base: Path) -> str:
 def _chart_section(root: Path) -> str:
     if not (root / "results.json").is_file():
         return ""
-    results = _read_results(root / "results.json")
+    results = read_results(root / "results.json")
     points = chart_points(results)
     if not points:
         return ""

@@ -24,13 +24,13 @@ def _bench_section(root: Path) -> str | None:
     from qonnx_bert.benchmarks.glue_bench import render_results
 
     if (root / "results.json").is_file():
-        return render_results(_read_results(root / "results.json"))
+        return render_results(read_results(root / "results.json"))
     if (root / "results.md").is_file():
         return read_page(root / "results.md", root).strip()
     return None
 
 
-def _read_results(path: Path) -> dict:
+def read_results(path: Path) -> dict:
     """A bench ``results.json``, its tables' keys checked (a hand-edited file is one line, not a traceback).
 
     A file without tasks (``{}``) is refused rather than passed over for ``results.md``, which

@@ -30,39 +30,10 @@ from qonnx_bert.calibration.ranges import model_fingerprint
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.core.runtime import cpu_session
 from qonnx_bert.graph.shapes import value_infos
+from qonnx_bert.graph.weightless import copy_fields, copy_message, stub
 
 LARGE_INITIALIZER_BYTES = 1024  # smaller initializers (shape constants, mask fills) stay in the graph
 _SHARED_LOCATION = "qonnx-shared-weights"  # stubs' external-data location: never read, segments feed the arrays
-
-
-def _copy(src, dst) -> None:
-    """``dst.CopyFrom(src)`` through bytes: protobuf arenas of ``src`` and ``dst`` stay apart."""
-    dst.ParseFromString(src.SerializeToString())
-
-
-def _copy_fields(src, dst, skip: tuple[str, ...] = ()) -> None:
-    """Every set field of ``src`` except ``skip`` into ``dst``, submessages copied through bytes."""
-    for fd, value in src.ListFields():
-        if fd.name in skip:
-            continue
-        target = getattr(dst, fd.name)
-        if hasattr(value, "extend") and fd.message_type is not None:
-            for item in value:
-                _copy(item, target.add())
-        elif hasattr(value, "extend"):
-            target.extend(value)
-        elif fd.message_type is not None:
-            _copy(value, target)
-        else:
-            setattr(dst, fd.name, value)
-
-
-def _shared_stub(init: onnx.TensorProto) -> onnx.TensorProto:
-    """An initializer declared as external data: shape and type only (segments feed its array)."""
-    stub = onnx.TensorProto(name=init.name, data_type=init.data_type, dims=init.dims)
-    stub.data_location = onnx.TensorProto.EXTERNAL
-    stub.external_data.add(key="location", value=_SHARED_LOCATION)
-    return stub
 
 
 @dataclass
@@ -81,15 +52,15 @@ class SplitModel:
     @classmethod
     def from_proto(cls, model: onnx.ModelProto) -> SplitModel:
         light = onnx.ModelProto()
-        _copy_fields(model, light, skip=("graph",))
-        _copy_fields(model.graph, light.graph, skip=("initializer",))
+        copy_fields(model, light, skip=("graph",))
+        copy_fields(model.graph, light.graph, skip=("initializer",))
         weights = {}
         for init in model.graph.initializer:
             if len(init.raw_data) >= LARGE_INITIALIZER_BYTES:
                 weights[init.name] = numpy_helper.to_array(init)
-                light.graph.initializer.append(_shared_stub(init))
+                light.graph.initializer.append(stub(init, _SHARED_LOCATION))
             else:
-                _copy(init, light.graph.initializer.add())
+                copy_message(init, light.graph.initializer.add())
         return cls(light, weights, model_fingerprint(model))
 
     @classmethod
@@ -106,11 +77,11 @@ class SplitModel:
         are left out while ``edit`` runs and put back as stubs after it.
         """
         small = onnx.ModelProto()
-        _copy_fields(self.graph, small, skip=("graph",))
-        _copy_fields(self.graph.graph, small.graph, skip=("initializer",))
+        copy_fields(self.graph, small, skip=("graph",))
+        copy_fields(self.graph.graph, small.graph, skip=("initializer",))
         for init in self.graph.graph.initializer:
             if init.name not in self.weights:
-                _copy(init, small.graph.initializer.add())
+                copy_message(init, small.graph.initializer.add())
         edited = edit(small)
         stubs = [t for t in self.graph.graph.initializer if t.name in self.weights]
         edited.graph.initializer.extend(stubs)

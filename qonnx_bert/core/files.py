@@ -278,9 +278,24 @@ _TYPE_NAMES = {
 PROTOBUF_LIMIT = 2**31 - 1  # bytes: protobuf serializes no larger message, so no larger single .onnx file
 
 
+def model_bytes(model) -> int:
+    """The serialized size of ``model`` (an ``onnx.ModelProto``).
+
+    Protobuf refuses to size a message past 2 GB at all (``EncodeError``); there the parts are summed:
+    the nodes and the initializers one by one (the rest of a model is small beside them).
+    """
+    from google.protobuf.message import EncodeError
+
+    try:
+        return model.ByteSize()
+    except EncodeError:
+        nodes = sum(n.ByteSize() for n in model.graph.node)
+        return nodes + sum(i.ByteSize() for i in model.graph.initializer)
+
+
 def too_large(model) -> bool:
     """Whether ``model`` (an ``onnx.ModelProto``) can only be written with its weights in external data."""
-    return model.ByteSize() > PROTOBUF_LIMIT
+    return model_bytes(model) > PROTOBUF_LIMIT
 
 
 def check_size(size: int, path: PathLike) -> None:
@@ -313,7 +328,7 @@ def write_model(model, path: PathLike, temps: tuple[Path, ...]) -> None:
     import onnx
 
     if len(temps) == 1:
-        check_size(model.ByteSize(), path)
+        check_size(model_bytes(model), path)
         onnx.save(model, str(temps[0]))
         return
     path = Path(path)

@@ -30,10 +30,11 @@ from onnxscript.rewriter.ort_fusions import erfgelu
 from onnxscript.rewriter.ort_fusions.gelu import GeluErfFusion, GeluTanhFusion
 
 # Not re-exported by onnxscript 0.7 (``rules/fusion/__init__`` is empty); the rules are public in all but name.
-from onnxscript.rewriter.rules.fusion._layer_norm import layer_normalization_rules
+from onnxscript.rewriter.rules.fusion._layer_norm import LayerNormBiasFusion, LayerNormFusion
 
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.core.modelinfo import INPUT_NAMES
+from qonnx_bert.graph.weightless import weightless, with_weights
 
 logger = logging.getLogger(__name__)
 
@@ -85,16 +86,18 @@ def _onnx_tanh_gelu(op, x):
     return op.Gelu(x, approximate="tanh")
 
 
-_GELU_RULES = pattern.RewriteRuleSet(
-    [
-        _ToOnnxGelu.rule(),
-        _ToOnnxTanhGelu.rule(),
-        pattern.RewriteRule(erfgelu.erf_gelu_pattern_1, _onnx_gelu),
-        pattern.RewriteRule(erfgelu.erf_gelu_pattern_2, _onnx_gelu),
-        pattern.RewriteRule(_tanh_gelu_halved_first, _onnx_tanh_gelu),
-    ],
-    commute=True,
-)
+def _gelu_rules() -> pattern.RewriteRuleSet:
+    """Built per model: a rule's matcher keeps the last graph it matched in (a model-sized leak if kept)."""
+    return pattern.RewriteRuleSet(
+        [
+            _ToOnnxGelu.rule(),
+            _ToOnnxTanhGelu.rule(),
+            pattern.RewriteRule(erfgelu.erf_gelu_pattern_1, _onnx_gelu),
+            pattern.RewriteRule(erfgelu.erf_gelu_pattern_2, _onnx_gelu),
+            pattern.RewriteRule(_tanh_gelu_halved_first, _onnx_tanh_gelu),
+        ],
+        commute=True,
+    )
 
 
 def _fused(node_out: ir.Value) -> ir.Node:
@@ -170,16 +173,18 @@ def _is_zero(context, zero, **_) -> bool:
     return value is not None and value.size == 1 and float(value.numpy().reshape(())) == 0.0
 
 
-_UNFUSE_RULES = pattern.RewriteRuleSet(
-    [
-        _SkipLayerNorm.rule(),
-        _BiasGelu.rule(),
-        _FastGelu.rule(),
-        # PyTorch's SDPA, traced: Where(IsNaN(p), 0, p) zeroes rows whose every key is masked. A BERT
-        # query always sees its own unpadded keys, so no row is NaN and the guard is the identity.
-        pattern.RewriteRule(_nan_guarded_softmax, _plain_softmax, _is_zero),
-    ]
-)
+def _unfuse_rules() -> pattern.RewriteRuleSet:
+    """Built per model, as ``_gelu_rules``."""
+    return pattern.RewriteRuleSet(
+        [
+            _SkipLayerNorm.rule(),
+            _BiasGelu.rule(),
+            _FastGelu.rule(),
+            # PyTorch's SDPA, traced: Where(IsNaN(p), 0, p) zeroes rows whose every key is masked. A BERT
+            # query always sees its own unpadded keys, so no row is NaN and the guard is the identity.
+            pattern.RewriteRule(_nan_guarded_softmax, _plain_softmax, _is_zero),
+        ]
+    )
 
 
 def _refuse_fused(model: onnx.ModelProto, path: str) -> None:
@@ -198,34 +203,8 @@ def _upgrade(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
         copy.CopyFrom(model)
         return copy
     changes.append(f"opset {version} -> {OPSET} (onnx.version_converter)")
-    return _with_weights(version_converter.convert_version(_without_weights(model), OPSET), model)
-
-
-_STUB_LOCATION = "qonnx-weights-held-in-memory"  # never read: the converter sees shapes and types only
-
-
-def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with its large initializers as external-data stubs.
-
-    The version converter works on serialized bytes, which protobuf caps at 2 GB, and needs no
-    weight values (attribute-to-input moves make their own constants).
-    """
-    light = onnx.ModelProto()
-    light.CopyFrom(model)
-    for init in light.graph.initializer:
-        if init.HasField("raw_data") and len(init.raw_data) > 1024:
-            init.ClearField("raw_data")
-            init.data_location = onnx.TensorProto.EXTERNAL
-            init.external_data.add(key="location", value=_STUB_LOCATION)
-    return light
-
-
-def _with_weights(converted: onnx.ModelProto, original: onnx.ModelProto) -> onnx.ModelProto:
-    weights = {i.name: i for i in original.graph.initializer}
-    for init in converted.graph.initializer:
-        if any(e.value == _STUB_LOCATION for e in init.external_data):
-            init.CopyFrom(weights[init.name])
-    return converted
+    # the converter needs no weight values (attribute-to-input moves make their own constants)
+    return with_weights(version_converter.convert_version(weightless(model), OPSET), model)
 
 
 def _int64_inputs(graph: ir.Graph) -> int:
@@ -281,9 +260,11 @@ def _rewrite(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
         changes.append("Constant nodes lifted / Identity nodes removed")
     ir_passes.AddDefaultAttributesPass()(irm)  # patterns name attributes (keepdims=1) exporters leave at default
     counts = {
-        "fused ops decomposed, NaN guards dropped": _UNFUSE_RULES.apply_to_model(irm),
-        "GELUs fused to Gelu": _GELU_RULES.apply_to_model(irm),
-        "LayerNorms fused": pattern.RewriteRuleSet(layer_normalization_rules, commute=True).apply_to_model(irm),
+        "fused ops decomposed, NaN guards dropped": _unfuse_rules().apply_to_model(irm),
+        "GELUs fused to Gelu": _gelu_rules().apply_to_model(irm),
+        "LayerNorms fused": pattern.RewriteRuleSet(
+            [LayerNormFusion.rule(), LayerNormBiasFusion.rule()], commute=True
+        ).apply_to_model(irm),
         "int32 inputs made int64": _int64_inputs(irm.graph),
         "shared weights copied per reader": _unshare_weights(irm.graph),
     }

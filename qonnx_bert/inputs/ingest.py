@@ -7,6 +7,7 @@ record is read off the graph (static input shape, label count from the output).
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import onnx
@@ -64,6 +65,7 @@ def load_model(path: str | Path, tokenizer: str | Path | None = None) -> onnx.Mo
     if not _is_quantized(model):
         check_encoder_inputs(model, path)
         model = canonicalize(model, str(path)).model
+        gc.collect()  # canonicalize's IR graph is a reference cycle over a model-sized copy
     if tokenizer is not None:
         attach_tokenizer(model, tokenizer, Path(path).name)
     return model

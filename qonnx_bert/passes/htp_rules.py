@@ -45,6 +45,7 @@ from onnx import helper, numpy_helper
 from qonnx_bert.graph.cleanup import drop_unused_initializers
 from qonnx_bert.graph.ops import ELEMENTWISE_OPS
 from qonnx_bert.graph.qdq import QdqView
+from qonnx_bert.graph.shapes import inferred
 
 # Consumers whose float constants must be in the op's activation type.
 
@@ -156,10 +157,10 @@ def constant_gather_nd(model: onnx.ModelProto) -> int:
     is the identity, otherwise a Gather of flat positions. Returns how many.
     """
     indices = _constant_indices(model)
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    shapes = inferred(model)
     nodes, changed = [], 0
     for node in model.graph.node:
-        shape = _static_shape(inferred, node.input[0]) if node.op_type == "GatherND" else None
+        shape = _static_shape(shapes, node.input[0]) if node.op_type == "GatherND" else None
         batch_dims = next((a.i for a in node.attribute if a.name == "batch_dims"), 0)
         if shape is None or batch_dims or node.input[1] not in indices:
             nodes.append(node)

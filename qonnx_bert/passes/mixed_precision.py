@@ -38,6 +38,7 @@ from onnxruntime.quantization.tensor_quant_overrides import TensorQuantOverrides
 
 from qonnx_bert.graph.ops import LAYOUT_OPS
 from qonnx_bert.graph.qdq import quantizer_of
+from qonnx_bert.graph.weightless import weightless
 
 ACTIVATION_TYPE = QuantType.QUInt8
 WIDE_TYPE = QuantType.QUInt16
@@ -66,7 +67,8 @@ def int16_overrides(
         if ranges and name in ranges:
             entry["rmin"], entry["rmax"] = (np.float32(v) for v in ranges[name])
     helper = TensorQuantOverridesHelper(requests)
-    fixer = MixedPrecisionTensorQuantOverridesFixer.create_from_model(helper, model, ACTIVATION_TYPE)
+    # ORT's fixer infers shapes on what it is given and reads initializers' names and dims only
+    fixer = MixedPrecisionTensorQuantOverridesFixer.create_from_model(helper, weightless(model), ACTIVATION_TYPE)
     fixer.apply(ACTIVATION_TYPE, default_activation_symmetric=False)
     fixed = helper.get_dict()
     first_inputs = {n.name: n.input[0] for n in model.graph.node}

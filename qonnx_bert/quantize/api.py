@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -64,6 +65,8 @@ def quantize(
     prepared = prepare(model)
     roles = find_roles(prepared)  # fails early, naming the layer, on a graph we cannot map
     plan = scheme.plan(SchemeContext(config, model, prepared, roles, ranges, path))
+    del prepared, roles  # a rewriting scheme's plan holds its own copy: one model fewer while ORT quantizes
+    gc.collect()  # the roles' IR graph is a reference cycle over the prepared model's tensors
     quantized = insert_qdq(plan)
     notes = list(plan.notes)
     lowbit = config.lowbit()

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from qonnx_bert.calibration.adaround import AdaRoundConfig, adaround, input_grams
 from qonnx_bert.calibration.weight_grid import Granularity, QuantizedWeight, WeightGrid, quantize_weight
 from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.files import model_bytes
 from qonnx_bert.inputs.sequences import Sequences
 from qonnx_bert.passes.lowbit_weights import WeightSite, weight_sites, write_weights
 
@@ -118,4 +119,4 @@ def lower_weight_bits(
 
 def size_ratio(fp32: onnx.ModelProto, model: onnx.ModelProto) -> float:
     """How many times smaller than FP32 the serialized model is (the paper's memory column)."""
-    return fp32.ByteSize() / model.ByteSize()
+    return model_bytes(fp32) / model_bytes(model)

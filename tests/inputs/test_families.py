@@ -64,13 +64,24 @@ def exported(request, tmp_path_factory):
     return request.param, work
 
 
-@pytest.mark.parametrize("scheme", ["w8a8", "peg"])
+SCHEMES = {  # every scheme and both targets (issue 19's matrix)
+    "w8a8": ["--scheme", "w8a8"],
+    "w8a8-cpu": ["--scheme", "w8a8", "--target", "cpu"],
+    "mp": ["--scheme", "mp"],
+    "auto-mp": ["--scheme", "auto-mp", "--budget", "2"],
+    "peg": ["--scheme", "peg"],
+    "peg-equal": ["--scheme", "peg-equal"],
+    "peg-cpu": ["--scheme", "peg", "--target", "cpu"],
+}
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
 def test_family_exports_calibrates_and_quantizes(exported, scheme, capsys):
     family, work = exported
     out = work / f"{scheme}.onnx"
-    argv = ["quantize", str(work / "m.onnx"), "--scheme", scheme, "--ranges", str(work / "ranges.json")]
+    argv = ["quantize", str(work / "m.onnx"), *SCHEMES[scheme], "--ranges", str(work / "ranges.json")]
     assert main([*argv, "-o", str(out)]) == 0
-    if scheme == "peg" and family in ("electra", "albert"):  # embedding projection: the model-wide fold cannot apply
+    if scheme in ("peg", "peg-cpu") and family in ("electra", "albert"):  # embedding projection: the model-wide fold cannot apply
         assert "chose permutation layer" in capsys.readouterr().err
     fp32 = onnx.load(str(work / "m.onnx"))
     sentences = shipped_sentences()

@@ -49,6 +49,7 @@ input: uint16 (portable) or float (cpu). GLUE effect: ``bench/results/glue-minil
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -185,6 +186,8 @@ class PegScheme:
             permuted |= results[-1].permuted
         RemoveUnusedNodesPass()(model)
         rewritten = ir.to_proto(model)
+        del model  # its permuted weights are in ``rewritten`` now; replaying calibration needs the memory
+        gc.collect()  # an IR graph is a reference cycle: freed only by the collector
         entries = {**base, **_replay(ctx, rewritten, set(base))}
         metadata = ({TARGET_KEY: "cpu"} if opts.target == Target.CPU else {}) | (
             {PERMUTED_KEY: permuted_record(permuted)} if permuted else {}

@@ -29,6 +29,7 @@ from qonnx_bert.inputs.export import export_model
 from qonnx_bert.inputs.glue import GlueSplit, load_task
 from qonnx_bert.inputs.glue.tasks import limit_split
 from qonnx_bert.inputs.sequences import sample_sequences, shipped_sentences
+from qonnx_bert.inputs.static import static_twin
 from qonnx_bert.quantize import MixedPrecisionConfig, PegConfig, SchemeConfig, Target, W8A8Config, quantize
 
 logger = logging.getLogger(__name__)
@@ -86,17 +87,18 @@ def _similarity(embeddings: np.ndarray, split: GlueSplit) -> float:
 
 class HtpChecker:
     """The strict ``qonnx check --ep qnn-htp`` on each scheme's static-shape (1x128) twin: HTP needs
-    fixed shapes, so the twin is exported, calibrated and quantized the same way, once per scheme."""
+    fixed shapes, so the twin of ``run_demo``'s FP32 export (``workdir/model.onnx``, folded to 1x128 by
+    ``inputs.static``) is calibrated and quantized the same way, once per scheme."""
 
-    def __init__(self, source: str, workdir: Path, labels: tuple[str, ...], soc: str = "sm8650"):
-        self.source, self.workdir, self.labels, self.soc = source, workdir, labels, soc
+    def __init__(self, workdir: Path, labels: tuple[str, ...], soc: str = "sm8650"):
+        self.workdir, self.labels, self.soc = workdir, labels, soc
         self._static: tuple[onnx.ModelProto, object] | None = None
 
     def _fp32(self):
         if self._static is None:
-            path = self.workdir / "model.1x128.onnx"
-            export_model(self.source, path, static_shape=(1, 128), task="feature-extraction")
-            fp32 = onnx.load(str(path))
+            fp32 = static_twin(onnx.load(str(self.workdir / "model.onnx")), (1, 128))
+            with atomic_output(self.workdir / "model.1x128.onnx") as tmp:
+                onnx.save(fp32, str(tmp))
             sentences = shipped_sentences()
             ranges = calibrate(fp32, sample_sequences(sentences, None, len(sentences), 0, "shipped"), progress=False)
             self._static = fp32, ranges

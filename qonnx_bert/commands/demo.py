@@ -59,5 +59,5 @@ def _run(workdir: Path, args):
     checker = None
     if args.htp != "none" and importlib.util.find_spec("onnxruntime_qnn") is not None:
         labels = tuple(s.label for s in DEMO_SCHEMES) if args.htp == "all" else ("PEG",)
-        checker = HtpChecker("minilm-l6", workdir, labels)
+        checker = HtpChecker(workdir, labels)
     return run_demo(workdir, runs=args.runs, pairs=args.pairs, htp_check=checker)

@@ -1,4 +1,5 @@
-"""``qonnx export SOURCE -o model.onnx``: HF classifier -> ONNX, checked against PyTorch."""
+"""``qonnx export SOURCE -o model.onnx``: HF classifier -> ONNX, checked against PyTorch; or an ONNX
+file's fixed-shape twin (``qonnx export model.onnx --static-shape 1,128``), checked against the file."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ logger = logging.getLogger(__name__)
 def register(sub) -> None:
     p = sub.add_parser("export", help="export a BERT-style classifier to ONNX (opset 21)")
     p.add_argument(
-        "source", help="minilm-l6 (packaged default), a models/ recipe name, or a local Hugging Face directory"
+        "source",
+        help="minilm-l6 (packaged default), a models/ recipe name, a local Hugging Face directory, or an "
+        ".onnx file to make a fixed-shape twin of (with --static-shape)",
     )
     p.add_argument("-o", "--output", required=True, help="output .onnx file")
     p.add_argument("--static-shape", metavar="B,T", help="fixed batch and sequence length (edge runtimes), e.g. 1,128")
@@ -35,6 +38,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    if args.source.endswith(".onnx"):
+        return _static_twin(args)
     from qonnx_bert.core.files import guard, model_outputs
     from qonnx_bert.inputs.export import export_model, parse_static_shape
     from qonnx_bert.inputs.models import resolve_model
@@ -54,5 +59,30 @@ def run(args) -> int:
         result.num_nodes,
         "output" if args.task == "feature-extraction" else "logit",
         result.max_abs_diff,
+    )
+    return 0
+
+
+def _static_twin(args) -> int:
+    """An exported (dynamic) ONNX file with its shapes fixed: for QNN HTP without a second PyTorch export."""
+    from qonnx_bert.core.errors import UsageError
+    from qonnx_bert.core.files import atomic_outputs, guard, model_outputs, write_model
+    from qonnx_bert.inputs.export import parse_static_shape
+    from qonnx_bert.inputs.ingest import load_model
+    from qonnx_bert.inputs.static import static_twin
+
+    if args.static_shape is None:
+        raise UsageError(f"{args.source} is already ONNX: pass --static-shape B,T to write its fixed-shape twin")
+    files = model_outputs(args.output, args.external_data)
+    guard([args.source], files)
+    twin = static_twin(load_model(args.source), parse_static_shape(args.static_shape), args.source)
+    with atomic_outputs(*files) as temps:
+        write_model(twin, args.output, temps)
+    logger.info(
+        "wrote %s (%d nodes), shape %s, equal to %s within 1e-4",
+        args.output,
+        len(twin.graph.node),
+        args.static_shape,
+        args.source,
     )
     return 0

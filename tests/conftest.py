@@ -124,6 +124,31 @@ def build_tiny_bert(out_dir: Path, *, num_labels: int = 2, layers: int = 2, seed
     return out_dir
 
 
+def torchscript_export(hf_dir: Path, out: Path, opset: int, *, int32: bool = False, types: bool = True) -> Path:
+    """``hf_dir``'s classifier through torch.onnx's TorchScript exporter (``dynamo=False``), as Optimum and most
+    tutorials export: dynamic batch and sequence, the inputs its ``forward`` takes (``types``: token_type_ids)."""
+    import inspect
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(hf_dir).eval()
+    enc = AutoTokenizer.from_pretrained(hf_dir)(["a cat", "a cat sat on the mat"], padding=True, return_tensors="pt")
+    accepted = inspect.signature(model.forward).parameters
+    names = [n for n in ["input_ids", "attention_mask", "token_type_ids"][: 3 if types else 2] if n in accepted]
+    torch.onnx.export(
+        model,
+        tuple(enc[n].int() if int32 else enc[n] for n in names),
+        str(out),
+        input_names=names,
+        output_names=["logits"],
+        dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
+        opset_version=opset,
+        dynamo=False,
+    )
+    return out
+
+
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
     return GLUE_SAMPLE

@@ -20,6 +20,7 @@ from qonnx_bert.graph.roles import find_roles
 from qonnx_bert.inputs.encode import Encoder
 from qonnx_bert.inputs.ingest import load_model
 from qonnx_bert.inputs.sequences import shipped_sentences
+from tests.conftest import torchscript_export
 
 FORMS = ("ts14", "ts17", "ts17-int32-no-types", "ort-fused")
 # Measured 57.0 dB (w8a8) and 54.7 dB (peg) on every form, the same as on the model's own export: a 1-layer random
@@ -46,38 +47,19 @@ def bert_dir(tmp_path_factory):
     return path
 
 
-def _torchscript(bert_dir, out, opset: int, *, int32: bool = False, types: bool = True):
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    model = AutoModelForSequenceClassification.from_pretrained(bert_dir).eval()
-    enc = AutoTokenizer.from_pretrained(bert_dir)(["a cat", "a cat sat on the mat"], padding=True, return_tensors="pt")
-    names = ["input_ids", "attention_mask", "token_type_ids"][: 3 if types else 2]
-    args = tuple(enc[n].int() if int32 else enc[n] for n in names)
-    torch.onnx.export(
-        model,
-        args,
-        str(out),
-        input_names=names,
-        output_names=["logits"],
-        dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
-        opset_version=opset,
-        dynamo=False,
-    )
-    return out
-
-
 def _make_form(form: str, bert_dir, folder):
     if form == "ort-fused":
         from onnxruntime.transformers.optimizer import optimize_model
 
         fused = optimize_model(
-            str(_torchscript(bert_dir, folder / "ts17.onnx", 17)), "bert", num_heads=2, hidden_size=32
+            str(torchscript_export(bert_dir, folder / "ts17.onnx", 17)), "bert", num_heads=2, hidden_size=32
         )
         fused.save_model_to_file(str(folder / "fused.onnx"))
         return folder / "fused.onnx"
     opset = 14 if form == "ts14" else 17
-    return _torchscript(bert_dir, folder / f"{form}.onnx", opset, int32="int32" in form, types="no-types" not in form)
+    return torchscript_export(
+        bert_dir, folder / f"{form}.onnx", opset, int32="int32" in form, types="no-types" not in form
+    )
 
 
 @pytest.fixture(scope="module", params=FORMS)

@@ -205,12 +205,14 @@ def render(results: dict) -> str:
     tasks = list(results["scores"])
     shapes = list(results["latency_ms"])
     ref = "fp32-ort-fused"
-    head = ["model", *tasks, "mean", *[f"ms {s}" for s in shapes], *[f"x ORT-fused FP32 {s}" for s in shapes]]
+    means = ["mean"] if tasks else []  # --no-scores: latency columns only
+    head = ["model", *tasks, *means, *[f"ms {s}" for s in shapes], *[f"x ORT-fused FP32 {s}" for s in shapes]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in names:
         row = [results["scores"][t].get(name) for t in tasks]
-        mean = float(np.mean(row)) if all(v is not None for v in row) else None
-        cells = [name] + [f"{v:.2f}" if v is not None else "—" for v in row] + [f"{mean:.2f}" if mean else "—"]
+        mean = float(np.mean(row)) if row and all(v is not None for v in row) else None
+        cells = [name] + [f"{v:.2f}" if v is not None else "—" for v in row]
+        cells += [f"{mean:.2f}" if mean is not None else "—"] if tasks else []
         cells += [f"{results['latency_ms'][s][name]:.1f}" for s in shapes]
         cells += [f"{results['latency_ms'][s][ref] / results['latency_ms'][s][name]:.2f}" for s in shapes]
         lines.append("| " + " | ".join(cells) + " |")

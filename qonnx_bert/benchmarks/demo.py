@@ -185,6 +185,6 @@ def conclusion(result: DemoResult) -> str:
     return (
         f"W8A8 keeps only {w8a8.sqnr_db:.1f} dB of embedding SQNR (the paper's outlier problem); "
         f"{best.name} restores {best.sqnr_db:.1f} dB at STS-B {best.similarity:.1f} vs FP32's {fp32.similarity:.1f}; "
-        f"{fastest.name} runs {fp32.latency_ms / fastest.latency_ms:.2f}× faster than FP32 on this CPU"
+        f"the fastest, {fastest.name}, runs at {fp32.latency_ms / fastest.latency_ms:.2f}× FP32's speed on this CPU"
         + (f", and {' and '.join(on_htp)} run{'s' * (len(on_htp) == 1)} whole on the HTP." if on_htp else ".")
     )

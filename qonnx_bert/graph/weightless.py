@@ -8,6 +8,8 @@ the type and dims of a large initializer, so it is passed as an external-data st
 
 from __future__ import annotations
 
+import math
+
 import onnx
 
 STUB_LOCATION = "qonnx-weights-held-in-memory"  # never read: the stub's bytes live elsewhere
@@ -45,7 +47,8 @@ def stub(init: onnx.TensorProto, location: str = STUB_LOCATION) -> onnx.TensorPr
 
 
 def is_large(init: onnx.TensorProto) -> bool:
-    return init.data_location != onnx.TensorProto.EXTERNAL and init.ByteSize() > STUB_BYTES
+    """Over ``STUB_BYTES`` at one byte an element (from the dims: sizing or reading the bytes would copy them)."""
+    return init.data_location != onnx.TensorProto.EXTERNAL and math.prod(init.dims) > STUB_BYTES
 
 
 def weightless(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -160,6 +160,8 @@ def test_sigint_during_qat_exits_130_and_leaves_only_the_resume_state(work, glue
         text=True,
         env=env,
         start_new_session=True,
+        # as a terminal's child: a shell's background job (CI run with `&`) would pass SIGINT on ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         for line in proc.stdout:  # tqdm.write puts the epoch lines on stdout

@@ -12,6 +12,10 @@ QTYPE_NAMES = {
     onnx.TensorProto.UINT16: "uint16",
     onnx.TensorProto.INT16: "int16",
     onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.INT4: "int4",  # low-bit weights and embedding tables (quantize.lowbit)
+    onnx.TensorProto.UINT4: "uint4",
+    onnx.TensorProto.INT2: "int2",
+    onnx.TensorProto.UINT2: "uint2",
 }
 BITS = {onnx.TensorProto.UINT8: 8, onnx.TensorProto.INT8: 8, onnx.TensorProto.UINT16: 16, onnx.TensorProto.INT16: 16}
 # ORT's quantizer renames the producer output of a quantized graph output to this suffix, so the

@@ -389,6 +389,25 @@ def _float_tensor(view: QdqView, node: onnx.NodeProto) -> Diagnosis | None:
     )
 
 
+def _gathered_table(view: QdqView, node: onnx.NodeProto) -> Diagnosis | None:
+    """HTP's Gather only moves values: its table and its output share one 8/16-bit per-tensor encoding."""
+    if node.op_type != "Gather" or not view.is_dequantized_constant(node.input[0]):
+        return None
+    table = view.producer[node.input[0]]
+    scale = view.inits.get(table.input[1])
+    per_row = scale is not None and int(np.prod(scale.dims)) > 1
+    out = [n for n in view.model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == node.output[0]]
+    kind = view.input_type(node.input[0])
+    if not per_row and kind in ("uint8", "uint16") and out and out[0].input[1] == table.input[1]:
+        return None
+    layout = "one scale per row" if per_row else "per-tensor"
+    return (
+        f"embedding table {table.input[0]} is {kind} with {layout}, and the Gather's output is on another grid",
+        "for HTP, quantize with 8-bit embeddings (no --embedding-bits): low-bit tables are for the CPU "
+        "provider and the file size",
+    )
+
+
 # In diagnosis order: the first rule a unit breaks is reported.
 RULES = (
     HtpRule("GELU is one Gelu op", "export at opset >= 20 / graph canonicalization", _erf),
@@ -403,6 +422,7 @@ RULES = (
     ),
     HtpRule("no uint16 weights under uint8 activations", "schemes keep weights int8", _wide_weights),
     HtpRule("no float constant inputs", "quantize_where_constants", _float_constant),
+    HtpRule("a Gather keeps its table's encoding", "the schemes' 8-bit per-tensor embeddings", _gathered_table),
     HtpRule("no float tensor between quantized ops", "the schemes quantize every activation", _float_tensor),
 )
 

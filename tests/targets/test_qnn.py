@@ -155,6 +155,18 @@ def test_cpu_target_peg_fails_the_htp_check_and_says_why(tiny_static):
 
 
 @needs_qnn
+@pytest.mark.parametrize("granularity", ["per-channel", "per-tensor"])
+def test_low_bit_embeddings_fail_the_htp_check_naming_the_table(tiny_static, granularity):
+    """HTP's Gather keeps its table's encoding; a re-quantized (4-bit) table is named, with the fix."""
+    model = _w8a8(tiny_static, scheme="peg", groups=2, embedding_bits=4, embedding_granularity=granularity)
+    report = check_htp(model, qnn.resolve_soc("sm8650"))
+    assert not report.ok
+    gathers = [f for f in report.findings if f.op_type == "Gather"]
+    assert len(gathers) == 1 and "embedding table" in gathers[0].problem, report.findings
+    assert "8-bit embeddings" in gathers[0].fix
+
+
+@needs_qnn
 def test_int8_layernorm_gamma_fails_with_node_and_fix(tiny_static):
     fp32 = prepare(onnx.load(str(tiny_static)))
     ranges = calibrate(fp32, sample_sequences(shipped_sentences(), None, 8, 0, "shipped"), progress=False)

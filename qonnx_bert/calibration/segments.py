@@ -30,10 +30,7 @@ from qonnx_bert.calibration.ranges import model_fingerprint
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.core.runtime import cpu_session
 from qonnx_bert.graph.shapes import value_infos
-from qonnx_bert.graph.weightless import copy_fields, copy_message, stub
-
-LARGE_INITIALIZER_BYTES = 1024  # smaller initializers (shape constants, mask fills) stay in the graph
-_SHARED_LOCATION = "qonnx-shared-weights"  # stubs' external-data location: never read, segments feed the arrays
+from qonnx_bert.graph.weightless import copy_fields, copy_message, is_stub, weightless
 
 
 @dataclass
@@ -51,16 +48,9 @@ class SplitModel:
 
     @classmethod
     def from_proto(cls, model: onnx.ModelProto) -> SplitModel:
-        light = onnx.ModelProto()
-        copy_fields(model, light, skip=("graph",))
-        copy_fields(model.graph, light.graph, skip=("initializer",))
-        weights = {}
-        for init in model.graph.initializer:
-            if len(init.raw_data) >= LARGE_INITIALIZER_BYTES:
-                weights[init.name] = numpy_helper.to_array(init)
-                light.graph.initializer.append(stub(init, _SHARED_LOCATION))
-            else:
-                copy_message(init, light.graph.initializer.add())
+        light = weightless(model)
+        originals = {i.name: i for i in model.graph.initializer}
+        weights = {s.name: numpy_helper.to_array(originals[s.name]) for s in light.graph.initializer if is_stub(s)}
         return cls(light, weights, model_fingerprint(model))
 
     @classmethod

@@ -69,7 +69,7 @@ def _static_twin(args) -> int:
     from qonnx_bert.core.files import atomic_outputs, guard, model_outputs, write_model
     from qonnx_bert.inputs.export import parse_static_shape
     from qonnx_bert.inputs.ingest import load_model
-    from qonnx_bert.inputs.static import static_twin
+    from qonnx_bert.inputs.static import MAX_ABS_DIFF, static_twin
 
     if args.static_shape is None:
         raise UsageError(f"{args.source} is already ONNX: pass --static-shape B,T to write its fixed-shape twin")
@@ -79,10 +79,11 @@ def _static_twin(args) -> int:
     with atomic_outputs(*files) as temps:
         write_model(twin, args.output, temps)
     logger.info(
-        "wrote %s (%d nodes), shape %s, equal to %s within 1e-4",
+        "wrote %s (%d nodes), shape %s, equal to %s within %g",
         args.output,
         len(twin.graph.node),
         args.static_shape,
         args.source,
+        MAX_ABS_DIFF,
     )
     return 0

@@ -38,11 +38,11 @@ def copy_fields(src, dst, skip: tuple[str, ...] = ()) -> None:
             setattr(dst, fd.name, value)
 
 
-def stub(init: onnx.TensorProto, location: str = STUB_LOCATION) -> onnx.TensorProto:
-    """An initializer declared as external data at ``location``: name, type and dims only."""
+def stub(init: onnx.TensorProto) -> onnx.TensorProto:
+    """An initializer declared as external data: name, type and dims only."""
     out = onnx.TensorProto(name=init.name, data_type=init.data_type, dims=init.dims)
     out.data_location = onnx.TensorProto.EXTERNAL
-    out.external_data.add(key="location", value=location)
+    out.external_data.add(key="location", value=STUB_LOCATION)
     return out
 
 
@@ -64,10 +64,14 @@ def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
+def is_stub(init: onnx.TensorProto) -> bool:
+    return any(e.value == STUB_LOCATION for e in init.external_data)
+
+
 def with_weights(light: onnx.ModelProto, weights: onnx.ModelProto) -> onnx.ModelProto:
     """``light`` (a weightless copy, edited) with each stub replaced by ``weights``' initializer of that name."""
     by_name = {i.name: i for i in weights.graph.initializer}
     for init in light.graph.initializer:
-        if any(e.value == STUB_LOCATION for e in init.external_data):
+        if is_stub(init):
             init.CopyFrom(by_name[init.name])
     return light

@@ -11,7 +11,8 @@ check passes (when onnxruntime-qnn is installed).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,8 @@ import onnx
 from qonnx_bert.analysis.evaluate import first_output, shipped_sts_dir, similarity_metrics
 from qonnx_bert.benchmarks.latency import full_length_feeds, side_by_side_latency_ms
 from qonnx_bert.calibration.calibrate import calibrate
+from qonnx_bert.calibration.ranges import RangeTable
+from qonnx_bert.core.console import configure as configure_console
 from qonnx_bert.core.files import atomic_output
 from qonnx_bert.core.metrics import sqnr_db
 from qonnx_bert.core.runtime import cpu_session
@@ -85,36 +88,47 @@ def _similarity(embeddings: np.ndarray, split: GlueSplit) -> float:
     return similarity_metrics(cosines, split.labels)["score"]
 
 
-class HtpChecker:
-    """The strict ``qonnx check --ep qnn-htp`` on each scheme's static-shape (1x128) twin: HTP needs
-    fixed shapes, so the twin of ``run_demo``'s FP32 export (``workdir/model.onnx``, folded to 1x128 by
-    ``inputs.static``) is calibrated and quantized the same way, once per scheme."""
+# The check is structural (which ops and encodings reach the HTP), so a handful of sentences calibrate the
+# twin as well as all of them do; each one costs a full 128-token run in calibration and in PEG's replay.
+HTP_TWIN_SENTENCES = 16
+WORKERS = 2  # the machines this project runs on (and its CI) have two cores
 
-    def __init__(self, workdir: Path, labels: tuple[str, ...], soc: str = "sm8650"):
-        self.workdir, self.labels, self.soc = workdir, labels, soc
-        self._static: tuple[onnx.ModelProto, object] | None = None
 
-    def _fp32(self):
-        if self._static is None:
-            fp32 = static_twin(onnx.load(str(self.workdir / "model.onnx")), (1, 128))
-            with atomic_output(self.workdir / "model.1x128.onnx") as tmp:
-                onnx.save(fp32, str(tmp))
-            sentences = shipped_sentences()
-            ranges = calibrate(fp32, sample_sequences(sentences, None, len(sentences), 0, "shipped"), progress=False)
-            self._static = fp32, ranges
-        return self._static
+def htp_verdicts(fp32_path: Path, labels: tuple[str, ...], soc: str) -> dict[str, str]:
+    """The strict ``qonnx check --ep qnn-htp`` verdict of each scheme in ``labels`` on the static-shape (1x128)
+    twin of ``fp32_path`` (HTP needs fixed shapes; the twin is written beside it as ``model.1x128.onnx``)."""
+    from qonnx_bert.targets.htp_check import check_htp
+    from qonnx_bert.targets.qnn import resolve_soc
 
-    def __call__(self, model: onnx.ModelProto, spec: DemoScheme) -> str:
-        from qonnx_bert.targets.htp_check import check_htp
-        from qonnx_bert.targets.qnn import resolve_soc
+    fp32 = static_twin(onnx.load(str(fp32_path)), (1, 128))
+    with atomic_output(fp32_path.with_name("model.1x128.onnx")) as tmp:
+        onnx.save(fp32, str(tmp))
+    sequences = sample_sequences(shipped_sentences(), None, HTP_TWIN_SENTENCES, 0, "shipped")
+    ranges = calibrate(fp32, sequences, progress=False)
+    verdicts = {}
+    for spec in DEMO_SCHEMES:
+        if spec.label in labels and not spec.cpu_only:
+            report = check_htp(quantize(fp32, spec.config, ranges)[0], resolve_soc(soc))
+            verdicts[spec.label] = "pass" if report.ok else f"FAIL ({len(report.findings)} problems)"
+    return verdicts
 
-        if spec.cpu_only:
-            return "n/a (CPU only)"
-        if spec.label not in self.labels:
-            return "not checked"
-        fp32, ranges = self._fp32()
-        report = check_htp(quantize(fp32, spec.config, ranges)[0], resolve_soc(self.soc))
-        return "pass" if report.ok else f"FAIL ({len(report.findings)} problems)"
+
+def quantize_to_file(fp32_path: Path, ranges_path: Path, spec: DemoScheme, out: Path) -> str:
+    """One scheme's model, written to ``out``; the first line of its report."""
+    model, report = quantize(onnx.load(str(fp32_path)), spec.config, RangeTable.load(ranges_path))
+    with atomic_output(out) as tmp:
+        onnx.save(model, str(tmp))
+    return report.lines()[0]
+
+
+def _worker_ready() -> None:
+    """A no-op job: submitting one per worker starts the workers (and their imports) early."""
+
+
+def _htp_column(spec: DemoScheme | None, verdicts: dict[str, str]) -> str:
+    if spec is None:
+        return "n/a (float)"
+    return "n/a (CPU only)" if spec.cpu_only else verdicts.get(spec.label, "not checked")
 
 
 def run_demo(
@@ -123,39 +137,52 @@ def run_demo(
     *,
     runs: int = 20,
     pairs: int | None = None,
-    htp_check: Callable[[onnx.ModelProto, DemoScheme], str] | None = None,
+    htp_labels: tuple[str, ...] = (),
+    soc: str = "sm8650",
 ) -> DemoResult:
     """Build every artifact in ``workdir`` and return one table row per model.
 
-    ``htp_check`` (model, scheme) -> verdict fills the HTP column; None leaves it "not checked".
+    Quantizing is mostly single-threaded Python (ORT's quantizer, the rewriter), so the four schemes and the
+    HTP check of the schemes in ``htp_labels`` (needs onnxruntime-qnn) run as jobs on two worker processes,
+    started before the export so that their imports overlap it. Every job has ended before anything is timed.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    fp32_path = workdir / "model.onnx"
-    export_model(source, fp32_path, task="feature-extraction")
-    fp32 = onnx.load(str(fp32_path))
-    sentences = shipped_sentences()
-    table = calibrate(fp32, sample_sequences(sentences, None, len(sentences), 0, "shipped"), progress=False)
-    table.save(workdir / "ranges.json")
+    fp32_path, ranges_path = workdir / "model.onnx", workdir / "ranges.json"
+    paths = {"FP32": fp32_path} | {s.label: workdir / f"model.{s.file}.onnx" for s in DEMO_SCHEMES}
+    # Spawned, not forked: the parent has run torch's exporter (thread pools a fork would copy mid-state).
+    # A spawned worker starts with default logging, so it gets the caller's quiet or verbose setting.
+    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(WORKERS, mp_context=context, initializer=configure_console, initargs=(verbose,)) as pool:
+        for _ in range(WORKERS):
+            pool.submit(_worker_ready)
+        export_model(source, fp32_path, task="feature-extraction")
+        fp32 = onnx.load(str(fp32_path))
+        sentences = shipped_sentences()
+        calibrate(fp32, sample_sequences(sentences, None, len(sentences), 0, "shipped"), progress=False).save(
+            ranges_path
+        )
+        # The slowest first (PEG for the CPU, then the HTP check), so that the two workers end together.
+        slowest_first = list(reversed(DEMO_SCHEMES))
+        reports = [
+            pool.submit(quantize_to_file, fp32_path, ranges_path, slowest_first[0], paths[slowest_first[0].label])
+        ]
+        checked = pool.submit(htp_verdicts, fp32_path, htp_labels, soc) if htp_labels else None
+        reports += [pool.submit(quantize_to_file, fp32_path, ranges_path, s, paths[s.label]) for s in slowest_first[1:]]
+        for report in reports:
+            logger.debug(report.result())
+        verdicts = checked.result() if checked else {}
     split = limit_split(load_task("stsb", "dev", shipped_sts_dir()), pairs)
-    models, paths = {"FP32": fp32}, {"FP32": fp32_path}
-    for spec in DEMO_SCHEMES:
-        model, report = quantize(fp32, spec.config, table)
-        paths[spec.label] = workdir / f"model.{spec.file}.onnx"
-        with atomic_output(paths[spec.label]) as tmp:
-            onnx.save(model, str(tmp))
-        models[spec.label] = model
-        logger.debug(report.lines()[0])
+    models = {label: fp32 if label == "FP32" else onnx.load(str(path)) for label, path in paths.items()}
     reference = _embeddings(fp32, split)
     latency = side_by_side_latency_ms(models, full_length_feeds(Encoder.from_model(fp32), sentences[0]), runs=runs)
     rows = []
     for label, model in models.items():
         embeddings = reference if label == "FP32" else _embeddings(model, split)
         spec = next((s for s in DEMO_SCHEMES if s.label == label), None)
-        htp = "n/a (float)" if spec is None else htp_check(model, spec) if htp_check else "not checked"
         size = paths[label].stat().st_size / 1e6
-        rows.append(
-            DemoRow(label, size, latency[label], _similarity(embeddings, split), sqnr_db(reference, embeddings), htp)
-        )
+        similarity, sqnr = _similarity(embeddings, split), sqnr_db(reference, embeddings)
+        rows.append(DemoRow(label, size, latency[label], similarity, sqnr, _htp_column(spec, verdicts)))
     return DemoResult(rows, len(split), workdir)
 
 

@@ -27,6 +27,7 @@ _CONFIGS = (
     "AutoMpConfig",
     "PegConfig",
     "PegEqualConfig",
+    "SmoothQuantConfig",
     "Grouping",
     "Permutation",
     "Target",

@@ -26,6 +26,7 @@ CONFIG_FLAGS = (
     "intermediate_groups",
     "target",
     "budget",
+    "alpha",
     "int16",
     "int16_from",
     *LOWBIT_FIELDS,
@@ -88,7 +89,14 @@ def register(sub) -> None:
     g.add_argument(
         "--target",
         choices=[e.value for e in Target],
-        help="portable (default): every provider, QNN HTP included; cpu: faster on the CPU provider only",
+        help="portable (default; smoothquant: cpu only): every provider, QNN HTP included; cpu: faster on the CPU "
+        "provider only",
+    )
+    g = p.add_argument_group("outlier migration (--scheme smoothquant)")
+    g.add_argument(
+        "--alpha",
+        type=float,
+        help="share of each MatMul input channel's range moved into its weights, 0 to 1 (default 0.5)",
     )
     add_lowbit_arguments(p)
     p.set_defaults(func=run)

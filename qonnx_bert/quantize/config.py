@@ -242,6 +242,35 @@ class PegEqualConfig(PegConfig, scheme="peg-equal"):
     intermediate_groups: int = 1
 
 
+@dataclass(frozen=True, kw_only=True)
+class SmoothQuantConfig(SchemeConfig, scheme="smoothquant"):
+    """W8A8 for the CPU provider with SmoothQuant's outlier migration from each MatMul input into its weights.
+
+    ``alpha``: how much of each channel's range moves into the weights (0: none; 1: all;
+    SmoothQuant's default 0.5). ``target`` is cpu only (see ``passes/smooth.py``): in BERT's
+    post-LayerNorm blocks the smoothed tensor is also the residual input, so the per-channel
+    ``Mul`` is exact only where the rest of the graph stays float.
+    """
+
+    alpha: float = 0.5
+    target: Target = Target.CPU
+
+    def _problems(self) -> list[tuple[str, str]]:
+        problems = super()._problems()
+        a = self.alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0:
+            problems.append(("alpha", f"is {a!r}; give a number in [0, 1] (SmoothQuant's default 0.5)"))
+        if self.target != Target.CPU:
+            problems.append(
+                (
+                    "target",
+                    f"is {self.target}; smoothquant is for the CPU provider only (the residual stream stays "
+                    "float there); for QNN HTP use --scheme peg or mp",
+                )
+            )
+        return problems
+
+
 _ENUM_FIELDS: dict[str, type[Enum]] = {
     "grouping": Grouping,
     "permutation": Permutation,
@@ -258,6 +287,7 @@ BUILTIN_CONFIGS: tuple[type[SchemeConfig], ...] = (
     AutoMpConfig,
     PegConfig,
     PegEqualConfig,
+    SmoothQuantConfig,
 )
 
 

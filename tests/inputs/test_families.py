@@ -73,6 +73,7 @@ SCHEMES = {  # every scheme and both targets (issue 19's matrix)
     "peg": ["--scheme", "peg"],
     "peg-equal": ["--scheme", "peg-equal"],
     "peg-cpu": ["--scheme", "peg", "--target", "cpu"],
+    "smoothquant": ["--scheme", "smoothquant"],
 }
 
 

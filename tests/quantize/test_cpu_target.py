@@ -30,7 +30,12 @@ from qonnx_bert.targets.cpu import check_cpu, optimized_model
 from tests.conftest import RAGGED_TEXTS
 
 TEXTS = shipped_sentences()[:24]
-CASES = [("w8a8", {}), ("peg", {"groups": 3}), ("peg", {"groups": 1, "intermediate_groups": 2})]
+CASES = [
+    ("w8a8", {}),
+    ("peg", {"groups": 3}),
+    ("peg", {"groups": 1, "intermediate_groups": 2}),
+    ("smoothquant", {"alpha": 0.7}),
+]
 
 
 def _weighted_matmuls(model):
@@ -106,7 +111,7 @@ def test_every_weighted_matmul_is_an_integer_kernel_computing_the_numpy_referenc
 
 
 def _replayed(model, tensor):
-    """The range of a tensor PEG created (calibrated by replay): read back from its quantizer."""
+    """The range of a tensor PEG or SmoothQuant created (calibrated by replay): read back from its quantizer."""
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor)
     scale, zero = float(inits[q.input[1]]), float(inits[q.input[2]])

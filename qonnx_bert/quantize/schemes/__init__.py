@@ -18,9 +18,12 @@ from qonnx_bert.quantize.schemes.baseline import BASELINES
 from qonnx_bert.quantize.schemes.context import SchemeContext
 from qonnx_bert.quantize.schemes.mixed import MIXED_SCHEMES, with_int16
 from qonnx_bert.quantize.schemes.peg import PEG_SCHEMES
+from qonnx_bert.quantize.schemes.smooth import SMOOTH_SCHEMES
 
 ENTRY_POINT_GROUP = "qonnx.schemes"
-SCHEMES: dict[str, Any] = {s.config.scheme: s for s in (*map(with_int16, (*BASELINES, *PEG_SCHEMES)), *MIXED_SCHEMES)}
+SCHEMES: dict[str, Any] = {
+    s.config.scheme: s for s in (*map(with_int16, (*BASELINES, *PEG_SCHEMES, *SMOOTH_SCHEMES)), *MIXED_SCHEMES)
+}
 
 
 def _plugins() -> dict[str, Any]:

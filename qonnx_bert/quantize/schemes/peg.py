@@ -57,12 +57,8 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from qonnx_bert.calibration.calibrate import estimate_ranges, per_tensor_targets
-from qonnx_bert.calibration.estimators import EstimatorSpec
-from qonnx_bert.calibration.tensors import quantizable_tensors
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.core.modelinfo import PERMUTED_KEY, TARGET_KEY, permuted_record
-from qonnx_bert.inputs.sequences import Sequences
 from qonnx_bert.passes.mixed_precision import int16_overrides
 from qonnx_bert.passes.peg_split_ffn import split_ffn
 from qonnx_bert.passes.permute_stream import permute_stream
@@ -70,6 +66,7 @@ from qonnx_bert.passes.plan import Plan, activation_ranges, cpu_plan
 from qonnx_bert.quantize.config import ConfigError, PegConfig, PegEqualConfig, Permutation, Target
 from qonnx_bert.quantize.schemes.context import SchemeContext
 from qonnx_bert.quantize.schemes.peg_groups import intermediate_groups, layer_groups, model_order, quantization_noise
+from qonnx_bert.quantize.schemes.replay import calibrate_new_tensors
 
 PEG_ROLES = ("input", "output", "residual_sum")
 
@@ -97,25 +94,6 @@ def gelu_ranges(per_channel: dict, layer: int) -> tuple[np.ndarray, np.ndarray]:
             "re-run `qonnx calibrate` with this qonnx version"
         )
     return np.minimum(per_channel[key]["min"], 0.0), np.maximum(per_channel[key]["max"], 0.0)
-
-
-def _replay(ctx: SchemeContext, model: onnx.ModelProto, known: set[str]) -> dict[str, dict]:
-    """Calibrate the tensors the rewrite created, on the sequences stored in the ranges file."""
-    cal = ctx.require_ranges().calibration
-    if not cal.get("sequences"):
-        raise UsageError("ranges file holds no calibration sequences; re-run `qonnx calibrate` with this qonnx version")
-    layouts = [t for t in quantizable_tensors(model) if t.name not in known]
-    if not layouts:  # K = 1 without permutation: nothing was rewritten
-        return {}
-    spec = EstimatorSpec(cal["estimator"], dict(cal.get("params", {})))
-    sequences = Sequences.from_pairs(cal["sequences"], cal.get("source", "ranges file"), cal.get("seed", 0))
-    est = estimate_ranges(
-        model, per_tensor_targets(layouts, spec, {}), sequences, batch_size=cal.get("batch_size", 8), progress=False
-    )
-    return {
-        t.name: {"role": None, "min": float(est[t.name].range()[0][0]), "max": float(est[t.name].range()[1][0])}
-        for t in layouts
-    }
 
 
 def _selected_layers(opts: PegConfig, num_layers: int) -> list[int]:
@@ -188,7 +166,7 @@ class PegScheme:
         rewritten = ir.to_proto(model)
         del model  # its permuted weights are in ``rewritten`` now; replaying calibration needs the memory
         gc.collect()  # an IR graph is a reference cycle: freed only by the collector
-        entries = {**base, **_replay(ctx, rewritten, set(base))}
+        entries = {**base, **calibrate_new_tensors(ctx, rewritten, set(base))}
         metadata = ({TARGET_KEY: "cpu"} if opts.target == Target.CPU else {}) | (
             {PERMUTED_KEY: permuted_record(permuted)} if permuted else {}
         )

@@ -9,7 +9,8 @@ For each fine-tuned recipe (``qonnx models build minilm-l6-<task>`` first) this 
   fused graph: Optimum's ``avx512_vnni`` preset, what a CPU user picks today;
 * ``ort-static``: ``quantize_static`` QDQ, MinMax over the same calibration sequences, per-channel weights:
   ONNX Runtime's default static flow;
-* qonnx's own: ``qonnx export`` + ``qonnx calibrate`` + the schemes in ``--schemes``;
+* qonnx's own: ``qonnx export`` + ``qonnx calibrate`` + the schemes in ``--schemes`` (``qonnx-smoothquant``:
+  SmoothQuant's smoothing of the MatMul inputs, ``-a0.75`` / ``-auto`` its other alphas);
 
 scores every model on the task's full dev set (the peers carry qonnx's tokenizer record, nothing else of
 qonnx), and times all of them side by side, interleaved, at each ``--shapes`` batch x length on the CPU
@@ -48,6 +49,9 @@ SCHEMES = {
     "qonnx-w8a8-cpu": {"scheme": "w8a8", "target": "cpu"},
     "qonnx-peg-cpu": {"scheme": "peg", "target": "cpu"},
     "qonnx-peg-cpu-k2": {"scheme": "peg", "target": "cpu", "groups": 2},
+    "qonnx-smoothquant": {"scheme": "smoothquant"},
+    "qonnx-smoothquant-a0.75": {"scheme": "smoothquant", "alpha": 0.75},
+    "qonnx-smoothquant-auto": {"scheme": "smoothquant", "alpha": "auto"},
 }
 
 

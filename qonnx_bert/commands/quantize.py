@@ -95,8 +95,9 @@ def register(sub) -> None:
     g = p.add_argument_group("outlier migration (--scheme smoothquant)")
     g.add_argument(
         "--alpha",
-        type=float,
-        help="share of each MatMul input channel's range moved into its weights, 0 to 1 (default 0.5)",
+        type=alpha,
+        help="share of each MatMul input channel's range moved into its weights, 0 to 1 (default 0.5), or auto: "
+        "the value (0.3 to 0.9) whose output is closest to FP32 on the calibration sequences",
     )
     add_lowbit_arguments(p)
     p.set_defaults(func=run)
@@ -136,6 +137,16 @@ def budget(text: str) -> int | float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is neither a count (6) nor a fraction (0.2)") from None
+
+
+def alpha(text: str) -> float | str:
+    """``--alpha``: a number (checked by the config) or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number in [0, 1] (0.5) nor auto") from None
 
 
 def config_error_as_flags(err, where: str = "") -> UsageError:

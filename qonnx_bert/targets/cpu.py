@@ -61,7 +61,14 @@ def check_cpu(model: onnx.ModelProto, *, path: str = "model") -> CheckReport:
     before = qdq_units(model)
     if not before:
         raise UsageError(f"{path} has no QDQ node units (a float model); quantize it first with `qonnx quantize`")
-    optimized = optimized_model(model)
+    try:
+        optimized = optimized_model(model)
+    except Exception as err:  # ORT raises its own Fail/InvalidGraph types; the file is what is wrong
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(
+            f"{path}: ONNX Runtime's CPU provider cannot load it ({reason}); re-quantize the FP32 model with "
+            "`qonnx quantize`"
+        ) from None
     kernels, floats = integer_kernels(optimized), qdq_units(optimized)
     report = CheckReport("cpu (ONNX Runtime CPU provider)", unverified=UNVERIFIED)
     shown = ", ".join(f"{op} x{k}" for op, k in kernels.most_common()) or "none"

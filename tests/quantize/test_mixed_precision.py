@@ -21,7 +21,8 @@ from qonnx_bert.passes.mixed_precision import with_quantizer_bits
 from qonnx_bert.passes.qdq import insert_qdq
 from qonnx_bert.quantize import config_for, quantize
 from qonnx_bert.quantize.schemes import Plan, SchemeContext, activation_ranges, get_scheme
-from qonnx_bert.quantize.schemes.mixed import CPU_NOTE, calibration_feeds, logits_on, save_selection
+from qonnx_bert.quantize.schemes.mixed import CPU_NOTE, save_selection
+from qonnx_bert.quantize.schemes.replay import calibration_feeds, logits_on
 
 BITS = {onnx.TensorProto.UINT8: 8, onnx.TensorProto.UINT16: 16}
 QDQ = ("QuantizeLinear", "DequantizeLinear")

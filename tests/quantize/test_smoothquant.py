@@ -26,6 +26,8 @@ from qonnx_bert.passes.qdq import insert_qdq
 from qonnx_bert.passes.smooth import MIN_SCALE, smoothed_name, smoothing_scales, smoothing_sites
 from qonnx_bert.quantize import config_for, quantize
 from qonnx_bert.quantize.schemes import SchemeContext, get_scheme
+from qonnx_bert.quantize.schemes.replay import calibration_feeds, logits_on
+from qonnx_bert.quantize.schemes.smooth import ALPHA_GRID
 from qonnx_bert.targets.cpu import check_cpu
 from tests.conftest import RAGGED_TEXTS, assert_models_close
 
@@ -114,6 +116,22 @@ def test_smoothing_removes_a_planted_outlier_channel_and_beats_plain_w8a8_cpu(fp
     assert not check_cpu(model).findings  # fused: every MatMul an integer kernel
 
 
+def test_alpha_auto_picks_the_grid_value_closest_to_fp32_and_reports_what_deployment_computes(fp32):
+    """The search compares unfused candidates; the model it returns (fused) must score what the note says."""
+    planted = plant_gelu_unit_outlier(fp32)
+    ranges = calibrate(planted, sample_sequences(shipped_sentences(), None, 16, 0, "shipped"), progress=False)
+    model, report = quantize(planted, config_for("smoothquant", alpha="auto"), ranges)
+    note = next(line for line in report.lines() if line.startswith("alpha auto: chose "))
+    chosen = float(note.split()[3])
+    tried = dict(part.rsplit(" ", 2)[:2] for part in note.split(": ", 2)[2].rstrip(")").split(", "))
+    scores = {float(a): float(db) for a, db in tried.items()}
+    assert list(scores) == list(ALPHA_GRID) and scores[chosen] == max(scores.values())
+    assert f"SmoothQuant alpha={chosen:g}:" in report.lines()[1]
+    feeds = calibration_feeds(planted, ranges)
+    deployed = sqnr_db(logits_on(prepare(planted), feeds), logits_on(model, feeds))
+    assert deployed == pytest.approx(scores[chosen], abs=0.15)  # fused vs unfused: float summation order only
+
+
 def _values(model, tensor, feeds):
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
@@ -146,6 +164,7 @@ def test_a_shared_weight_is_not_smoothed():
     [
         (["--target", "portable"], "--target is portable; smoothquant is for the CPU provider only"),
         (["--alpha", "1.5"], "--alpha is 1.5; give a number in [0, 1]"),
+        (["--alpha", "best"], "'best' is neither a number in [0, 1] (0.5) nor auto"),
     ],
 )
 def test_bad_settings_are_refused_in_one_line(tiny_onnx, ranges, tmp_path, capsys, flags, message):

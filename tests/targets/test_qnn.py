@@ -109,7 +109,8 @@ def test_minilm_w8a8_runs_whole_and_quantized_on_htp(minilm_w8a8, soc):
 
 
 @needs_qnn
-@pytest.mark.parametrize("scheme", sorted(n for n in SCHEMES if n not in ("w8a32", "w32a8")))
+# smoothquant is for the CPU provider only (its config refuses target=portable).
+@pytest.mark.parametrize("scheme", sorted(n for n in SCHEMES if n not in ("w8a32", "w32a8", "smoothquant")))
 def test_every_scheme_is_htp_clean(tiny_static, scheme):
     report = check_htp(_w8a8(tiny_static, scheme=scheme, **SCHEME_OPTIONS.get(scheme, {})), qnn.resolve_soc("sm8650"))
     assert report.ok, _finding_text(report)
@@ -385,6 +386,19 @@ def test_cpu_check_reports_integer_kernels_and_float_units(tiny_w8a8):
     text = "\n".join(report.summary)
     assert "QLinearMatMul x16" in text and "MatMul: 16 of 16 QDQ units" in text
     assert "LayerNormalization: 0 of 5" in text  # no integer LayerNorm kernel on CPU: reported, not failed
+
+
+def test_cpu_check_of_a_model_ort_cannot_load_is_one_line(tiny_w8a8, tmp_path, capsys):
+    broken = onnx.ModelProto()
+    broken.CopyFrom(tiny_w8a8)
+    ids = next(i for i in broken.graph.input if i.name == "input_ids")
+    ids.type.tensor_type.elem_type = onnx.TensorProto.FLOAT  # Gather indices must be integers: ill-typed
+    onnx.save(broken, str(tmp_path / "broken.onnx"))
+    before = (tmp_path / "broken.onnx").read_bytes()
+    assert main(["check", str(tmp_path / "broken.onnx"), "--ep", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot load it" in err and "qonnx quantize" in err and len(err.splitlines()) == 1
+    assert (tmp_path / "broken.onnx").read_bytes() == before
 
 
 # --- the HTP rules in the QDQ writer -------------------------------------------------------------

@@ -22,7 +22,8 @@ from qonnx_bert.quantize.schemes.smooth import SMOOTH_SCHEMES
 
 ENTRY_POINT_GROUP = "qonnx.schemes"
 SCHEMES: dict[str, Any] = {
-    s.config.scheme: s for s in (*map(with_int16, (*BASELINES, *PEG_SCHEMES, *SMOOTH_SCHEMES)), *MIXED_SCHEMES)
+    s.config.scheme: s
+    for s in (*map(with_int16, (*BASELINES, *PEG_SCHEMES)), *MIXED_SCHEMES, *map(with_int16, SMOOTH_SCHEMES))
 }
 
 

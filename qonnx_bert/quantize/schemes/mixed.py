@@ -33,29 +33,26 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 from tqdm import tqdm
 
-from qonnx_bert.calibration.calibrate import estimate_ranges, sequence_batches
+from qonnx_bert.calibration.calibrate import estimate_ranges
 from qonnx_bert.calibration.collector import Target
 from qonnx_bert.calibration.estimators import PerTensor, make_estimator
-from qonnx_bert.calibration.ranges import RangeTable, model_fingerprint
+from qonnx_bert.calibration.ranges import model_fingerprint
 from qonnx_bert.calibration.tensors import quantizable_tensors
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.core.files import atomic_output, read_json_object, require
 from qonnx_bert.core.metrics import sqnr_db
 from qonnx_bert.core.modelinfo import read_info
-from qonnx_bert.core.runtime import cpu_session
 from qonnx_bert.graph.roles import RoleMap
-from qonnx_bert.inputs.encode import Encoder
-from qonnx_bert.inputs.sequences import Sequences, sample_sequences, shipped_sentences
 from qonnx_bert.passes.mixed_precision import int16_overrides, value_group, wide_tensors, with_quantizer_bits
 from qonnx_bert.passes.plan import Plan
 from qonnx_bert.passes.qdq import insert_qdq
 from qonnx_bert.quantize.config import AutoMpConfig, ConfigError, MixedPrecisionConfig, SchemeConfig
 from qonnx_bert.quantize.schemes.baseline import W8A8
 from qonnx_bert.quantize.schemes.context import SchemeContext
+from qonnx_bert.quantize.schemes.replay import calibration_feeds, calibration_sequences, logits_on
 
 logger = logging.getLogger(__name__)
 
@@ -175,15 +172,6 @@ def with_selection(plan: Plan, ctx: SchemeContext, roles: list[str], sensitivity
     return replace(plan, selection={"roles": in_graph_order(ctx, roles), "sensitivity": sensitivity})
 
 
-def calibration_sequences(ranges: RangeTable | None) -> Sequences:
-    """The sequences the ranges were calibrated on; the shipped sentences for older ranges files."""
-    cal = ranges.calibration if ranges is not None else {}
-    if cal.get("sequences"):
-        return Sequences.from_pairs(cal["sequences"], cal.get("source", "ranges file"), cal.get("seed", 0))
-    logger.warning("the ranges file holds no calibration sequences; measuring on the shipped sentences")
-    return sample_sequences(shipped_sentences(), None, 32, 0, "shipped")
-
-
 def reestimate(ctx: SchemeContext, specs: dict[str, str]) -> dict[str, tuple[float, float]]:
     """Ranges of some tensors re-estimated with their own estimator spec on the calibration sequences."""
     layouts = {t.name: t for t in quantizable_tensors(ctx.prepared)}
@@ -225,19 +213,6 @@ def budget_count(budget: int | float, total: int) -> int:
     if budget > total:
         raise ConfigError([("budget", f"is {budget}: more than the {total} activations of this model")])
     return budget
-
-
-def calibration_feeds(model: onnx.ModelProto, ranges: RangeTable | None) -> list[dict[str, np.ndarray]]:
-    """The calibration sequences as the length-bucketed feeds calibration used."""
-    batch_size = (ranges.calibration if ranges is not None else {}).get("batch_size", 8)
-    batches, _ = sequence_batches(Encoder.from_model(model), calibration_sequences(ranges), batch_size)
-    return list(batches())
-
-
-def logits_on(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
-    """Output 0 on the CPU provider over ``feeds``, padding rows of static-batch feeds dropped."""
-    session = cpu_session(model)
-    return np.concatenate([session.run(None, f)[0][f["attention_mask"].any(axis=1)] for f in feeds])
 
 
 def scan_sensitivity(ctx: SchemeContext, plan: Plan, forced: list[str], candidates: list[str]) -> dict:

@@ -49,7 +49,7 @@ SCHEMES = {
     "qonnx-w8a8-cpu": {"scheme": "w8a8", "target": "cpu"},
     "qonnx-peg-cpu": {"scheme": "peg", "target": "cpu"},
     "qonnx-peg-cpu-k2": {"scheme": "peg", "target": "cpu", "groups": 2},
-    "qonnx-smoothquant": {"scheme": "smoothquant"},
+    "qonnx-smoothquant": {"scheme": "smoothquant", "alpha": 0.5},  # SmoothQuant's own default
     "qonnx-smoothquant-a0.75": {"scheme": "smoothquant", "alpha": 0.75},
     "qonnx-smoothquant-auto": {"scheme": "smoothquant", "alpha": "auto"},
 }

@@ -65,14 +65,8 @@ def assert_models_close(ref, test, feeds: list[dict], *, rtol: float = 0.0, atol
             np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg=name)
 
 
-def plant_gelu_outlier(model, layer: int = 0, unit: int = 5, dim: int = 7, factor: float = 30.0, weight: float = 100.0):
-    """A copy of an FP32 export where FFN unit ``unit`` of ``layer`` has ``factor`` x its pre-GELU
-    values (W1 column and b1 entry scaled) and writes into hidden dimension ``dim`` only, ``weight``
-    x harder (its W2 row zeroed elsewhere): one GELU output far wider than the rest making one
-    outlier dimension of the residual stream, like the unit behind MiniLM's residual outlier."""
-    import onnx
-    from onnx import numpy_helper
-
+def ffn_dense(model, layer: int) -> tuple[tuple[str, str], tuple[str, str]]:
+    """((W1, b1), (W2, b2)) initializer names of ``layer``'s two FFN dense layers (MatMul + bias Add)."""
     from qonnx_bert.graph.prepare import prepare
     from qonnx_bert.graph.roles import find_roles
 
@@ -81,25 +75,44 @@ def plant_gelu_outlier(model, layer: int = 0, unit: int = 5, dim: int = 7, facto
     producers = {o: n for n in prepared.graph.node for o in n.output}
     inits = {i.name for i in prepared.graph.initializer}
 
-    def dense(role):  # (weight, bias) initializer names of the MatMul + bias Add writing ``role``
+    def dense(role):
         bias_add = producers[roles.tensor(f"layer.{layer}.ffn.{role}")]
         matmul = producers[next(i for i in bias_add.input if i not in inits)]
         return next(i for i in matmul.input if i in inits), next(i for i in bias_add.input if i in inits)
 
-    (w1, b1), (w2, _) = dense("intermediate"), dense("output")
+    return dense("intermediate"), dense("output")
+
+
+def with_edited_initializers(model, edits: dict):
+    """A copy of ``model`` with each initializer named in ``edits`` replaced by ``edits[name](values)``."""
+    import onnx
+    from onnx import numpy_helper
+
     out = onnx.ModelProto()
     out.CopyFrom(model)
     for init in out.graph.initializer:
-        values = numpy_helper.to_array(init).copy()
-        if init.name in (w1, b1):
-            values[..., unit] *= factor
-        elif init.name == w2:
-            values[unit, np.arange(values.shape[1]) != dim] = 0.0
-            values[unit, dim] *= weight
-        else:
-            continue
-        init.CopyFrom(numpy_helper.from_array(values, init.name))
+        if init.name in edits:
+            init.CopyFrom(numpy_helper.from_array(edits[init.name](numpy_helper.to_array(init).copy()), init.name))
     return out
+
+
+def plant_gelu_outlier(model, layer: int = 0, unit: int = 5, dim: int = 7, factor: float = 30.0, weight: float = 100.0):
+    """A copy of an FP32 export where FFN unit ``unit`` of ``layer`` has ``factor`` x its pre-GELU
+    values (W1 column and b1 entry scaled) and writes into hidden dimension ``dim`` only, ``weight``
+    x harder (its W2 row zeroed elsewhere): one GELU output far wider than the rest making one
+    outlier dimension of the residual stream, like the unit behind MiniLM's residual outlier."""
+    (w1, b1), (w2, _) = ffn_dense(model, layer)
+
+    def wider(values):
+        values[..., unit] *= factor
+        return values
+
+    def writes_dim(values):
+        values[unit, np.arange(values.shape[1]) != dim] = 0.0
+        values[unit, dim] *= weight
+        return values
+
+    return with_edited_initializers(model, {w1: wider, b1: wider, w2: writes_dim})
 
 
 def build_tiny_bert(out_dir: Path, *, num_labels: int = 2, layers: int = 2, seed: int = 0) -> Path:

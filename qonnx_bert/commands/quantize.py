@@ -96,7 +96,7 @@ def register(sub) -> None:
     g.add_argument(
         "--alpha",
         type=alpha,
-        help="share of each MatMul input channel's range moved into its weights, 0 to 1 (default 0.5), or auto: "
+        help="share of each MatMul input channel's range moved into its weights, 0 to 1 (default 0.75), or auto: "
         "the value (0.3 to 0.9) whose output is closest to FP32 on the calibration sequences",
     )
     add_lowbit_arguments(p)
@@ -146,7 +146,7 @@ def alpha(text: str) -> float | str:
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a number in [0, 1] (0.5) nor auto") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number in [0, 1] (0.75) nor auto") from None
 
 
 def config_error_as_flags(err, where: str = "") -> UsageError:

@@ -29,7 +29,7 @@ from qonnx_bert.quantize.schemes import SchemeContext, get_scheme
 from qonnx_bert.quantize.schemes.replay import calibration_feeds, logits_on
 from qonnx_bert.quantize.schemes.smooth import ALPHA_GRID
 from qonnx_bert.targets.cpu import check_cpu
-from tests.conftest import RAGGED_TEXTS, assert_models_close
+from tests.conftest import RAGGED_TEXTS, assert_models_close, ffn_dense, with_edited_initializers
 
 
 def test_factor_is_smoothquants_formula():
@@ -65,29 +65,17 @@ def plant_gelu_unit_outlier(model, layer: int = 0, units=(3, 11), factor: float 
     """A copy where GELU units ``units`` of ``layer`` (the FFN's second MatMul input) are about ``factor`` x wider
     (their W1 columns and b1 entries scaled) and their W2 rows ``factor`` x smaller: the FFN output barely moves,
     but its second MatMul reads an input with outlier channels, as MiniLM's does."""
-    prepared = prepare(model)
-    roles = find_roles(prepared)
-    producer = {o: n for n in prepared.graph.node for o in n.output}
-    inits = {i.name for i in prepared.graph.initializer}
+    (w1, b1), (w2, _) = ffn_dense(model, layer)
 
-    def dense(role):  # (weight, bias) initializer names of the MatMul + bias Add writing ``role``
-        bias_add = producer[roles.tensor(f"layer.{layer}.ffn.{role}")]
-        matmul = producer[next(i for i in bias_add.input if i not in inits)]
-        return next(i for i in matmul.input if i in inits), next(i for i in bias_add.input if i in inits)
+    def wider(values):
+        values[..., list(units)] *= factor
+        return values
 
-    (w1, b1), (w2, _) = dense("intermediate"), dense("output")
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for init in out.graph.initializer:
-        values = numpy_helper.to_array(init).copy()
-        if init.name in (w1, b1):
-            values[..., list(units)] *= factor
-        elif init.name == w2:
-            values[list(units)] /= factor
-        else:
-            continue
-        init.CopyFrom(numpy_helper.from_array(values, init.name))
-    return out
+    def narrower_rows(values):
+        values[list(units)] /= factor
+        return values
+
+    return with_edited_initializers(model, {w1: wider, b1: wider, w2: narrower_rows})
 
 
 def test_smoothing_removes_a_planted_outlier_channel_and_beats_plain_w8a8_cpu(fp32):
@@ -111,7 +99,7 @@ def test_smoothing_removes_a_planted_outlier_channel_and_beats_plain_w8a8_cpu(fp
         model.graph.output.append(helper.make_empty_tensor_value_info(product))
         snr[scheme] = sqnr_db(_values(prepared, product, feeds), cpu_session(model).run([product], feeds)[0])
     assert snr["smoothquant"] > snr["w8a8"] + 10.0, snr  # measured 12 dB vs 30
-    assert "SmoothQuant alpha=0.5" in plans["smoothquant"].notes[0]
+    assert "SmoothQuant alpha=0.75" in plans["smoothquant"].notes[0]
     model, _ = quantize(planted, config_for("smoothquant"), ranges)
     assert not check_cpu(model).findings  # fused: every MatMul an integer kernel
 
@@ -164,7 +152,7 @@ def test_a_shared_weight_is_not_smoothed():
     [
         (["--target", "portable"], "--target is portable; smoothquant is for the CPU provider only"),
         (["--alpha", "1.5"], "--alpha is 1.5; give a number in [0, 1]"),
-        (["--alpha", "best"], "'best' is neither a number in [0, 1] (0.5) nor auto"),
+        (["--alpha", "best"], "'best' is neither a number in [0, 1] (0.75) nor auto"),
     ],
 )
 def test_bad_settings_are_refused_in_one_line(tiny_onnx, ranges, tmp_path, capsys, flags, message):

@@ -11,8 +11,6 @@ check passes (when onnxruntime-qnn is installed).
 from __future__ import annotations
 
 import logging
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +21,10 @@ from qonnx_bert.analysis.evaluate import first_output, shipped_sts_dir, similari
 from qonnx_bert.benchmarks.latency import full_length_feeds, side_by_side_latency_ms
 from qonnx_bert.calibration.calibrate import calibrate
 from qonnx_bert.calibration.ranges import RangeTable
-from qonnx_bert.core.console import configure as configure_console
 from qonnx_bert.core.files import atomic_output
 from qonnx_bert.core.metrics import sqnr_db
 from qonnx_bert.core.runtime import cpu_session
+from qonnx_bert.core.workers import WorkerPool
 from qonnx_bert.inputs.encode import Encoder
 from qonnx_bert.inputs.export import export_model
 from qonnx_bert.inputs.glue import GlueSplit, load_task
@@ -121,10 +119,6 @@ def quantize_to_file(fp32_path: Path, ranges_path: Path, spec: DemoScheme, out: 
     return report.lines()[0]
 
 
-def _worker_ready() -> None:
-    """A no-op job: submitting one per worker starts the workers (and their imports) early."""
-
-
 def _htp_column(spec: DemoScheme | None, verdicts: dict[str, str]) -> str:
     if spec is None:
         return "n/a (float)"
@@ -149,13 +143,9 @@ def run_demo(
     workdir.mkdir(parents=True, exist_ok=True)
     fp32_path, ranges_path = workdir / "model.onnx", workdir / "ranges.json"
     paths = {"FP32": fp32_path} | {s.label: workdir / f"model.{s.file}.onnx" for s in DEMO_SCHEMES}
-    # Spawned, not forked: the parent has run torch's exporter (thread pools a fork would copy mid-state).
-    # A spawned worker starts with default logging, so it gets the caller's quiet or verbose setting.
+    # Spawned, not forked: the export runs torch. Workers get the caller's quiet or verbose setting.
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(WORKERS, mp_context=context, initializer=configure_console, initargs=(verbose,)) as pool:
-        for _ in range(WORKERS):
-            pool.submit(_worker_ready)
+    with WorkerPool(WORKERS, start="spawn", verbose=verbose, preload=__name__) as pool:
         export_model(source, fp32_path, task="feature-extraction")
         fp32 = onnx.load(str(fp32_path))
         sentences = shipped_sentences()
@@ -170,8 +160,8 @@ def run_demo(
         checked = pool.submit(htp_verdicts, fp32_path, htp_labels, soc) if htp_labels else None
         reports += [pool.submit(quantize_to_file, fp32_path, ranges_path, s, paths[s.label]) for s in slowest_first[1:]]
         for report in reports:
-            logger.debug(report.result())
-        verdicts = checked.result() if checked else {}
+            logger.debug(report.get())
+        verdicts = checked.get() if checked else {}
     split = limit_split(load_task("stsb", "dev", shipped_sts_dir()), pairs)
     models = {label: fp32 if label == "FP32" else onnx.load(str(path)) for label, path in paths.items()}
     reference = _embeddings(fp32, split)

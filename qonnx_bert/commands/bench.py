@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
-import signal
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from qonnx_bert.core.argtypes import non_negative_int, positive_int
+from qonnx_bert.core.workers import WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -170,42 +168,7 @@ def _results(args, configs, variants: list[str], records: list[dict]) -> dict:
 def _executor(args):
     if args.ray:
         return _RayPool(None if args.ray == "local" else args.ray, args.jobs if args.jobs > 1 else None)
-    return _ProcessPool(args.jobs) if args.jobs > 1 else _Serial()
-
-
-class _ProcessPool:
-    """Cells in worker processes that stop with the command: Ctrl-C or SIGTERM ends them too, cleaned up.
-
-    ``concurrent.futures``' pool would wait, on the way out, for every running cell to
-    finish (minutes) and leave the workers running when only this process is signalled;
-    ``multiprocessing.Pool`` terminates them on exit. Workers ignore Ctrl-C (the terminal
-    sends it to them too; this process ends them) and turn SIGTERM into a quiet exit that
-    runs their cleanup, so a cell's half-written files are removed.
-    """
-
-    def __init__(self, jobs: int):
-        self.jobs = jobs
-
-    def __enter__(self):
-        self.pool = multiprocessing.Pool(self.jobs, initializer=_worker_signals)
-        return self
-
-    def __exit__(self, *exc):
-        self.pool.terminate()  # every cell is done on success; on failure the running ones stop now
-        self.pool.join()
-        return False
-
-    def map(self, fn: Callable, items: Iterable) -> Iterator:
-        return self.pool.imap(fn, items)
-
-
-def _worker_signals() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _worker_exit)
-
-
-def _worker_exit(signum, frame):
-    sys.exit(128 + signum)  # SystemExit unwinds through the cell's cleanup; the pool reports no traceback for it
+    return WorkerPool(args.jobs) if args.jobs > 1 else _Serial()
 
 
 class _Serial:

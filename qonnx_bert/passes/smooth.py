@@ -28,10 +28,11 @@ MIN_SCALE = 1e-5  # SmoothQuant's clamp: a channel that is always zero keeps a f
 
 @dataclass(frozen=True)
 class SmoothSite:
-    """An activation and the MatMuls (by output name) that read it with a constant 2-D weight."""
+    """An activation, and the MatMuls (by output name) reading it with their constant 2-D weights (by name)."""
 
     tensor: str
     matmuls: tuple[str, ...]
+    weights: tuple[str, ...]
 
 
 def smoothing_sites(model: onnx.ModelProto) -> tuple[list[SmoothSite], list[str]]:
@@ -49,20 +50,14 @@ def smoothing_sites(model: onnx.ModelProto) -> tuple[list[SmoothSite], list[str]
         if any(readers[n.input[1]] > 1 for n in nodes):
             shared.append(tensor)
         else:
-            sites.append(SmoothSite(tensor, tuple(n.output[0] for n in nodes)))
+            sites.append(SmoothSite(tensor, tuple(n.output[0] for n in nodes), tuple(n.input[1] for n in nodes)))
     return sites, shared
 
 
-def _site_nodes(model: onnx.ModelProto, site: SmoothSite) -> list[onnx.NodeProto]:
-    outputs = set(site.matmuls)
-    return [n for n in model.graph.node if n.op_type == "MatMul" and n.output[0] in outputs]
-
-
-def weight_row_absmax(model: onnx.ModelProto, site: SmoothSite) -> np.ndarray:
-    """max |W_jk| over k of every input channel j, over all of the site's weights."""
+def weight_row_absmax(model: onnx.ModelProto, sites: list[SmoothSite]) -> dict[SmoothSite, np.ndarray]:
+    """max |W_jk| over k of every input channel j, over all of each site's weights."""
     inits = {i.name: i for i in model.graph.initializer}
-    rows = [np.abs(numpy_helper.to_array(inits[n.input[1]])).max(axis=1) for n in _site_nodes(model, site)]
-    return np.max(rows, axis=0)
+    return {s: np.max([np.abs(numpy_helper.to_array(inits[w])).max(axis=1) for w in s.weights], axis=0) for s in sites}
 
 
 def smoothing_scales(activation_absmax: np.ndarray, weight_absmax: np.ndarray, alpha: float) -> np.ndarray:
@@ -82,19 +77,20 @@ def smooth(model: onnx.ModelProto, scales: dict[SmoothSite, np.ndarray]) -> onnx
     out.CopyFrom(model)
     graph = out.graph
     inits = {i.name: i for i in graph.initializer}
+    matmuls = {n.output[0]: n for n in graph.node if n.op_type == "MatMul"}
     before: dict[str, onnx.NodeProto] = {}  # by MatMul output: a site's Mul goes right before its first MatMul
     for site, s in scales.items():
-        nodes = _site_nodes(out, site)
-        for node in nodes:
-            weight = inits[node.input[1]]
-            weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * s[:, None], weight.name))
-            node.input[0] = smoothed_name(site.tensor)
+        for name in site.weights:
+            weight = inits[name]
+            weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * s[:, None], name))
+        for output in site.matmuls:
+            matmuls[output].input[0] = smoothed_name(site.tensor)
         inverse = f"{site.tensor}.smooth_inverse"
         graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inverse))
         mul = helper.make_node(
             "Mul", [site.tensor, inverse], [smoothed_name(site.tensor)], name=f"{site.tensor}.smooth"
         )
-        before[nodes[0].output[0]] = mul
+        before[site.matmuls[0]] = mul
     ordered = []
     for node in graph.node:
         if node.output and node.output[0] in before:

@@ -36,7 +36,7 @@ class SmoothQuantScheme:
         base = ctx.calibrated()
         sites, shared = smoothing_sites(ctx.prepared)
         absmax = channel_absmax(ctx, ctx.prepared, [s.tensor for s in sites])
-        weights = {s: weight_row_absmax(ctx.prepared, s) for s in sites}
+        weights = weight_row_absmax(ctx.prepared, sites)
 
         def smoothed(alpha: float) -> tuple[Plan, dict[SmoothSite, np.ndarray]]:
             scales = {s: smoothing_scales(absmax[s.tensor], weights[s], alpha) for s in sites}

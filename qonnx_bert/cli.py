@@ -3,7 +3,8 @@
 Each subcommand lives in ``qonnx_bert/commands/<name>.py`` with ``register(subparsers)``
 that adds its parser and sets ``func``. A ``UsageError`` becomes one line on stderr
 and exit code 2, with no traceback. Ctrl-C exits with 130 and SIGTERM with 143, both
-after the same cleanup (no temporary file or new empty folder is left behind).
+after the same cleanup (no temporary file or new empty folder is left behind). A worker process
+that dies inside a job (out of memory, a native crash) is one line and exit code 1.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from qonnx_bert import __version__
 from qonnx_bert.core.console import configure as configure_console
 from qonnx_bert.core.errors import Terminated, UsageError, as_flags
+from qonnx_bert.core.workers import WorkerDied
 
 COMMANDS = (
     "export",
@@ -73,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         # the command's own options: a setting the library names in backticks is worded as its flag
         print(f"qonnx {args.command}: error: {as_flags(str(err), set(vars(args)))}", file=sys.stderr)
         return 2
+    except WorkerDied as err:
+        print(f"qonnx {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except Terminated:
         print(f"qonnx {args.command}: terminated", file=sys.stderr)
         return 143

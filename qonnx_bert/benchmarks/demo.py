@@ -160,8 +160,8 @@ def run_demo(
         checked = pool.submit(htp_verdicts, fp32_path, htp_labels, soc) if htp_labels else None
         reports += [pool.submit(quantize_to_file, fp32_path, ranges_path, s, paths[s.label]) for s in slowest_first[1:]]
         for report in reports:
-            logger.debug(report.get())
-        verdicts = checked.get() if checked else {}
+            logger.debug(pool.result(report))
+        verdicts = pool.result(checked) if checked else {}
     split = limit_split(load_task("stsb", "dev", shipped_sts_dir()), pairs)
     models = {label: fp32 if label == "FP32" else onnx.load(str(path)) for label, path in paths.items()}
     reference = _embeddings(fp32, split)

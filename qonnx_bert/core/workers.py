@@ -2,22 +2,38 @@
 
 ``concurrent.futures``' pool would wait, on the way out, for every running job to finish
 (minutes) and leave the workers running when only this process is signalled;
-``multiprocessing.Pool`` terminates them on exit. Workers ignore Ctrl-C (the terminal sends
-it to them too; this process ends them) and turn SIGTERM into a quiet exit that runs their
-cleanup, so a job's half-written files are removed. Used by ``qonnx bench --jobs`` and
-``qonnx demo``.
+``multiprocessing.Pool`` terminates them on exit. Two things it does not do are added here:
+
+- a worker never runs the interpreter's shutdown. Library teardown at exit (C++ destructors
+  of ONNX Runtime's QNN backend, torch's atexit handlers) can block, and a worker that
+  blocks there blocks the pool's ``join`` for ever. A worker signalled during a job unwinds
+  the job (its half-written files are removed), then leaves with ``os._exit``; an idle one
+  leaves at once; one whose pool closed leaves at its first exit handler.
+- a worker that dies inside a job (killed by the out-of-memory killer, a crash in a native
+  library) raises ``WorkerDied`` in the caller; ``Pool`` would replace the worker and leave
+  the job's result waiting for ever.
+
+Workers ignore Ctrl-C (the terminal sends it to them too; this process ends them). Used by
+``qonnx bench --jobs`` and ``qonnx demo``.
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import multiprocessing
+import os
 import signal
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.pool import AsyncResult
 
 from qonnx_bert.core.console import configure as configure_console
+
+POLL_S = 0.5  # how often a wait looks at the workers' health
+
+
+class WorkerDied(RuntimeError):
+    """A worker process ended while it ran a job: the job's result will never come."""
 
 
 class WorkerPool:
@@ -31,7 +47,9 @@ class WorkerPool:
 
     def __enter__(self) -> WorkerPool:
         context = multiprocessing.get_context(self.start)
+        before = set(multiprocessing.active_children())
         self.pool = context.Pool(self.jobs, initializer=_worker_setup, initargs=(self.verbose, self.preload))
+        self.workers = [p for p in multiprocessing.active_children() if p not in before]  # Pool starts them now
         return self
 
     def __exit__(self, *exc) -> bool:
@@ -40,11 +58,42 @@ class WorkerPool:
         return False
 
     def map(self, fn: Callable, items: Iterable) -> Iterator:
-        return self.pool.imap(fn, items)
+        """``fn(item)`` for each item, in order, computed on the workers."""
+        for job in [self.submit(fn, item) for item in items]:
+            yield self.result(job)
 
     def submit(self, fn: Callable, *args) -> AsyncResult:
-        """``fn(*args)`` in a worker; ``.get()`` waits for its result (or raises its error)."""
-        return self.pool.apply_async(fn, args)
+        """``fn(*args)`` in a worker; ``result`` waits for it."""
+        return self.pool.apply_async(_run_job, (fn, args))
+
+    def result(self, job: AsyncResult):
+        """The job's return value (or its error, raised here); ``WorkerDied`` if a worker died meanwhile."""
+        while not job.ready():
+            job.wait(POLL_S)
+            dead = [p for p in self.workers if p.exitcode is not None]
+            if dead and not job.ready():
+                code = dead[0].exitcode
+                how = f"signal {-code}" if code < 0 else f"exit code {code}"
+                raise WorkerDied(f"a worker process ended ({how}; out of memory?) while running a job")
+        return job.get()
+
+
+class _Terminated(BaseException):
+    """SIGTERM inside a job: unwinds it through its cleanup (not an ``Exception``, so no job catches it)."""
+
+
+_in_job = False
+
+
+def _run_job(fn: Callable, args: tuple):
+    global _in_job
+    _in_job = True
+    try:
+        return fn(*args)
+    except _Terminated:
+        os._exit(128 + signal.SIGTERM)  # the job's cleanup has run; skip the interpreter's shutdown
+    finally:
+        _in_job = False
 
 
 def _worker_setup(verbose: bool | None, preload: str) -> None:
@@ -54,10 +103,12 @@ def _worker_setup(verbose: bool | None, preload: str) -> None:
         configure_console(verbose)
     if preload:
         importlib.import_module(preload)
+    # Registered last, so it runs first when the pool closes: the results are already sent.
+    atexit.register(os._exit, 0)
 
 
 def _worker_exit(signum, frame):
-    # Once: a second SIGTERM (the pool's terminate repeats it) must not interrupt the exit's own cleanup,
-    # e.g. torch's atexit handlers, which would print their traceback.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sys.exit(128 + signum)  # SystemExit unwinds through the job's cleanup; the pool reports no traceback for it
+    if not _in_job:
+        os._exit(128 + signum)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the pool's terminate may repeat it during the cleanup
+    raise _Terminated

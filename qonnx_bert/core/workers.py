@@ -6,9 +6,10 @@
 
 - a worker never runs the interpreter's shutdown. Library teardown at exit (C++ destructors
   of ONNX Runtime's QNN backend, torch's atexit handlers) can block, and a worker that
-  blocks there blocks the pool's ``join`` for ever. A worker signalled during a job unwinds
-  the job (its half-written files are removed), then leaves with ``os._exit``; an idle one
-  leaves at once; one whose pool closed leaves at its first exit handler.
+  blocks there blocks the pool's ``join`` for ever. A closed pool's workers run
+  multiprocessing's cleanup, then leave at their first exit handler; a worker signalled during
+  a job unwinds the job (its half-written files are removed), then leaves with ``os._exit``;
+  an idle one leaves at once.
 - a worker that dies inside a job (killed by the out-of-memory killer, a crash in a native
   library) raises ``WorkerDied`` in the caller; ``Pool`` would replace the worker and leave
   the job's result waiting for ever.
@@ -24,12 +25,14 @@ import importlib
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.pool import AsyncResult
 
 from qonnx_bert.core.console import configure as configure_console
 
 POLL_S = 0.5  # how often a wait looks at the workers' health
+CLOSE_S = 10  # how long a closing pool waits for a worker to leave by itself before it is signalled
 
 
 class WorkerDied(RuntimeError):
@@ -52,8 +55,13 @@ class WorkerPool:
         self.workers = [p for p in multiprocessing.active_children() if p not in before]  # Pool starts them now
         return self
 
-    def __exit__(self, *exc) -> bool:
-        self.pool.terminate()  # every job is done on success; on failure the running ones stop now
+    def __exit__(self, exc_type, *exc) -> bool:
+        if exc_type is None:  # every job is done: the workers leave through multiprocessing's own cleanup
+            self.pool.close()
+            deadline = time.monotonic() + CLOSE_S
+            for worker in self.workers:
+                worker.join(max(0.0, deadline - time.monotonic()))
+        self.pool.terminate()  # on failure the running jobs stop now; on success, any worker still there
         self.pool.join()
         return False
 

@@ -44,6 +44,7 @@ class Row:
     scheme: str | None  # None: the FP32 model
     lowbit: LowBitConfig
     qat: bool = False
+    distill: float = 0.0  # QAT towards the FP32 model's outputs (``QatConfig.distill``)
 
 
 W4, W6 = WeightGrid(4), WeightGrid(6)
@@ -61,6 +62,7 @@ ROWS = {
     "w4a8-peg-ptq": Row("W4A8 PEG PTQ", "peg", LowBitConfig(W4)),
     "w4a8-peg-e2-ptq": Row("W4A8 PEG, 2-bit embeddings PTQ", "peg", LowBitConfig(W4, WeightGrid(2))),
     "w8a8-qat": Row("W8A8 QAT (per-tensor)", "w8a8", LowBitConfig(), qat=True),
+    "w8a8-qat-kd": Row("W8A8 QAT (per-tensor), distilled from FP32", "w8a8", LowBitConfig(), qat=True, distill=1.0),
     "w4a32-qat": Row("W4A32 QAT", "w8a32", LowBitConfig(W4), qat=True),
     "w4a8-qat": Row("W4A8 QAT", "w8a8", LowBitConfig(W4), qat=True),
     "w4a8-e2-qat": Row("W4A8, 2-bit embeddings QAT", "w8a8", LowBitConfig(W4, WeightGrid(2)), qat=True),
@@ -83,7 +85,7 @@ def _model(row: Row, task, checkpoint, data_dir, fp32, ranges, work: Path, seed:
         return fp32
     if row.qat:
         out = work / f"qat-{row.label.replace(' ', '_').replace(',', '')}-s{seed}"
-        config = QatConfig(task, row.scheme, row.lowbit, epochs=epochs, seed=seed)
+        config = QatConfig(task, row.scheme, row.lowbit, epochs=epochs, seed=seed, distill=row.distill)
         run_qat(checkpoint, data_dir, work / "ranges.json", out, config, progress=False)
         return onnx.load(str(out / "model.qdq.onnx"))
     return quantize(fp32, config_for(row.scheme, **_config_fields(row.lowbit)), ranges)[0]

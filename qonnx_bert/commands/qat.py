@@ -21,8 +21,16 @@ def register(sub) -> None:
     p.add_argument("--ranges", required=True, help="PTQ ranges of the checkpoint's export (`qonnx calibrate`)")
     p.add_argument("-o", "--output", required=True, help="output folder (a rerun resumes after its last epoch)")
     p.add_argument("--epochs", type=positive_int, default=3, help="(default 3)")
+    p.add_argument("--lr", type=positive_float, default=2e-5, help="peak learning rate of the weights (default 2e-5)")
     p.add_argument(
-        "--lr", type=positive_float, default=2e-5, help="peak learning rate of weights and ranges (default 2e-5)"
+        "--range-lr", type=positive_float, help="peak learning rate of the activation ranges (default: --lr)"
+    )
+    p.add_argument(
+        "--distill",
+        type=float,  # QatConfig checks the range
+        default=0.0,
+        metavar="WEIGHT",
+        help="train towards the FP32 model's outputs with this weight, the labels with 1 - WEIGHT (default 0)",
     )
     p.add_argument("--batch-size", type=positive_int, default=32, help="(default 32)")
     p.add_argument("--max-train-examples", type=positive_int, help="a seeded subset of the training split")
@@ -40,6 +48,8 @@ def run(args) -> int:
         lowbit_from_args(args),
         epochs=args.epochs,
         lr=args.lr,
+        range_lr=args.range_lr,
+        distill=args.distill,
         batch_size=args.batch_size,
         seed=args.seed,
         max_train_examples=args.max_train_examples,

@@ -149,15 +149,21 @@ def collate(examples: list[dict[str, list[int]]], idx: np.ndarray, pad_id: int) 
     return out
 
 
-def make_optimizer(model, recipe: dict, total_steps: int):
-    """AdamW (no decay on biases and norms) with linear warmup then linear decay to zero."""
+def make_optimizer(model, recipe: dict, total_steps: int, own_rate: tuple[list, float] | None = None):
+    """AdamW (no decay on biases and norms) with linear warmup then linear decay to zero.
+
+    ``own_rate``: (parameters, peak lr) for parameters trained at a rate of their own, without decay
+    (QAT's learned ranges)."""
     import torch
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    own = {id(p) for p in own_rate[0]} if own_rate else set()
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in own]
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": recipe["weight_decay"]},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
+    if own_rate:
+        groups.append({"params": list(own_rate[0]), "weight_decay": 0.0, "lr": own_rate[1]})
     optimizer = torch.optim.AdamW(groups, lr=recipe["lr"])
     warmup = int(total_steps * recipe["warmup_ratio"])
 

@@ -54,7 +54,9 @@ class LearnedRange(torch.nn.Module):
         return asymmetric_scale_zero_point(self.lo, self.hi, self.qmax)
 
     def range(self) -> tuple[float, float]:
-        return float(self.lo.detach()), float(self.hi.detach())
+        """The range the grid spans, zero included, as ``scale_zero_point`` uses it: a bound trained past
+        zero (a fast ``range_lr`` can push one there) is written as zero, never as ``lo > hi``."""
+        return min(float(self.lo.detach()), 0.0), max(float(self.hi.detach()), 0.0)
 
 
 def symmetric_weight(w: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:

@@ -60,6 +60,8 @@ class QatConfig:
     lowbit: LowBitConfig = field(default_factory=LowBitConfig)
     epochs: int = 3
     lr: float = 2e-5
+    range_lr: float | None = None  # peak learning rate of the activation ranges (None: ``lr``)
+    distill: float = 0.0  # weight of the FP32 model's outputs as targets; 1 - distill on the labels
     batch_size: int = 32
     max_length: int = 128
     warmup_ratio: float = 0.1
@@ -69,8 +71,11 @@ class QatConfig:
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise UsageError(f"`scheme={self.scheme}`: this version trains {' or '.join(SCHEMES)}")
-        if self.epochs < 1 or self.batch_size < 1 or not 0 < self.lr < math.inf:
-            raise UsageError("QAT needs `epochs` >= 1, `batch_size` >= 1 and a finite `lr` > 0")
+        rates = (self.lr, self.lr if self.range_lr is None else self.range_lr)
+        if self.epochs < 1 or self.batch_size < 1 or not all(0 < r < math.inf for r in rates):
+            raise UsageError("QAT needs `epochs` >= 1, `batch_size` >= 1 and finite `lr` and `range_lr` > 0")
+        if not 0 <= self.distill <= 1:
+            raise UsageError(f"`distill={self.distill}` is a weight in [0, 1] (0: the labels only)")
         if self.max_train_examples is not None and self.max_train_examples < 1:
             raise UsageError(f"`max_train_examples={self.max_train_examples}`: QAT needs at least 1 example")
         if not 0 <= self.seed < 2**32:
@@ -118,15 +123,30 @@ def _out_of_memory(batch_size: int) -> UsageError:
     )
 
 
-def _train_epoch(module, optimizer, scheduler, examples, labels, config: QatConfig, epoch: int, pad_id: int, bar):
+def distillation_loss(logits, teacher, num_labels: int):
+    """The FP32 model's outputs as targets: KL divergence of the class distributions, MSE for regression."""
+    import torch.nn.functional as F
+
+    if num_labels == 1:
+        return F.mse_loss(logits, teacher)
+    return F.kl_div(F.log_softmax(logits, -1), F.log_softmax(teacher, -1), log_target=True, reduction="batchmean")
+
+
+def _train_epoch(module, teacher, optimizer, scheduler, examples, labels, config: QatConfig, epoch: int, pad_id, bar):
     import torch
 
     rng = np.random.default_rng(config.seed + epoch)  # per epoch: a resumed run draws the same batches
-    target = torch.tensor(labels)
+    target, num_labels = torch.tensor(labels), get_task(config.task).num_labels
     lengths = np.array([len(e["input_ids"]) for e in examples])
     for idx in bucket_batches(lengths, config.batch_size, rng):
         try:
-            loss = loss_fn(module(**collate(examples, idx, pad_id)), target[idx], get_task(config.task).num_labels)
+            batch = collate(examples, idx, pad_id)
+            logits = module(**batch)
+            loss = loss_fn(logits, target[idx], num_labels)
+            if config.distill:
+                with torch.no_grad():
+                    expected = teacher(**batch).logits
+                loss = (1 - config.distill) * loss + config.distill * distillation_loss(logits, expected, num_labels)
             loss.backward()
         except torch.OutOfMemoryError:
             raise _out_of_memory(config.batch_size) from None
@@ -252,7 +272,8 @@ def _train(source: ModelSource, data_dir, ranges_path, out: Path, config: QatCon
     )
     steps = math.ceil(len(train_ex) / config.batch_size)
     recipe = {"lr": config.lr, "weight_decay": 0.0, "warmup_ratio": config.warmup_ratio}  # AdamW without decay: Adam
-    optimizer, scheduler = make_optimizer(module, recipe, steps * config.epochs)
+    own_rate = None if config.range_lr is None else (list(module.ranges.parameters()), config.range_lr)
+    optimizer, scheduler = make_optimizer(module, recipe, steps * config.epochs, own_rate)
     first, history, logits = _resume(out / STATE, module, optimizer, scheduler, config)
     module.refresh_weight_scales()
     bar = tqdm(
@@ -261,7 +282,7 @@ def _train(source: ModelSource, data_dir, ranges_path, out: Path, config: QatCon
     with bar:  # closed before an error or interrupt is reported, so the message is the last line
         for epoch in range(first, config.epochs):  # weight scales: set at build or resume, refreshed after each epoch
             module.train()
-            _train_epoch(module, optimizer, scheduler, train_ex, train_split.labels, config, epoch, pad_id, bar)
+            _train_epoch(module, hf, optimizer, scheduler, train_ex, train_split.labels, config, epoch, pad_id, bar)
             module.refresh_weight_scales()
             logits = predict(module, dev_ex, 64, pad_id, task.num_labels)
             dev = score_logits(dev_split, logits)

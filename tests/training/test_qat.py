@@ -63,7 +63,8 @@ def test_quantize_rounds_half_to_even_and_clamps_like_quantize_linear():
 
 
 def test_qat_then_export_and_quantize_deploys_what_training_simulated(tiny_bert_dir, glue_dir, init_ranges, tmp_path):
-    config = QatConfig("rte", epochs=2, batch_size=8, lr=1e-3, lowbit=LOWBIT)
+    # With distillation and the ranges' own rate: every part of the training step runs.
+    config = QatConfig("rte", epochs=2, batch_size=8, lr=1e-3, range_lr=3e-3, distill=0.5, lowbit=LOWBIT)
     record = run_qat(str(tiny_bert_dir), glue_dir, init_ranges, tmp_path / "out", config, progress=False)
     assert [h["epoch"] for h in record["history"]] == [1, 2]
     learned = RangeTable.load(tmp_path / "out" / "ranges.json")
@@ -109,3 +110,40 @@ def test_qat_scheme_and_settings_are_checked():
         QatConfig("rte", scheme="peg")
     with pytest.raises(UsageError, match="`batch_size` >= 1"):
         QatConfig("rte", batch_size=0)
+    with pytest.raises(UsageError, match="`range_lr` > 0"):
+        QatConfig("rte", range_lr=0.0)
+    with pytest.raises(UsageError, match=r"`distill=1.5` is a weight in \[0, 1\]"):
+        QatConfig("rte", distill=1.5)
+
+
+def test_distillation_loss_is_the_kl_divergence_from_the_fp32_model():
+    from qonnx_bert.training.qat import distillation_loss
+
+    rng = np.random.default_rng(0)
+    student, teacher = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+
+    def log_softmax(x):
+        return x - np.log(np.exp(x).sum(1, keepdims=True))
+
+    p, log_p, log_q = np.exp(log_softmax(teacher)), log_softmax(teacher), log_softmax(student)
+    want = np.mean(np.sum(p * (log_p - log_q), axis=1))
+    got = distillation_loss(torch.from_numpy(student), torch.from_numpy(teacher), 3)
+    np.testing.assert_allclose(float(got), want, rtol=1e-12)  # float64 throughout
+    regression = distillation_loss(torch.from_numpy(student[:, :1]), torch.from_numpy(teacher[:, :1]), 1)
+    np.testing.assert_allclose(float(regression), np.mean((student[:, 0] - teacher[:, 0]) ** 2), rtol=1e-12)
+
+
+def test_ranges_train_at_their_own_rate():
+    """``range_lr``: the ranges' own group. Adam's first step moves each parameter by its learning rate
+    (its normalised gradient is +-1), so the step sizes show which rate each parameter got."""
+    from qonnx_bert.inputs.finetune import make_optimizer
+
+    linear, learned = torch.nn.Linear(3, 2), LearnedRange(-1.0, 3.0, 8)
+    model = torch.nn.ModuleDict({"linear": linear, "range": learned})
+    recipe = {"lr": 1e-5, "weight_decay": 0.0, "warmup_ratio": 0.0}
+    optimizer, _ = make_optimizer(model, recipe, 10, (list(learned.parameters()), 1e-2))
+    before = [p.detach().clone() for p in (linear.weight, learned.lo, learned.hi)]
+    (linear(torch.ones(1, 3)).sum() + learned.hi - 2 * learned.lo).backward()
+    optimizer.step()
+    moved = [float((p.detach() - b).abs().max()) for p, b in zip((linear.weight, learned.lo, learned.hi), before)]
+    np.testing.assert_allclose(moved, [1e-5, 1e-2, 1e-2], rtol=1e-2)  # float32 steps near 0.5: ~3e-8 apart

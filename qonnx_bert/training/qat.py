@@ -26,6 +26,7 @@ from qonnx_bert.calibration.ranges import RangeTable, model_fingerprint
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.core.files import atomic_output, atomic_outputs, guard, output_folder, write_model
 from qonnx_bert.graph.prepare import prepare
+from qonnx_bert.graph.qdq import GRAPH_OUTPUT_SUFFIX
 from qonnx_bert.inputs.export import export_model
 from qonnx_bert.inputs.finetune import (
     atomic_directory,
@@ -44,6 +45,7 @@ from qonnx_bert.inputs.models import ModelSource, load_model, resolve_model
 from qonnx_bert.quantize.api import quantize
 from qonnx_bert.quantize.lowbit import LowBitConfig, lower_weight_bits
 from qonnx_bert.quantize.schemes import config_for
+from qonnx_bert.training.fake_quant import asymmetric_scale_zero_point
 from qonnx_bert.training.qdq_module import QdqModule
 
 SCHEMES = ("w8a8", "w8a32")  # mp and peg graphs train the same way; exporting their converts' ranges is next
@@ -209,6 +211,35 @@ def _deployed(fp32: onnx.ModelProto, config: QatConfig, ranges: RangeTable) -> o
     return qdq
 
 
+def range_sources(fp32: onnx.ModelProto, config: QatConfig, ranges: RangeTable) -> dict[str, str]:
+    """For each quantized tensor of the deployed graph, the ranges-file tensor whose range sets its scale.
+
+    The writer ties some ranges (ONNX Runtime's quantizer gives a Transpose or Reshape output its
+    input's) and fixes others (the Softmax output's); learning those independently would train a
+    model the learned ranges do not deploy. Found by writing the model once with each tensor's
+    range widened by a factor of its own and reading which factor each quantizer's scale shows.
+    """
+    factors = {t: 1 + (i + 1) * 2.0**-10 for i, t in enumerate(ranges.tensors)}
+    tensors = {t: {**e, "min": e["min"] * factors[t], "max": e["max"] * factors[t]} for t, e in ranges.tensors.items()}
+    widened = RangeTable(ranges.model, ranges.calibration, tensors, ranges.per_channel)
+    qdq = _deployed(fp32, config, widened)
+    by_scale: dict[tuple[int, float], list[str]] = {}
+    for t in widened.tensors:
+        for qmax in (255, 65535):
+            by_scale.setdefault((qmax, float(asymmetric_scale_zero_point(*widened.range(t), qmax)[0])), []).append(t)
+    inits = {i.name: i for i in qdq.graph.initializer}
+    sources = {}
+    for node in qdq.graph.node:
+        zp = inits.get(node.input[2]) if node.op_type == "QuantizeLinear" and len(node.input) > 2 else None
+        if zp is None:
+            continue
+        qmax = 65535 if zp.data_type == onnx.TensorProto.UINT16 else 255
+        matches = by_scale.get((qmax, float(onnx.numpy_helper.to_array(inits[node.input[1]]))), [])
+        if len(matches) == 1:  # a scale no widened range gives is fixed by a rule: not learned
+            sources[node.input[0].removesuffix(GRAPH_OUTPUT_SUFFIX)] = matches[0]
+    return sources
+
+
 def _with_weights(fp32: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(fp32)
@@ -261,7 +292,8 @@ def _train(source: ModelSource, data_dir, ranges_path, out: Path, config: QatCon
         export_model(source.name, Path(tmp) / "fp32.onnx", max_length=config.max_length)
         fp32 = onnx.load(str(Path(tmp) / "fp32.onnx"))
     ranges.check_fits(fp32, [], ranges_path)
-    module = QdqModule(_deployed(fp32, config, ranges), prepare(fp32), ranges, config.lowbit)
+    sources = range_sources(fp32, config, ranges)
+    module = QdqModule(_deployed(fp32, config, ranges), prepare(fp32), ranges, config.lowbit, sources)
     hf = load_model(source)
     names = _hf_names(hf, {name: w for name, (_, w) in module.learned_weights().items()})
     tokenizer = AutoTokenizer.from_pretrained(source.path)

@@ -9,7 +9,11 @@ need no mapping. What is learned:
   embedding table): fake-quantized symmetric on the grid the scheme or ``LowBitConfig``
   writes, scales recomputed from the weights (min-max at 8 bits, MSE below) by
   ``refresh_weight_scales`` (each epoch, and before export);
-* the range of each activation whose quantizer came from the ranges file (``LearnedRange``).
+* the range of each ranges-file tensor that sets the scale of one or more quantizers in the
+  deployed graph (``LearnedRange``), one per such tensor: ``sources`` says which tensor sets
+  which quantizer (``qat.range_sources``), because the writer ties some (a Transpose or
+  Reshape output takes its input's range) and fixes others, so the model the learned ranges
+  deploy is the model that was trained.
 
 Everything else (biases, LayerNorm parameters, position and type embeddings, quantizers set
 by fixed rules such as the softmax output's) runs with the deployed integers and scales.
@@ -52,7 +56,14 @@ def _key(name: str) -> str:
 
 
 class QdqModule(torch.nn.Module):
-    def __init__(self, qdq: onnx.ModelProto, floats: onnx.ModelProto, ranges: RangeTable, lowbit: LowBitConfig) -> None:
+    def __init__(
+        self,
+        qdq: onnx.ModelProto,
+        floats: onnx.ModelProto,
+        ranges: RangeTable,
+        lowbit: LowBitConfig,
+        sources: dict[str, str],
+    ) -> None:
         super().__init__()
         self.nodes = list(qdq.graph.node)
         self.output = qdq.graph.output[0].name
@@ -71,26 +82,28 @@ class QdqModule(torch.nn.Module):
             {_key(t): torch.nn.Parameter(torch.from_numpy(s.values.copy())) for t, s in self.sites.items()}
         )
         self.constants = {name: _tensor(init) for name, init in inits.items()}
-        self.ranges = torch.nn.ModuleDict()
-        self.tensor_of: dict[str, str] = {}  # scale initializer -> activation tensor, for learned ranges
+        self.ranges = torch.nn.ModuleDict()  # _key(source tensor) -> its learned range
+        self.source_of: dict[str, str] = {}  # scale initializer -> the ranges-file tensor that sets it
         for node in self.nodes:
             if node.op_type == "QuantizeLinear":
-                self._learn(node, inits, ranges)
+                self._learn(node, inits, ranges, sources)
         self.scales: dict = {}  # weight tensor -> full-shape scale, or (scale, zero point) of an asymmetric table
         self.refresh_weight_scales()
 
-    def _learn(self, node: onnx.NodeProto, inits: dict, ranges: RangeTable) -> None:
-        """Make ``node``'s range learnable if it is the ranges file's, as deployed (not overridden)."""
-        tensor = node.input[0].removesuffix(GRAPH_OUTPUT_SUFFIX)
+    def _learn(self, node: onnx.NodeProto, inits: dict, ranges: RangeTable, sources: dict[str, str]) -> None:
+        """Make ``node``'s scale learnable if a ranges-file tensor sets it, as deployed (not overridden)."""
+        source = sources.get(node.input[0].removesuffix(GRAPH_OUTPUT_SUFFIX))
         zp = inits.get(node.input[2]) if len(node.input) > 2 else None
-        if tensor not in ranges.tensors or zp is None or zp.data_type not in _UNSIGNED:
+        if source is None or zp is None or zp.data_type not in _UNSIGNED:
             return
-        learned = LearnedRange(*ranges.range(tensor), bits=16 if zp.data_type == onnx.TensorProto.UINT16 else 8)
+        learned = self.ranges[_key(source)] if _key(source) in self.ranges else None
+        if learned is None:
+            learned = LearnedRange(*ranges.range(source), bits=16 if zp.data_type == onnx.TensorProto.UINT16 else 8)
         scale, zero_point = learned.scale_zero_point()
         deployed = numpy_helper.to_array(inits[node.input[1]])
         if float(scale.detach()) == float(deployed) and int(zero_point) == int(numpy_helper.to_array(zp)):
-            self.ranges[_key(node.input[1])] = learned
-            self.tensor_of[node.input[1]] = tensor
+            self.ranges[_key(source)] = learned
+            self.source_of[node.input[1]] = source
 
     def refresh_weight_scales(self) -> None:
         """Weight scales from the current weights, as the deploying writer computes them."""
@@ -105,7 +118,7 @@ class QdqModule(torch.nn.Module):
             self.scales[tensor] = torch.from_numpy(np.ascontiguousarray(q.full_scale(), np.float32))
 
     def learned_ranges(self) -> dict[str, tuple[float, float]]:
-        return {tensor: self.ranges[_key(scale)].range() for scale, tensor in self.tensor_of.items()}
+        return {source: self.ranges[_key(source)].range() for source in self.source_of.values()}
 
     def learned_weights(self) -> dict[str, tuple[WeightSite, np.ndarray]]:
         return {s.name: (s, self.weights[_key(t)].detach().numpy().copy()) for t, s in self.sites.items()}
@@ -113,8 +126,8 @@ class QdqModule(torch.nn.Module):
     def _scale_zp(self, node: onnx.NodeProto, values: dict) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         zp_name = node.input[2] if len(node.input) > 2 else ""
         dtype = self.constants[zp_name].dtype if zp_name else torch.uint8
-        if node.input[1] in self.tensor_of:
-            scale, zero_point = self.ranges[_key(node.input[1])].scale_zero_point()
+        if node.input[1] in self.source_of:
+            scale, zero_point = self.ranges[_key(self.source_of[node.input[1]])].scale_zero_point()
         else:
             scale = values[node.input[1]]
             zero_point = values[zp_name].float() if zp_name else torch.zeros(())

@@ -4,6 +4,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from qonnx_bert.calibration.calibrate import calibrate
 from qonnx_bert.calibration.ranges import RangeTable
@@ -13,6 +14,7 @@ from qonnx_bert.core.runtime import cpu_session
 from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.inputs.encode import Encoder
 from qonnx_bert.inputs.export import export_model
+from qonnx_bert.inputs.finetune import encode
 from qonnx_bert.inputs.glue.tasks import load_task
 from qonnx_bert.inputs.sequences import glue_train_sequences, shipped_sentences
 from qonnx_bert.quantize.api import quantize
@@ -20,7 +22,7 @@ from qonnx_bert.quantize.lowbit import LowBitConfig, lower_weight_bits
 from qonnx_bert.quantize.schemes import config_for
 from qonnx_bert.training.fake_quant import LearnedRange
 from qonnx_bert.training.fake_quant import quantize as fake_quantize
-from qonnx_bert.training.qat import DEV_LOGITS, QatConfig, run_qat
+from qonnx_bert.training.qat import DEV_LOGITS, QatConfig, predict, range_sources, run_qat
 from qonnx_bert.training.qdq_module import QdqModule
 
 LOWBIT = LowBitConfig(WeightGrid(4))  # W4A8: int4 per-channel weights, the scheme's int8 embeddings
@@ -33,14 +35,15 @@ def init_ranges(tiny_onnx, glue_dir, tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("scheme,learned", [("w8a8", 47), ("w8a32", 0)])
+@pytest.mark.parametrize("scheme,learned", [("w8a8", 35), ("w8a32", 0)])
 def test_untrained_module_computes_the_qdq_graph(tiny_onnx, init_ranges, scheme, learned):
     """Before any training, the module reproduces ONNX Runtime's unfused QDQ arithmetic exactly."""
     fp32, ranges = onnx.load(str(tiny_onnx)), RangeTable.load(init_ranges)
     qdq = lower_weight_bits(quantize(fp32, config_for(scheme), ranges)[0], prepare(fp32), LOWBIT)[0]
-    module = QdqModule(qdq, prepare(fp32), ranges, LOWBIT)
-    # Learned ranges: every activation quantizer but those fixed by rules (e.g. softmax output); weights:
-    # 14 linear layers + the word embedding table.
+    sources = range_sources(fp32, QatConfig("rte", scheme, LOWBIT), ranges)
+    module = QdqModule(qdq, prepare(fp32), ranges, LOWBIT, sources)
+    # Learned ranges: one per ranges-file tensor that sets a quantizer's scale (a Transpose or Reshape output
+    # shares its input's; the softmax output's is fixed); weights: 14 linear layers + the word embedding table.
     assert len(module.ranges) == learned and len(module.sites) == 15
     session, encoder = cpu_session(qdq, fused=False), Encoder.from_model(fp32)
     for text in shipped_sentences()[:8]:
@@ -88,6 +91,15 @@ def test_qat_then_export_and_quantize_deploys_what_training_simulated(tiny_bert_
     # ORT's integer kernels requantize with fixed-point multipliers: a few steps, the same classes.
     assert np.mean(fused.argmax(1) == simulated.argmax(1)) >= 0.99
     assert np.abs(fused - simulated).max() <= 8 * step
+    # Nothing trained is lost on the way to the file: QAT's own output, rebuilt as a module, computes the dev
+    # logits training reported, bit for bit (the same PyTorch arithmetic on the same values). Learning a range
+    # the writer ties to another one (a Transpose output's) or fixes (the Softmax output's) would break this.
+    written = onnx.load(str(tmp_path / "out" / "model.qdq.onnx"))
+    rebuilt = QdqModule(written, prepare(fp32), learned, LOWBIT, range_sources(fp32, config, learned))
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out" / "checkpoint")
+    with torch.no_grad():
+        again = predict(rebuilt, encode(tokenizer, dev, config.max_length), 64, tokenizer.pad_token_id or 0, 2)
+    np.testing.assert_array_equal(again, simulated)
 
 
 def test_qat_refuses_ranges_of_another_model(tiny_bert_dir, glue_dir, other_model_ranges, tmp_path):

@@ -44,14 +44,20 @@ MIN_RANGE = 1e-6  # the span a min == max range is widened to
 MAX_ABS = float(np.finfo(np.float32).max) / 2  # beyond it, max - min and so the float32 scale overflow
 
 
-def model_fingerprint(model: onnx.ModelProto) -> str:
-    """A hash of the graph structure and weights: ranges only fit the model they came from."""
+def model_fingerprint(model: onnx.ModelProto, weights: dict[str, np.ndarray] | None = None) -> str:
+    """A hash of the graph structure and weights: ranges only fit the model they came from.
+
+    ``weights``: values of initializers that ``model`` holds as stubs (a ``SplitModel``'s).
+    """
     h = hashlib.sha256()
     for node in model.graph.node:
         h.update(f"{node.op_type}|{','.join(node.input)}|{','.join(node.output)}\n".encode())
     for init in sorted(model.graph.initializer, key=lambda t: t.name):
         h.update(init.name.encode())
-        h.update(init.raw_data or onnx.numpy_helper.to_array(init).tobytes())
+        if weights is not None and init.name in weights:
+            h.update(np.ascontiguousarray(weights[init.name]).data)
+        else:
+            h.update(init.raw_data or onnx.numpy_helper.to_array(init).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -166,11 +172,11 @@ class RangeTable:
         _widen_degenerate(tensors, path)
         return cls(model, calibration, tensors, per_channel, origin=str(path))
 
-    def fits(self, model: onnx.ModelProto) -> bool:
-        """Whether these ranges were calibrated on ``model`` (same graph and weights)."""
-        return self.model.get("fingerprint") == model_fingerprint(model)
+    def fits(self, model: onnx.ModelProto | str) -> bool:
+        """Whether these ranges were calibrated on ``model`` (same graph and weights; or its fingerprint)."""
+        return self.model.get("fingerprint") == (model if isinstance(model, str) else model_fingerprint(model))
 
-    def check_fits(self, model: onnx.ModelProto, needed: list[str], path: str | Path | None = None) -> None:
+    def check_fits(self, model: onnx.ModelProto | str, needed: list[str], path: str | Path | None = None) -> None:
         """Refuse ranges from another model, or ranges that lack tensors the scheme quantizes."""
         path = self.origin if path is None else path
         if not self.fits(model):

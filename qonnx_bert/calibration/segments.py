@@ -23,14 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 from onnx import numpy_helper
 
 from qonnx_bert.calibration.ranges import model_fingerprint
 from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.memory import release_freed_memory
 from qonnx_bert.core.runtime import cpu_session
 from qonnx_bert.graph.shapes import value_infos
-from qonnx_bert.graph.weightless import copy_fields, copy_message, is_stub, weightless
+from qonnx_bert.graph.weightless import STUB_BYTES, STUB_LOCATION, copy_fields, copy_message, is_stub, weightless
 
 
 @dataclass
@@ -54,11 +56,37 @@ class SplitModel:
         return cls(light, weights, model_fingerprint(model))
 
     @classmethod
+    def from_ir(cls, model: ir.Model) -> SplitModel:
+        """An IR model split without copying its NumPy-held weights (a rewrite's new tensors); ``model`` is
+        left with stubs in their place, to be dropped."""
+        weights = {}
+        for value in model.graph.initializers.values():
+            tensor = value.const_value
+            if tensor is not None and tensor.size > STUB_BYTES:
+                weights[value.name] = tensor.numpy()  # the array itself for a NumPy-backed tensor
+                value.const_value = ir.ExternalTensor(
+                    STUB_LOCATION, None, None, tensor.dtype, shape=tensor.shape, name=value.name
+                )
+        graph = ir.to_proto(model)
+        return cls(graph, weights, model_fingerprint(graph, weights))
+
+    def to_proto(self) -> onnx.ModelProto:
+        """The whole model: the graph with each stub filled from ``weights`` (a model-sized copy)."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.graph)
+        for init in model.graph.initializer:
+            if init.name in self.weights:
+                init.CopyFrom(numpy_helper.from_array(self.weights[init.name], init.name))
+        return model
+
+    @classmethod
     def load(cls, path: str | Path, tokenizer: str | Path | None = None) -> SplitModel:
         """Read an ONNX file in canonical form; the full protobuf is dropped once split (weights held once)."""
         from qonnx_bert.inputs.ingest import load_model
 
-        return cls.from_proto(load_model(path, tokenizer))
+        split = cls.from_proto(load_model(path, tokenizer))
+        release_freed_memory()  # the full protobuf, dropped once split
+        return split
 
     def edit_small(self, edit: Callable[[onnx.ModelProto], onnx.ModelProto]) -> SplitModel:
         """The same weights under ``edit(graph)``, where ``edit`` sees only the small initializers.

@@ -191,10 +191,11 @@ def run(args) -> int:
     files = model_outputs(args.output, args.external_data)  # the .onnx, and its .data with --external-data
     sides = [p for p in (args.save_selection, args.save_config) if p]
     guard([args.model, args.tokenizer, args.ranges, args.config, config.int16_from], [*files, *sides])
-    model = load_model(args.model, args.tokenizer)
     ranges = RangeTable.load(args.ranges) if args.ranges else None
-    try:
-        quantized, report = quantize(model, config, ranges, path=args.model)
+    try:  # the loaded model is given up to quantize (no reference kept here): it frees it once planned
+        quantized, report = quantize(
+            load_model(args.model, args.tokenizer), config, ranges, path=args.model, consume=True
+        )
     except ConfigError as err:  # a value that does not fit this model
         raise config_error_as_flags(err) from None
     chosen = report.selection and (report.selection["roles"] or report.selection["sensitivity"])
@@ -204,7 +205,7 @@ def run(args) -> int:
         write_model(quantized, args.output, temps[: len(files)])
         side = list(temps[len(files) :])
         if args.save_selection:
-            save_selection(side.pop(0), model, config.scheme, report.selection)
+            save_selection(side.pop(0), report.model, config.scheme, report.selection)
         if args.save_config:
             side.pop(0).write_text(json.dumps(config.to_dict(), indent=1) + "\n")
     for line in report.lines():

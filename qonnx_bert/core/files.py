@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -294,8 +295,19 @@ def model_bytes(model) -> int:
 
 
 def too_large(model) -> bool:
-    """Whether ``model`` (an ``onnx.ModelProto``) can only be written with its weights in external data."""
-    return model_bytes(model) > PROTOBUF_LIMIT
+    """Whether ``model`` (an ``onnx.ModelProto``) can only be written with its weights in external data.
+
+    Sized from the initializers' dims and the nodes: ``model_bytes`` would serialize the whole
+    model (protobuf's ``ByteSize`` does), a model-sized copy just to compare it with 2 GB.
+    """
+    import onnx
+
+    weights = sum(
+        math.prod(i.dims) * onnx.helper.tensor_dtype_to_np_dtype(i.data_type).itemsize
+        for i in model.graph.initializer
+        if i.data_location != onnx.TensorProto.EXTERNAL
+    )
+    return weights + sum(n.ByteSize() for n in model.graph.node) > PROTOBUF_LIMIT
 
 
 def check_size(size: int, path: PathLike) -> None:

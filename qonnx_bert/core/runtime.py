@@ -36,6 +36,7 @@ def cpu_session(
     if not fused:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.enable_cpu_mem_arena = arena
+    options.enable_mem_pattern = arena  # without the arena, no activation plan cached per input shape either
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if quiet:

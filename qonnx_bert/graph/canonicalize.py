@@ -196,15 +196,13 @@ def _refuse_fused(model: onnx.ModelProto, path: str) -> None:
             )
 
 
-def _upgrade(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
-    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
+def _upgrade(light: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
+    version = next((o.version for o in light.opset_import if o.domain in ("", "ai.onnx")), OPSET)
     if version >= OPSET:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        return copy
+        return light
     changes.append(f"opset {version} -> {OPSET} (onnx.version_converter)")
     # the converter needs no weight values (attribute-to-input moves make their own constants)
-    return with_weights(version_converter.convert_version(weightless(model), OPSET), model)
+    return version_converter.convert_version(light, OPSET)
 
 
 def _int64_inputs(graph: ir.Graph) -> int:
@@ -227,12 +225,13 @@ def _int64_inputs(graph: ir.Graph) -> int:
 _WEIGHT_READERS = ("MatMul", "Gemm", "Gather")
 
 
-def _unshare_weights(graph: ir.Graph) -> int:
+def _unshare_weights(graph: ir.Graph, sources: dict[str, str]) -> int:
     """Give every reader of a shared float weight its own copy; returns the copies made.
 
     Exporters share one initializer between layers (ALBERT's shared layer, TorchScript's
     deduplicated equal biases); PEG's folds and the split FFN edit one layer's weights,
     which must not reach the others. Hand-written: onnx_ir's passes only deduplicate.
+    A weightless stub's copy is a stub too; ``sources`` records which weight fills it.
     """
     copies = 0
     for value in list(graph.initializers.values()):
@@ -243,17 +242,20 @@ def _unshare_weights(graph: ir.Graph) -> int:
             continue  # not a layer's weight matrix shared across layers (PEG's passes copy small shared constants)
         for k, (node, index) in enumerate(list(value.uses())[1:], start=1):
             name = f"{value.name}.use{k}"
-            copy = ir.Value(
-                name=name, type=value.type, shape=value.shape, const_value=ir.tensor(tensor.numpy(), name=name)
-            )
+            if isinstance(tensor, ir.ExternalTensor):
+                filled = ir.ExternalTensor(tensor.location, None, None, tensor.dtype, shape=tensor.shape, name=name)
+                sources[name] = sources.get(value.name, value.name)
+            else:
+                filled = ir.tensor(tensor.numpy(), name=name)
+            copy = ir.Value(name=name, type=value.type, shape=value.shape, const_value=filled)
             graph.register_initializer(copy)
             node.replace_input_with(index, copy)
             copies += 1
     return copies
 
 
-def _rewrite(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
-    irm = ir.from_proto(model)  # shares the proto's tensors: ``model`` must be a copy the caller gave up
+def _rewrite(light: onnx.ModelProto, changes: list[str], sources: dict[str, str]) -> onnx.ModelProto:
+    irm = ir.from_proto(light)
     irm.opset_imports[""] = OPSET  # the converter already brought the default domain to OPSET
     lifted = ir_passes.LiftConstantsToInitializersPass(size_limit=0)(irm).modified
     if ir_passes.IdentityEliminationPass()(irm).modified or lifted:
@@ -266,7 +268,7 @@ def _rewrite(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
             [LayerNormFusion.rule(), LayerNormBiasFusion.rule()], commute=True
         ).apply_to_model(irm),
         "int32 inputs made int64": _int64_inputs(irm.graph),
-        "shared weights copied per reader": _unshare_weights(irm.graph),
+        "shared weights copied per reader": _unshare_weights(irm.graph, sources),
     }
     changes.extend(f"{what}: {n}" for what, n in counts.items() if n)
     for step in (
@@ -281,18 +283,22 @@ def _rewrite(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
 
 
 def canonicalize(model: onnx.ModelProto, path: str = "model") -> Canonical:
-    """The canonical form of an FP32 encoder; the input proto is left as it was."""
+    """The canonical form of an FP32 encoder: ``model`` itself when it already is one (left as it was).
+
+    The rewrites run on a weightless copy (large weights as stubs: no rule reads their values),
+    so a model-sized copy is made only when something changed, once, when the weights go back in.
+    """
     _refuse_fused(model, path)
     changes: list[str] = []
-    out = _rewrite(_upgrade(model, changes), changes)
+    sources: dict[str, str] = {}  # weight copy -> the weight it copies (``_unshare_weights``)
+    light = _rewrite(_upgrade(weightless(model), changes), changes, sources)
     if not changes:  # already canonical (e.g. `qonnx export`'s): keep the file as written, so its fingerprint holds
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
-    leftover = sorted({n.op_type for n in out.graph.node if n.domain == _MS})
+        return Canonical(model, ())
+    leftover = sorted({n.op_type for n in light.graph.node if n.domain == _MS})
     if leftover:
         raise UsageError(
             f"{path}: fused ONNX Runtime op(s) {', '.join(leftover)} left after decomposition; "
             "quantize the unfused export (before onnxruntime.transformers.optimizer)"
         )
-    logger.debug("canonical form: %s", "; ".join(changes) or "unchanged")
-    return Canonical(out, tuple(changes))
+    logger.debug("canonical form: %s", "; ".join(changes))
+    return Canonical(with_weights(light, model, sources), tuple(changes))

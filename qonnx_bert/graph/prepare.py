@@ -31,9 +31,11 @@ def finite_attention_mask(model: onnx.ModelProto) -> int:
     return changed
 
 
-def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A prepared copy of ``model``: what calibration and QDQ insertion both work on."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+def prepare(model: onnx.ModelProto, *, in_place: bool = False) -> onnx.ModelProto:
+    """A prepared copy of ``model`` (``model`` itself, edited, with ``in_place``): what calibration and QDQ
+    insertion both work on."""
+    out = model if in_place else onnx.ModelProto()
+    if not in_place:
+        out.CopyFrom(model)
     finite_attention_mask(out)
     return out

@@ -68,10 +68,15 @@ def is_stub(init: onnx.TensorProto) -> bool:
     return any(e.value == STUB_LOCATION for e in init.external_data)
 
 
-def with_weights(light: onnx.ModelProto, weights: onnx.ModelProto) -> onnx.ModelProto:
-    """``light`` (a weightless copy, edited) with each stub replaced by ``weights``' initializer of that name."""
+def with_weights(
+    light: onnx.ModelProto, weights: onnx.ModelProto, sources: dict[str, str] | None = None
+) -> onnx.ModelProto:
+    """``light`` (a weightless copy, edited) with each stub filled from ``weights``' initializer of that name,
+    or of the name ``sources`` maps it to (a copy the edit made of a shared weight)."""
     by_name = {i.name: i for i in weights.graph.initializer}
     for init in light.graph.initializer:
         if is_stub(init):
-            init.CopyFrom(by_name[init.name])
+            name = init.name
+            init.CopyFrom(by_name[(sources or {}).get(name, name)])
+            init.name = name
     return light

@@ -7,12 +7,12 @@ record is read off the graph (static input shape, label count from the output).
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 
 import onnx
 
 from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.memory import release_freed_memory
 from qonnx_bert.core.modelinfo import ModelInfo, check_encoder_inputs, embed, load_onnx, static_shape
 from qonnx_bert.graph.canonicalize import canonicalize
 
@@ -65,7 +65,7 @@ def load_model(path: str | Path, tokenizer: str | Path | None = None) -> onnx.Mo
     if not _is_quantized(model):
         check_encoder_inputs(model, path)
         model = canonicalize(model, str(path)).model
-        gc.collect()  # canonicalize's IR graph is a reference cycle over a model-sized copy
+        release_freed_memory()  # canonicalize's IR graph is a reference cycle over a model-sized copy
     if tokenizer is not None:
         attach_tokenizer(model, tokenizer, Path(path).name)
     return model

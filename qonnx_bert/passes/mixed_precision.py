@@ -23,16 +23,17 @@ entry, so callers pass only tensors the quantizer quantizes.
 from __future__ import annotations
 
 import copy
+import importlib.util
+import sys
 from collections import defaultdict
 from collections.abc import Iterable
+from functools import cache
 
 import numpy as np
 import onnx
+import onnxruntime.quantization
 from onnx import numpy_helper
 from onnxruntime.quantization import QuantType
-from onnxruntime.quantization.execution_providers.qnn.mixed_precision_overrides_utils import (
-    MixedPrecisionTensorQuantOverridesFixer,
-)
 from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
 from onnxruntime.quantization.tensor_quant_overrides import TensorQuantOverridesHelper
 
@@ -42,6 +43,25 @@ from qonnx_bert.graph.weightless import weightless
 
 ACTIVATION_TYPE = QuantType.QUInt8
 WIDE_TYPE = QuantType.QUInt16
+_FIXER_MODULE = "onnxruntime.quantization.execution_providers.qnn.mixed_precision_overrides_utils"
+
+
+@cache
+def _fixer_class() -> type:
+    """ORT's ``MixedPrecisionTensorQuantOverridesFixer``, loaded without running its package's ``__init__``.
+
+    That package (ORT's QNN helpers) imports ``onnxruntime.tools``, which imports all of torch
+    when torch is installed, so every ``qonnx quantize`` would carry torch's memory for one
+    pure-Python module that itself needs only ``onnxruntime.quantization``.
+    """
+    module = sys.modules.get(_FIXER_MODULE)
+    if module is None:
+        where = onnxruntime.quantization.__path__[0] + "/execution_providers/qnn/mixed_precision_overrides_utils.py"
+        spec = importlib.util.spec_from_file_location(_FIXER_MODULE, where)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[_FIXER_MODULE] = module
+        spec.loader.exec_module(module)
+    return module.MixedPrecisionTensorQuantOverridesFixer
 
 
 def int16_overrides(
@@ -68,7 +88,7 @@ def int16_overrides(
             entry["rmin"], entry["rmax"] = (np.float32(v) for v in ranges[name])
     helper = TensorQuantOverridesHelper(requests)
     # ORT's fixer infers shapes on what it is given and reads initializers' names and dims only
-    fixer = MixedPrecisionTensorQuantOverridesFixer.create_from_model(helper, weightless(model), ACTIVATION_TYPE)
+    fixer = _fixer_class().create_from_model(helper, weightless(model), ACTIVATION_TYPE)
     fixer.apply(ACTIVATION_TYPE, default_activation_symmetric=False)
     fixed = helper.get_dict()
     first_inputs = {n.name: n.input[0] for n in model.graph.node}

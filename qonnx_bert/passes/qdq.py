@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnx import numpy_helper
 
 from qonnx_bert.calibration.tensors import QUANTIZED_OP_TYPES
-from qonnx_bert.core.files import too_large
 from qonnx_bert.graph.qdq import QdqView, is_qdq
 from qonnx_bert.passes.cpu_fusion import fuse_for_cpu
 from qonnx_bert.passes.htp_rules import htp_ready, quantize_where_constants
@@ -58,8 +58,9 @@ def _run_quantize_static(plan: Plan) -> onnx.ModelProto:
 
     with tempfile.TemporaryDirectory(prefix="qonnx.") as tmp:
         src, dst, cache = (Path(tmp) / n for n in ("in.onnx", "out.onnx", "ranges.json"))
-        large = too_large(plan.model)  # an FP32 model over 2 GB goes to ORT's tool with external data
-        onnx.save(plan.model, str(src), save_as_external_data=large)
+        # Weights in external data, whatever the size: ORT's tool then reads them tensor by tensor instead of
+        # holding the file's bytes and their parsed copy at once, and onnx_ir writes them without editing the plan
+        ir.save(ir.from_proto(plan.model), str(src), external_data=src.name + ".data")
         data = {t: (np.float32(lo), np.float32(hi)) for t, (lo, hi) in plan.ranges.items()}
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
         quantize_static(
@@ -74,7 +75,7 @@ def _run_quantize_static(plan: Plan) -> onnx.ModelProto:
             reduce_range=plan.reduce_range,
             op_types_to_quantize=list(plan.op_types or QUANTIZED_OP_TYPES),
             nodes_to_exclude=list(plan.exclude_nodes),
-            use_external_data_format=large,
+            use_external_data_format=True,
             extra_options={
                 "ActivationSymmetric": False,
                 "WeightSymmetric": True,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import gc
 from collections import Counter
 from dataclasses import dataclass, field
 
 import onnx
 
 from qonnx_bert.calibration.ranges import RangeTable
+from qonnx_bert.core.memory import release_freed_memory
 from qonnx_bert.core.modelinfo import check_encoder_inputs
 from qonnx_bert.graph.cleanup import drop_unused_initializers
 from qonnx_bert.graph.prepare import prepare
@@ -18,6 +18,7 @@ from qonnx_bert.passes.qdq import insert_qdq
 from qonnx_bert.quantize.config import ConfigError, SchemeConfig
 from qonnx_bert.quantize.lowbit import lower_weight_bits
 from qonnx_bert.quantize.schemes import SchemeContext, get_scheme
+from qonnx_bert.quantize.schemes.mixed import model_record
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class QuantReport:
     quantized_weights: int
     notes: list[str] = field(default_factory=list)
     selection: dict | None = None  # mixed precision: the 16-bit roles and how they were chosen (--save-selection)
+    model: dict[str, str] = field(default_factory=dict)  # the FP32 model's ``model_record`` (--save-selection)
 
     def lines(self) -> list[str]:
         total = sum(self.activation_bits.values())
@@ -39,7 +41,11 @@ class QuantReport:
 
 
 def quant_report(
-    model: onnx.ModelProto, scheme: str, notes: list[str] | None = None, selection: dict | None = None
+    model: onnx.ModelProto,
+    scheme: str,
+    notes: list[str] | None = None,
+    selection: dict | None = None,
+    fp32: dict[str, str] | None = None,
 ) -> QuantReport:
     """Count activation QuantizeLinear nodes per bit-width and constant-fed DequantizeLinear nodes."""
     inits = {i.name: i for i in model.graph.initializer}
@@ -51,22 +57,35 @@ def quant_report(
             bits[BITS.get(zp.data_type, 8) if zp is not None else 8] += 1
         elif node.op_type == "DequantizeLinear" and node.input[0] in inits:
             weights += 1
-    return QuantReport(scheme, dict(bits), weights, list(notes or []), selection)
+    return QuantReport(scheme, dict(bits), weights, list(notes or []), selection, dict(fp32 or {}))
 
 
 def quantize(
-    model: onnx.ModelProto, config: SchemeConfig, ranges: RangeTable | None, *, path: str = "model"
+    model: onnx.ModelProto,
+    config: SchemeConfig,
+    ranges: RangeTable | None,
+    *,
+    path: str = "model",
+    consume: bool = False,
 ) -> tuple[onnx.ModelProto, QuantReport]:
-    """Apply the scheme ``config`` names to an FP32 encoder (``path`` names it in messages)."""
+    """Apply the scheme ``config`` names to an FP32 encoder (``path`` names it in messages).
+
+    ``model`` is left as it was, unless ``consume``: then it is prepared in place (its attention-mask
+    fill changes) and, if the caller holds no other reference, freed once planned: one model-sized
+    copy fewer, for callers that give the model up (the CLI).
+    """
     if not isinstance(config, SchemeConfig):
         raise TypeError(f"config must be a SchemeConfig (e.g. W8A8Config(), or config_for(name)), not {config!r}")
     scheme = get_scheme(config.scheme)
     check_encoder_inputs(model, path)
-    prepared = prepare(model)
+    fp32 = model_record(model)
+    metadata = [(p.key, p.value) for p in model.metadata_props]
+    prepared = prepare(model, in_place=consume)
+    del model
     roles = find_roles(prepared)  # fails early, naming the layer, on a graph we cannot map
-    plan = scheme.plan(SchemeContext(config, model, prepared, roles, ranges, path))
+    plan = scheme.plan(SchemeContext(config, fp32["fingerprint"], prepared, roles, ranges, path))
     del prepared, roles  # a rewriting scheme's plan holds its own copy: one model fewer while ORT quantizes
-    gc.collect()  # the roles' IR graph is a reference cycle over the prepared model's tensors
+    release_freed_memory()  # the roles' IR graph is a reference cycle over the prepared model's tensors
     quantized = insert_qdq(plan)
     notes = list(plan.notes)
     lowbit = config.lowbit()
@@ -80,7 +99,6 @@ def quantize(
         notes += lowered
     drop_unused_initializers(quantized)  # the float weights QDQ insertion replaced
     del quantized.metadata_props[:]
-    quantized.metadata_props.extend(model.metadata_props)
-    for key, value in plan.metadata.items():
+    for key, value in [*metadata, *plan.metadata.items()]:
         quantized.metadata_props.add(key=key, value=value)
-    return quantized, quant_report(quantized, config.scheme, notes, plan.selection)
+    return quantized, quant_report(quantized, config.scheme, notes, plan.selection, fp32)

@@ -1,11 +1,14 @@
 """Calibration ranges against an independent reference: unpadded single-sequence runs in NumPy."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import numpy_helper
 
 from qonnx_bert.calibration.calibrate import calibrate
 from qonnx_bert.calibration.ranges import RangeTable
@@ -156,3 +159,37 @@ def test_segments_reproduce_the_whole_graph(tiny_onnx):
     assert got.keys() == whole.keys()
     for name in names:
         np.testing.assert_array_equal(got[name], whole[name], err_msg=name)
+
+
+def test_split_model_from_ir_keeps_the_ir_arrays_and_rebuilds_the_model(fp32):
+    """An IR model split and put back together is the model it came from, fingerprint included; the split
+    holds the IR's own NumPy arrays (a rewrite's new weights are not copied)."""
+    import onnx_ir as ir
+
+    from qonnx_bert.calibration.ranges import model_fingerprint
+    from qonnx_bert.calibration.segments import SplitModel
+
+    model = ir.from_proto(fp32)
+    biggest = max(model.graph.initializers.values(), key=lambda v: v.const_value.size)
+    array = biggest.const_value.numpy().copy()
+    biggest.const_value = ir.tensor(array, name=biggest.name)  # as a rewriting pass leaves a weight
+    split = SplitModel.from_ir(model)
+    assert split.weights[biggest.name] is array
+    assert split.fingerprint == model_fingerprint(fp32) == model_fingerprint(split.to_proto())
+    rebuilt = {i.name: numpy_helper.to_array(i) for i in split.to_proto().graph.initializer}
+    for init in fp32.graph.initializer:
+        np.testing.assert_array_equal(rebuilt[init.name], numpy_helper.to_array(init), err_msg=init.name)
+
+
+def test_quantizing_imports_no_torch(tiny_onnx, ranges, tmp_path):
+    """ORT's QNN helpers import torch when it is installed; quantize loads the one module it needs without them."""
+    ranges_path = tmp_path / "r.json"
+    ranges.write(ranges_path)
+    code = (
+        "import sys; from qonnx_bert.cli import main; "
+        f"rc = main(['quantize', {str(tiny_onnx)!r}, '--scheme', 'peg', '--ranges', {str(ranges_path)!r}, "
+        f"'-o', {str(tmp_path / 'q.onnx')!r}]); "
+        "assert rc == 0 and 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:3]"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -208,14 +208,15 @@ def test_range_table_reader(tiny_ranges, tmp_path):
 
 
 def test_selection_reader(tiny_onnx, tmp_path):
-    from qonnx_bert.quantize.schemes.mixed import load_selection, save_selection
+    from qonnx_bert.calibration.ranges import model_fingerprint
+    from qonnx_bert.quantize.schemes.mixed import load_selection, model_record, save_selection
 
     model = onnx.load(str(tiny_onnx))
     selection = {"roles": ["output", "layer.0.ffn.output"], "sensitivity": {"output": 1.5}}
-    save_selection(tmp_path / "sel.json", model, "mp", selection)
+    save_selection(tmp_path / "sel.json", model_record(model), "mp", selection)
     doc = json.loads((tmp_path / "sel.json").read_text())
     roles_ok = lambda roles: isinstance(roles, list) and all(isinstance(r, str) for r in roles)  # noqa: E731
-    _reader_holds(doc, lambda path: load_selection(path, model), roles_ok, tmp_path)
+    _reader_holds(doc, lambda path: load_selection(path, model_fingerprint(model)), roles_ok, tmp_path)
 
 
 def test_recipe_reader(tmp_path):

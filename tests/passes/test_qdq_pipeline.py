@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from qonnx_bert.calibration.ranges import model_fingerprint
 from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.graph.roles import find_roles
 from qonnx_bert.passes import qdq
@@ -16,7 +17,9 @@ from qonnx_bert.quantize.schemes import SchemeContext, get_scheme
 def _plan(fp32, ranges, scheme, **options):
     config = config_for(scheme, **options)
     prepared = prepare(fp32)
-    return get_scheme(scheme).plan(SchemeContext(config, fp32, prepared, find_roles(prepared), ranges))
+    return get_scheme(scheme).plan(
+        SchemeContext(config, model_fingerprint(fp32), prepared, find_roles(prepared), ranges)
+    )
 
 
 def test_every_step_holds_on_the_schemes_that_use_it(fp32, ranges):

@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
+from qonnx_bert.calibration.ranges import model_fingerprint
 from qonnx_bert.core.metrics import sqnr_db
 from qonnx_bert.core.modelinfo import TARGET_KEY
 from qonnx_bert.core.runtime import cpu_session
@@ -145,7 +146,9 @@ def test_fused_cpu_graph_computes_what_the_unfused_qdq_graph_says(fp32, ranges):
     (-10000 vs the float minimum, both exactly zero after the softmax) differ."""
     prepared = prepare(fp32)
     config = config_for("w8a8", target="cpu")
-    plan = get_scheme("w8a8").plan(SchemeContext(config, fp32, prepared, find_roles(prepared), ranges))
+    plan = get_scheme("w8a8").plan(
+        SchemeContext(config, model_fingerprint(fp32), prepared, find_roles(prepared), ranges)
+    )
     fused, unfused = insert_qdq(plan), insert_qdq(replace(plan, fuse_cpu=False))
     ops = Counter(n.op_type for n in fused.graph.node)
     assert ops["QAttention"] == find_roles(fp32).num_layers and ops["SkipLayerNormalization"] == 2 * ops["QAttention"]

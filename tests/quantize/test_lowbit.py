@@ -6,6 +6,7 @@ import pytest
 from onnx import numpy_helper
 
 from qonnx_bert.calibration.calibrate import calibrate
+from qonnx_bert.calibration.ranges import model_fingerprint
 from qonnx_bert.calibration.weight_grid import Granularity, WeightGrid
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.core.runtime import cpu_session
@@ -153,7 +154,9 @@ def test_peg_split_weights_are_rewritten_from_the_plan_model(fp32):
 
     ranges = calibrate(fp32, sample_sequences(shipped_sentences(), None, 16, 0, "shipped"), progress=False)
     prepared = prepare(fp32)
-    plan = get_scheme("peg").plan(SchemeContext(config_for("peg"), fp32, prepared, find_roles(prepared), ranges))
+    plan = get_scheme("peg").plan(
+        SchemeContext(config_for("peg"), model_fingerprint(fp32), prepared, find_roles(prepared), ranges)
+    )
     model, notes = lower_weight_bits(insert_qdq(plan), plan.model, LowBitConfig(WeightGrid(4)))
     # Per layer 4 attention MatMuls + 2 x 6 FFN group slices, and the 2 Gemms.
     assert notes == ["weights: 34 at 4-bit symmetric per-channel (MSE ranges)"]

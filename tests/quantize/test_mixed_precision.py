@@ -10,6 +10,7 @@ import pytest
 from onnxruntime.quantization import QuantType
 
 from qonnx_bert.calibration.estimators import PerTensor, make_estimator
+from qonnx_bert.calibration.ranges import model_fingerprint
 from qonnx_bert.cli import main
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.core.metrics import sqnr_db
@@ -21,7 +22,7 @@ from qonnx_bert.passes.mixed_precision import with_quantizer_bits
 from qonnx_bert.passes.qdq import insert_qdq
 from qonnx_bert.quantize import config_for, quantize
 from qonnx_bert.quantize.schemes import Plan, SchemeContext, activation_ranges, get_scheme
-from qonnx_bert.quantize.schemes.mixed import CPU_NOTE, save_selection
+from qonnx_bert.quantize.schemes.mixed import CPU_NOTE, model_record, save_selection
 from qonnx_bert.quantize.schemes.replay import calibration_feeds, logits_on
 
 BITS = {onnx.TensorProto.UINT8: 8, onnx.TensorProto.UINT16: 16}
@@ -172,7 +173,7 @@ def test_mp_keeps_the_papers_roles_and_reestimates_the_output(fp32, roles, range
     assert {t for t, b in consumed_bits(model).items() if b == {16}} == _tensors(roles, "output", *ffn) | pre_bias
     assert mixed_nodes(model) == []
     assert "16-bit: 7 of 34 activations" in "\n".join(report.lines())
-    ctx = SchemeContext(config_for("mp"), fp32, prepare(fp32), roles, ranges)
+    ctx = SchemeContext(config_for("mp"), model_fingerprint(fp32), prepare(fp32), roles, ranges)
     entry = get_scheme("mp").plan(ctx).overrides[roles.tensor("output")][0]
     estimator = make_estimator("mse:bits=16", PerTensor())
     estimator.update(logits_on(prepare(fp32), calibration_feeds(fp32, ranges)).reshape(-1, 1))
@@ -200,7 +201,7 @@ def test_auto_mp_full_budget_is_all_16bit(fp32, ranges):
 def auto2(fp32, ranges, tmp_path_factory):
     path = tmp_path_factory.mktemp("auto") / "sel.json"
     model, report = quantize(fp32, config_for("auto-mp", budget=2), ranges)
-    save_selection(path, fp32, "auto-mp", report.selection)
+    save_selection(path, model_record(fp32), "auto-mp", report.selection)
     return model, report, path
 
 
@@ -243,7 +244,7 @@ def test_budget_out_of_range(fp32, ranges, budget):
 def test_selection_from_another_model_is_refused(fp32, ranges, tmp_path):
     path = tmp_path / "sel.json"
     _, report = quantize(fp32, config_for("w8a8", int16=["output"]), ranges)
-    save_selection(path, fp32, "w8a8", report.selection)
+    save_selection(path, model_record(fp32), "w8a8", report.selection)
     other = onnx.ModelProto()
     other.CopyFrom(fp32)
     weight = next(i for i in other.graph.initializer if i.name == "classifier.weight")

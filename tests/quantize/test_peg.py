@@ -10,6 +10,7 @@ from onnx import numpy_helper
 from qonnx_bert.analysis.evaluate import evaluate
 from qonnx_bert.analysis.peg_reference import per_channel_reference
 from qonnx_bert.calibration.calibrate import calibrate
+from qonnx_bert.calibration.ranges import model_fingerprint
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.core.metrics import argmax_agreement, sqnr_db
 from qonnx_bert.core.modelinfo import read_permuted
@@ -81,7 +82,9 @@ def _rewritten_fp32(model, ranges, scheme="peg", **options):
     """The FP32 graph a PEG scheme rewrites (before QDQ): the exact values of its group tensors."""
     prepared = prepare(model)
     config = config_for(scheme, **options)
-    plan = get_scheme(scheme).plan(SchemeContext(config, model, prepared, find_roles(prepared), ranges))
+    plan = get_scheme(scheme).plan(
+        SchemeContext(config, model_fingerprint(model), prepared, find_roles(prepared), ranges)
+    )
     return plan.model
 
 

@@ -15,6 +15,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from qonnx_bert.calibration.calibrate import calibrate
+from qonnx_bert.calibration.ranges import model_fingerprint
 from qonnx_bert.cli import main
 from qonnx_bert.core.metrics import sqnr_db
 from qonnx_bert.core.runtime import cpu_session
@@ -45,7 +46,9 @@ def test_factor_is_smoothquants_formula():
 def _plan(model, ranges, alpha=0.5):
     prepared = prepare(model)
     config = config_for("smoothquant", alpha=alpha)
-    return get_scheme("smoothquant").plan(SchemeContext(config, model, prepared, find_roles(prepared), ranges))
+    return get_scheme("smoothquant").plan(
+        SchemeContext(config, model_fingerprint(model), prepared, find_roles(prepared), ranges)
+    )
 
 
 def test_smoothed_fp32_graph_equals_the_original(fp32, ranges):
@@ -94,7 +97,9 @@ def test_smoothing_removes_a_planted_outlier_channel_and_beats_plain_w8a8_cpu(fp
     snr, plans = {}, {}
     for scheme in ("w8a8", "smoothquant"):
         config = config_for(scheme, target="cpu")
-        plans[scheme] = get_scheme(scheme).plan(SchemeContext(config, planted, prepared, roles, ranges))
+        plans[scheme] = get_scheme(scheme).plan(
+            SchemeContext(config, model_fingerprint(planted), prepared, roles, ranges)
+        )
         model = insert_qdq(replace(plans[scheme], fuse_cpu=False))
         model.graph.output.append(helper.make_empty_tensor_value_info(product))
         snr[scheme] = sqnr_db(_values(prepared, product, feeds), cpu_session(model).run([product], feeds)[0])

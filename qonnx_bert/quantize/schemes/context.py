@@ -18,7 +18,7 @@ class SchemeContext:
     """Inputs of ``Scheme.plan``."""
 
     config: SchemeConfig
-    original: onnx.ModelProto
+    fingerprint: str  # the FP32 model's (``model_fingerprint``): ranges and selections must be made for it
     prepared: onnx.ModelProto
     roles: RoleMap
     ranges: RangeTable | None
@@ -37,5 +37,5 @@ class SchemeContext:
         """Calibrated entries of every activation the quantizer touches in the prepared graph."""
         ranges = self.require_ranges()
         needed = [t.name for t in quantizable_tensors(self.prepared)]
-        ranges.check_fits(self.original, needed)
+        ranges.check_fits(self.fingerprint, needed)
         return {t: ranges.tensors[t] for t in needed}

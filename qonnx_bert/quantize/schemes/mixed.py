@@ -88,15 +88,20 @@ def select_roles(roles: RoleMap, patterns: Iterable[str]) -> list[str]:
     return [r for r in roles.roles if r in matched]
 
 
+def model_record(model: onnx.ModelProto) -> dict[str, str]:
+    """What a selection file says of the FP32 model it was chosen on (``QuantReport.model``)."""
+    return {"fingerprint": model_fingerprint(model), "source": read_info(model).source}
+
+
 def save_selection(
-    path: str | Path, model: onnx.ModelProto, scheme: str, selection: dict, *, inputs: tuple = ()
+    path: str | Path, model: dict[str, str], scheme: str, selection: dict, *, inputs: tuple = ()
 ) -> None:
-    """Write a selection that ``--int16-from`` replays; it is bound to ``model`` by fingerprint."""
+    """Write a selection that ``--int16-from`` replays, bound by fingerprint to the ``model_record`` ``model``."""
     doc = {
         "format": SELECTION_FORMAT,
         "version": SELECTION_VERSION,
         "scheme": scheme,
-        "model": {"fingerprint": model_fingerprint(model), "source": read_info(model).source},
+        "model": model,
         "roles": selection["roles"],
         "sensitivity": selection["sensitivity"],
     }
@@ -104,8 +109,8 @@ def save_selection(
         tmp.write_text(json.dumps(doc, indent=1))
 
 
-def load_selection(path: str | Path, model: onnx.ModelProto) -> list[str]:
-    """The roles of a saved selection; refuses a file made for another model."""
+def load_selection(path: str | Path, fingerprint: str) -> list[str]:
+    """The roles of a saved selection; refuses a file made for another model (``model_fingerprint``)."""
     doc = read_json_object(path, "selection file", f"write one with `qonnx quantize --save-selection {path}`")
     if doc.get("format") != SELECTION_FORMAT or doc.get("version") != SELECTION_VERSION:
         raise UsageError(
@@ -113,7 +118,7 @@ def load_selection(path: str | Path, model: onnx.ModelProto) -> list[str]:
             "write one with `qonnx quantize --save-selection`"
         )
     made_for = require(doc, "model", dict, str(path))
-    if made_for.get("fingerprint") != model_fingerprint(model):
+    if made_for.get("fingerprint") != fingerprint:
         raise UsageError(
             f"{path} was selected on another model ({made_for.get('source')}); "
             "re-run `qonnx quantize --scheme auto-mp` on this one"
@@ -128,7 +133,7 @@ def requested_roles(ctx: SchemeContext) -> list[str]:
     """Roles named by ``--int16`` patterns and ``--int16-from`` files."""
     patterns = list(ctx.config.int16)
     if ctx.config.int16_from:
-        patterns += load_selection(ctx.config.int16_from, ctx.original)
+        patterns += load_selection(ctx.config.int16_from, ctx.fingerprint)
     return select_roles(ctx.roles, patterns)
 
 

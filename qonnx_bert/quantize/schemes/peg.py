@@ -49,7 +49,6 @@ input: uint16 (portable) or float (cpu). GLUE effect: ``bench/results/glue-minil
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -57,7 +56,9 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
+from qonnx_bert.calibration.segments import SplitModel
 from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.memory import release_freed_memory
 from qonnx_bert.core.modelinfo import PERMUTED_KEY, TARGET_KEY, permuted_record
 from qonnx_bert.passes.mixed_precision import int16_overrides
 from qonnx_bert.passes.peg_split_ffn import split_ffn
@@ -163,10 +164,12 @@ class PegScheme:
             results.append(split_ffn(model.graph, ctx.roles.roles, layer, in_graph, chosen.units[layer]))
             permuted |= results[-1].permuted
         RemoveUnusedNodesPass()(model)
-        rewritten = ir.to_proto(model)
-        del model  # its permuted weights are in ``rewritten`` now; replaying calibration needs the memory
-        gc.collect()  # an IR graph is a reference cycle: freed only by the collector
-        entries = {**base, **calibrate_new_tensors(ctx, rewritten, set(base))}
+        split = SplitModel.from_ir(model)  # the permuted weights stay the arrays the passes made: no copy
+        del model
+        release_freed_memory()  # an IR graph is a reference cycle: freed only by the collector
+        entries = {**base, **calibrate_new_tensors(ctx, split, set(base))}
+        rewritten = split.to_proto()  # after the replay: its activations and the protobuf copy never meet
+        del split
         metadata = ({TARGET_KEY: "cpu"} if opts.target == Target.CPU else {}) | (
             {PERMUTED_KEY: permuted_record(permuted)} if permuted else {}
         )

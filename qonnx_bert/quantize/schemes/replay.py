@@ -19,6 +19,7 @@ from qonnx_bert.calibration.calibrate import estimate_ranges, per_tensor_targets
 from qonnx_bert.calibration.collector import Target
 from qonnx_bert.calibration.estimators import EstimatorSpec, PerChannel, make_estimator
 from qonnx_bert.calibration.ranges import RangeTable
+from qonnx_bert.calibration.segments import SplitModel
 from qonnx_bert.calibration.tensors import quantizable_tensors
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.core.runtime import cpu_session
@@ -27,6 +28,11 @@ from qonnx_bert.inputs.sequences import Sequences, sample_sequences, shipped_sen
 from qonnx_bert.quantize.schemes.context import SchemeContext
 
 logger = logging.getLogger(__name__)
+
+# Activations one replayed segment exposes per batch. Below calibration's default: a rewritten
+# model and its float weights are held at the same time here, and the few new tensors need no
+# wide segments.
+REPLAY_MAX_MEMORY_MB = 128.0
 
 
 def _from_file(cal: dict) -> Sequences | None:
@@ -44,15 +50,21 @@ def _stored(ctx: SchemeContext) -> tuple[Sequences, dict]:
     return sequences, cal
 
 
-def calibrate_new_tensors(ctx: SchemeContext, model: onnx.ModelProto, known: set[str]) -> dict[str, dict]:
+def calibrate_new_tensors(ctx: SchemeContext, model: onnx.ModelProto | SplitModel, known: set[str]) -> dict[str, dict]:
     """Ranges-file entries for the quantizable tensors of ``model`` not in ``known``, with the file's estimator."""
-    layouts = [t for t in quantizable_tensors(model) if t.name not in known]
+    graph = model.graph if isinstance(model, SplitModel) else model
+    layouts = [t for t in quantizable_tensors(graph) if t.name not in known]
     if not layouts:  # e.g. PEG with K = 1 and no permutation: nothing was rewritten
         return {}
     sequences, cal = _stored(ctx)
     spec = EstimatorSpec(cal["estimator"], dict(cal.get("params", {})))
     est = estimate_ranges(
-        model, per_tensor_targets(layouts, spec, {}), sequences, batch_size=cal.get("batch_size", 8), progress=False
+        model,
+        per_tensor_targets(layouts, spec, {}),
+        sequences,
+        batch_size=cal.get("batch_size", 8),
+        max_memory=REPLAY_MAX_MEMORY_MB,
+        progress=False,
     )
     return {
         t.name: {"role": None, "min": float(est[t.name].range()[0][0]), "max": float(est[t.name].range()[1][0])}

@@ -29,7 +29,7 @@ from onnx import numpy_helper
 
 from qonnx_bert.calibration.ranges import model_fingerprint
 from qonnx_bert.core.errors import UsageError
-from qonnx_bert.core.memory import release_freed_memory
+from qonnx_bert.core.memory import release_freed_memory, trim_heap
 from qonnx_bert.core.runtime import cpu_session
 from qonnx_bert.graph.shapes import value_infos
 from qonnx_bert.graph.weightless import STUB_BYTES, STUB_LOCATION, copy_fields, copy_message, is_stub, weightless
@@ -70,13 +70,14 @@ class SplitModel:
         graph = ir.to_proto(model)
         return cls(graph, weights, model_fingerprint(graph, weights))
 
-    def to_proto(self) -> onnx.ModelProto:
-        """The whole model: the graph with each stub filled from ``weights`` (a model-sized copy)."""
+    def into_proto(self) -> onnx.ModelProto:
+        """The whole model: the graph with each stub filled from ``weights``, which are handed over one by one
+        (this split is left without them: the model and its arrays are not held twice)."""
         model = onnx.ModelProto()
         model.CopyFrom(self.graph)
         for init in model.graph.initializer:
             if init.name in self.weights:
-                init.CopyFrom(numpy_helper.from_array(self.weights[init.name], init.name))
+                init.CopyFrom(numpy_helper.from_array(self.weights.pop(init.name), init.name))
         return model
 
     @classmethod
@@ -223,6 +224,7 @@ class Pipeline:
         values = dict(feeds)
         for seg, session, names, weights in zip(self.segments, self.sessions, self._inputs, self._weights, strict=True):
             if session is not None:
+                trim_heap()  # the previous segment's activations, freed, go back before this one allocates its own
                 fed = {**{n: values[n] for n in names}, **weights}
                 values.update(
                     zip(seg.outputs, session.run(list(seg.outputs), fed), strict=True)

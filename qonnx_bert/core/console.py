@@ -29,6 +29,9 @@ def configure(verbose: bool) -> None:
     # Read by transformers and huggingface_hub at import; an explicit setting by the user wins.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # torch resets its "torch" logger to WARNING when imported (torch._logging), after the
+    # setLevel below when the import is lazy; TORCH_LOGS is what that reset reads.
+    os.environ.setdefault("TORCH_LOGS", "-torch")
     logging.getLogger("qonnx_bert.commands").setLevel(logging.INFO)  # each command's closing line(s)
     for name in THIRD_PARTY:
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -46,6 +46,7 @@ from qonnx_bert.graph.cleanup import drop_unused_initializers
 from qonnx_bert.graph.ops import ELEMENTWISE_OPS
 from qonnx_bert.graph.qdq import QdqView
 from qonnx_bert.graph.shapes import inferred
+from qonnx_bert.graph.weightless import is_stub, stub, weightless
 
 # Consumers whose float constants must be in the op's activation type.
 
@@ -121,23 +122,24 @@ def mask_overrides(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]
     return out
 
 
-def htp_ready(
+def htp_edits(
     model: onnx.ModelProto,
     overrides: dict[str, list[dict]] | None = None,
     ranges: dict[str, tuple[float, float]] | None = None,
-) -> tuple[onnx.ModelProto, dict[str, list[dict]]]:
-    """A fixed-up copy of ``model`` and the overrides that make its QDQ graph HTP-clean."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+) -> tuple[onnx.ModelProto, dict[str, str], dict[str, list[dict]]]:
+    """The fixes and overrides that make ``model``'s QDQ graph HTP-clean, made on a weightless copy (its large
+    weights are stubs, never copied): that copy, the constants it copied (copy -> original: ``with_weights``
+    fills both from ``model``) and the overrides."""
+    out = weightless(model)
     constant_gather_nd(out)
     copies = unshare_elementwise_constants(out)
     inherited = {copy: (overrides or {})[orig] for copy, orig in copies.items() if orig in (overrides or {})}
-    return out, {**htp_overrides(out, overrides), **mask_overrides(out, ranges or {}), **inherited}
+    return out, copies, {**htp_overrides(out, overrides), **mask_overrides(out, ranges or {}), **inherited}
 
 
 def _constant_indices(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     ints = (onnx.TensorProto.INT32, onnx.TensorProto.INT64)
-    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type in ints}
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type in ints and not is_stub(i)}
 
 
 def _static_shape(model: onnx.ModelProto, name: str) -> tuple[int, ...] | None:
@@ -205,7 +207,7 @@ def unshare_elementwise_constants(model: onnx.ModelProto) -> dict[str, str]:
     beta and several Linear biases at once). One override per tensor name could
     then not give each use its own type: the beta must stay an int32 bias, a
     bias under 16-bit activations must be uint16 while another is uint8. A
-    scheme's override on the original name applies to its copies (``htp_ready``).
+    scheme's override on the original name applies to its copies (``htp_edits``).
     """
     inits = {i.name: i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
     uses = Counter(i for n in model.graph.node for i in n.input if i in inits)
@@ -215,7 +217,12 @@ def unshare_elementwise_constants(model: onnx.ModelProto) -> dict[str, str]:
             continue
         for k, name in enumerate(node.input):
             if uses[name] > 1:
-                copy = numpy_helper.from_array(numpy_helper.to_array(inits[name]), f"{name}_{node.name or len(copies)}")
+                copy_name = f"{name}_{node.name or len(copies)}"
+                if is_stub(inits[name]):  # a weightless copy's large constant: a stub, filled later (``with_weights``)
+                    copy = stub(inits[name])
+                    copy.name = copy_name
+                else:
+                    copy = numpy_helper.from_array(numpy_helper.to_array(inits[name]), copy_name)
                 model.graph.initializer.append(copy)
                 node.input[k] = copy.name
                 copies[copy.name] = name

@@ -268,6 +268,11 @@ def _replace(graph: ir.Graph, ffn: FfnNodes, s: ir.Value) -> None:
     old.replace_all_uses_with(s)
     if old.is_graph_output():
         graph.outputs[graph.outputs.index(old)] = s
-    for node in (ffn.residual, ffn.bias2, ffn.matmul2, ffn.matmul1):
+    removed = (ffn.residual, ffn.bias2, ffn.matmul2, ffn.matmul1)
+    constants = [v for node in removed for v in node.inputs if v is not None and v.is_initializer()]
+    for node in removed:
         graph.remove(node, safe=True)
     s.name = name
+    for value in constants:  # the old W1/W2 go now, not after every layer is split (ALBERT's shared ones stay)
+        if not value.uses() and not value.is_graph_input() and value.name in graph.initializers:
+            graph.initializers.pop(value.name)

@@ -27,9 +27,11 @@ import onnx_ir as ir
 from onnx import numpy_helper
 
 from qonnx_bert.calibration.tensors import QUANTIZED_OP_TYPES
+from qonnx_bert.core.memory import release_freed_memory
 from qonnx_bert.graph.qdq import QdqView, is_qdq
+from qonnx_bert.graph.weightless import STUB_LOCATION, with_weights
 from qonnx_bert.passes.cpu_fusion import fuse_for_cpu
-from qonnx_bert.passes.htp_rules import htp_ready, quantize_where_constants
+from qonnx_bert.passes.htp_rules import htp_edits, quantize_where_constants
 from qonnx_bert.passes.mixed_precision import widen_exactly
 from qonnx_bert.passes.plan import Plan
 
@@ -43,24 +45,41 @@ class _DropPreprocessAdvice(logging.Filter):
         return "pre-process" not in record.getMessage()
 
 
-def _ort_quantize(plan: Plan) -> onnx.ModelProto:
+def _ort_quantize(plan: Plan, src: Path) -> onnx.ModelProto:
     quiet = _DropPreprocessAdvice()
     logging.getLogger().addFilter(quiet)
     try:
-        return _run_quantize_static(plan)
+        return _run_quantize_static(plan, src)
     finally:
         logging.getLogger().removeFilter(quiet)
 
 
-def _run_quantize_static(plan: Plan) -> onnx.ModelProto:
+def _save_filled(light: onnx.ModelProto, floats: onnx.ModelProto, copies: dict[str, str], path: Path) -> None:
+    """``light`` with each stub filled from ``floats`` (or from the constant ``copies`` says it copies), written
+    with its weights in external data: ORT's tool then reads them tensor by tensor instead of holding the
+    file's bytes and their parsed copy at once. Written from ``floats``' own tensors: no model copy is made."""
+    model = ir.from_proto(light)
+    originals = {i.name: i for i in floats.graph.initializer}
+    for value in model.graph.initializers.values():
+        if not (isinstance(value.const_value, ir.ExternalTensor) and value.const_value.location == STUB_LOCATION):
+            continue
+        source = originals[copies.get(value.name, value.name)]
+        # a copy gets its own array: onnx_ir names a serialized tensor after its value, in the tensor itself
+        value.const_value = (
+            ir.serde.TensorProtoTensor(source)
+            if source.name == value.name
+            else ir.tensor(numpy_helper.to_array(source))
+        )
+    ir.save(model, str(path), external_data=path.name + ".data")
+
+
+def _run_quantize_static(plan: Plan, src: Path) -> onnx.ModelProto:
+    """ORT's QDQ quantizer on the FP32 model written to ``src`` (``plan.model``: its graph, weightless)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
 
     with tempfile.TemporaryDirectory(prefix="qonnx.") as tmp:
-        src, dst, cache = (Path(tmp) / n for n in ("in.onnx", "out.onnx", "ranges.json"))
-        # Weights in external data, whatever the size: ORT's tool then reads them tensor by tensor instead of
-        # holding the file's bytes and their parsed copy at once, and onnx_ir writes them without editing the plan
-        ir.save(ir.from_proto(plan.model), str(src), external_data=src.name + ".data")
+        dst, cache = Path(tmp) / "out.onnx", Path(tmp) / "ranges.json"
         data = {t: (np.float32(lo), np.float32(hi)) for t, (lo, hi) in plan.ranges.items()}
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
         quantize_static(
@@ -296,12 +315,21 @@ QDQ_PIPELINE = (
 
 
 def insert_qdq(plan: Plan) -> onnx.ModelProto:
-    """The QDQ model of a plan: activations from ``plan.ranges`` (None: weights only)."""
+    """The QDQ model of a plan: activations from ``plan.ranges`` (None: weights only).
+
+    The float model is let go once written for ONNX Runtime's quantizer: a caller that hands ``plan``
+    over (keeps no reference to it or its model) does not hold it twice while ORT quantizes.
+    """
     if plan.ranges is None:
         return quantize_weights_only(plan.model)
-    model, htp = htp_ready(plan.model, plan.overrides, plan.ranges)  # measured HTP rules; the scheme's own win
-    plan = replace(plan, model=model, overrides={**htp, **plan.overrides})
-    quantized = _ort_quantize(plan)
+    light, copies, htp = htp_edits(plan.model, plan.overrides, plan.ranges)  # measured HTP rules; the scheme's own win
+    floats = None if plan.weights else plan.model  # activations-only: its float weights go back afterwards
+    with tempfile.TemporaryDirectory(prefix="qonnx.") as tmp:
+        src = Path(tmp) / "in.onnx"
+        _save_filled(light, plan.model, copies, src)
+        plan = replace(plan, model=light, overrides={**htp, **plan.overrides})
+        release_freed_memory()
+        quantized = _ort_quantize(plan, src)
     for step in QDQ_PIPELINE:
         missing = step.requires(quantized, plan)
         if missing:
@@ -310,4 +338,4 @@ def insert_qdq(plan: Plan) -> onnx.ModelProto:
         broken = step.ensures(quantized, plan)
         if broken:
             raise RuntimeError(f"qonnx bug: QDQ pass {step.name!r} did not hold: {broken}")
-    return quantized if plan.weights else restore_float_weights(quantized, plan.model)
+    return quantized if floats is None else restore_float_weights(quantized, with_weights(light, floats, copies))

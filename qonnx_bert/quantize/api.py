@@ -82,23 +82,27 @@ def quantize(
     metadata = [(p.key, p.value) for p in model.metadata_props]
     prepared = prepare(model, in_place=consume)
     del model
-    roles = find_roles(prepared)  # fails early, naming the layer, on a graph we cannot map
-    plan = scheme.plan(SchemeContext(config, fp32["fingerprint"], prepared, roles, ranges, path))
-    del prepared, roles  # a rewriting scheme's plan holds its own copy: one model fewer while ORT quantizes
-    release_freed_memory()  # the roles' IR graph is a reference cycle over the prepared model's tensors
-    quantized = insert_qdq(plan)
-    notes = list(plan.notes)
+    ctx = SchemeContext(config, fp32["fingerprint"], prepared, find_roles(prepared), ranges, path)  # roles: fail early
+    del prepared  # held by the context alone: a rewriting scheme takes it and frees it as it goes
+    plan = scheme.plan(ctx)
+    del ctx  # a rewriting scheme's plan holds its own copy: one model fewer while ORT quantizes
+    release_freed_memory()
     lowbit = config.lowbit()
-    if lowbit.weights or lowbit.embeddings:
+    floats = plan.model if lowbit.weights or lowbit.embeddings else None  # the low-bit lowering reads its weights
+    notes, plan_metadata, selection = list(plan.notes), {**plan.metadata}, plan.selection
+    handed = [plan]
+    del plan  # handed over: insert_qdq lets the float model go while ORT quantizes (unless kept as ``floats``)
+    quantized = insert_qdq(handed.pop())
+    if floats is not None:
         if lowbit.adaround and ranges is None:
             raise ConfigError(
                 [("adaround", "learns on the calibration sequences: pass `ranges` (a calibration file)")], config.scheme
             )
         sequences = ranges.sequences() if lowbit.adaround else None
-        quantized, lowered = lower_weight_bits(quantized, plan.model, lowbit, sequences)  # the plan's float weights
+        quantized, lowered = lower_weight_bits(quantized, floats, lowbit, sequences)  # the plan's float weights
         notes += lowered
     drop_unused_initializers(quantized)  # the float weights QDQ insertion replaced
     del quantized.metadata_props[:]
-    for key, value in [*metadata, *plan.metadata.items()]:
+    for key, value in [*metadata, *plan_metadata.items()]:
         quantized.metadata_props.add(key=key, value=value)
-    return quantized, quant_report(quantized, config.scheme, notes, plan.selection, fp32)
+    return quantized, quant_report(quantized, config.scheme, notes, selection, fp32)

@@ -160,3 +160,9 @@ def test_missing_tokenizer_names_the_flag(form, tmp_path, capsys):
     _one_line_refusal(capsys, argv, "pass --tokenizer (the model", tmp_path)
     argv = [*argv, "--tokenizer", str(tmp_path / "nowhere")]
     _one_line_refusal(capsys, argv, "no fast Hugging Face tokenizer", tmp_path)
+
+
+def test_a_canonical_file_is_returned_as_it_is(fp32):
+    """`qonnx export`'s file is canonical already: canonicalize hands it back, no model-sized copy made."""
+    result = canonicalize(fp32)
+    assert result.model is fp32 and not result.changes

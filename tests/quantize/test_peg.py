@@ -71,6 +71,17 @@ def test_fp32_rewrite_is_exact(fp32, k, permute, unit_groups):
     assert sum(n.op_type == "MatMul" for n in rewritten.graph.node) == roles.num_layers * (6 + k + k * unit_groups)
 
 
+def test_split_ffn_drops_each_weight_it_replaces_at_once(fp32):
+    """Memory: the old W1/W2 of a split layer leave the graph with it, not after every layer is split."""
+    prepared = prepare(fp32)
+    roles = find_roles(prepared)
+    model = ir.from_proto(prepared)
+    split_ffn(model.graph, roles.roles, 0, equal_groups(np.random.default_rng(0).uniform(size=HIDDEN), 3, True))
+    read = {v.name for node in model.graph for v in node.inputs if v is not None}
+    unread = [name for name in model.graph.initializers if name not in read]
+    assert unread == [] and len(read & set(model.graph.initializers)) > 0
+
+
 @pytest.fixture(scope="module")
 def planted(fp32):
     """The tiny BERT with one GELU unit of layer 0 30x wider than the rest, and its ranges."""
@@ -401,3 +412,13 @@ def test_bad_input(fp32, ranges):
         quantize(fp32, config_for("peg", intermediate_groups=0), ranges)
     with pytest.raises(UsageError, match=f"intermediate_groups is {2 * HIDDEN + 1}: out of range"):
         quantize(fp32, config_for("peg", intermediate_groups=2 * HIDDEN + 1), ranges)
+
+
+def test_peg_takes_the_prepared_model_from_its_context(fp32, ranges):
+    """PEG rewrites the prepared model and lets the context's reference go (freed as the rewrite copies it);
+    reading it again afterwards is a bug, said as one."""
+    prepared = prepare(fp32)
+    ctx = SchemeContext(config_for("peg"), model_fingerprint(fp32), prepared, find_roles(prepared), ranges)
+    get_scheme("peg").plan(ctx)
+    with pytest.raises(RuntimeError, match="after a scheme took it"):
+        ctx.prepared

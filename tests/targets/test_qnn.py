@@ -22,7 +22,7 @@ from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.inputs.export import export_model
 from qonnx_bert.inputs.glue import load_task
 from qonnx_bert.inputs.sequences import sample_sequences, shipped_sentences
-from qonnx_bert.passes.htp_rules import constant_gather_nd, htp_overrides, htp_ready, mask_overrides
+from qonnx_bert.passes.htp_rules import constant_gather_nd, htp_edits, htp_overrides, mask_overrides
 from qonnx_bert.passes.qdq import insert_qdq
 from qonnx_bert.quantize import config_for, quantize
 from qonnx_bert.quantize.schemes import SCHEMES, Plan, activation_ranges
@@ -405,7 +405,9 @@ def test_cpu_check_of_a_model_ort_cannot_load_is_one_line(tiny_w8a8, tmp_path, c
 
 
 def test_htp_rules_gamma_uint8_and_bias_in_activation_type(tiny_static):
-    model, rules = htp_ready(prepare(onnx.load(str(tiny_static))))  # unshares the exporter's deduplicated zero biases
+    model, _, rules = htp_edits(
+        prepare(onnx.load(str(tiny_static)))
+    )  # unshares the exporter's deduplicated zero biases
     add = next(
         n for n in model.graph.node if n.op_type == "Add" and n.input[1] in {i.name for i in model.graph.initializer}
     )
@@ -489,3 +491,31 @@ def test_missing_plugin_gives_install_hint(monkeypatch, tiny_w8a8):
     monkeypatch.setattr(qnn, "_DEVICES", [])
     with pytest.raises(UsageError, match=r'onnxruntime-qnn, which is not installed: pip install "qonnx-bert\[qnn\]"'):
         check_htp(tiny_w8a8, qnn.resolve_soc("sm8650"))
+
+
+def test_htp_edits_copy_a_shared_large_constant_as_a_stub_filled_from_the_original():
+    """A large float constant shared by two elementwise ops: the weightless copy gets a stub per use, and
+    ``with_weights`` fills each from the original's values (the fix never holds the weights twice)."""
+    from qonnx_bert.graph.weightless import is_stub, with_weights
+
+    big = numpy_helper.from_array(np.arange(4096, dtype=np.float32).reshape(1, 4096), "big")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["x", "big"], ["y"], name="a"),
+            helper.make_node("Mul", ["y", "big"], ["z"], name="m"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4096])],
+        [helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [1, 4096])],
+        [big],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    light, copies, _ = htp_edits(model)
+    assert sorted(copies.values()) == ["big", "big"] and all(
+        is_stub(i) for i in light.graph.initializer if i.name in copies
+    )
+    filled = with_weights(light, model, copies)
+    values = {i.name: numpy_helper.to_array(i) for i in filled.graph.initializer}
+    for copy in copies:
+        np.testing.assert_array_equal(values[copy], numpy_helper.to_array(big))
+    assert model.graph.initializer[0].name == "big" and len(model.graph.initializer) == 1  # the input is untouched

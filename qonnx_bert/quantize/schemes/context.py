@@ -19,10 +19,21 @@ class SchemeContext:
 
     config: SchemeConfig
     fingerprint: str  # the FP32 model's (``model_fingerprint``): ranges and selections must be made for it
-    prepared: onnx.ModelProto
+    _prepared: onnx.ModelProto | None  # ``prepared``; None once a scheme took it (``take_prepared``)
     roles: RoleMap
     ranges: RangeTable | None
     path: str = "model"
+
+    @property
+    def prepared(self) -> onnx.ModelProto:
+        if self._prepared is None:
+            raise RuntimeError("qonnx bug: the prepared model was read after a scheme took it (take_prepared)")
+        return self._prepared
+
+    def take_prepared(self) -> onnx.ModelProto:
+        """The prepared model, no longer held here: a scheme that rewrites it lets it go as it builds its own."""
+        model, self._prepared = self.prepared, None
+        return model
 
     @property
     def scheme(self) -> str:

@@ -199,11 +199,10 @@ class Int16Scheme:
 
     def plan(self, ctx: SchemeContext) -> Plan:
         roles = select_roles(ctx.roles, [*self.patterns, *requested_roles(ctx)])
-        plan = with_selection(self.base.plan(ctx), ctx, roles)
-        if not roles:
-            return plan
         specs = {ctx.roles.tensor(r): spec for r, spec in self.estimators if r in roles}
-        return apply_int16(plan, ctx, roles, ranges=reestimate(ctx, specs) if specs else None)
+        ranges = reestimate(ctx, specs) if specs else None  # before the base plan, which may take the prepared model
+        plan = with_selection(self.base.plan(ctx), ctx, roles)
+        return apply_int16(plan, ctx, roles, ranges=ranges) if roles else plan
 
 
 def with_int16(scheme: Any) -> Int16Scheme:

@@ -149,7 +149,7 @@ class PegScheme:
         opts = ctx.config
         base = ctx.calibrated()
         chosen = choose_groups(ctx.require_ranges().per_channel, opts, ctx.roles.num_layers)
-        model = ir.from_proto(ctx.prepared)
+        model = ir.from_proto(ctx.take_prepared())  # freed once the rewrite no longer shares its tensors
         fallback = []
         try:
             permuted = _fold_order(model, ctx, chosen.order)
@@ -168,7 +168,8 @@ class PegScheme:
         del model
         release_freed_memory()  # an IR graph is a reference cycle: freed only by the collector
         entries = {**base, **calibrate_new_tensors(ctx, split, set(base))}
-        rewritten = split.to_proto()  # after the replay: its activations and the protobuf copy never meet
+        release_freed_memory()  # the replay's activations
+        rewritten = split.into_proto()  # after the replay: its activations and the protobuf copy never meet
         del split
         metadata = ({TARGET_KEY: "cpu"} if opts.target == Target.CPU else {}) | (
             {PERMUTED_KEY: permuted_record(permuted)} if permuted else {}

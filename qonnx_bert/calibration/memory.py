@@ -18,7 +18,7 @@ from qonnx_bert.core.errors import UsageError
 from qonnx_bert.graph.shapes import value_infos
 
 MB = 2**20
-DEFAULT_MAX_MEMORY_MB = 512.0  # BERT-base, 8 x 128 tokens: three segments, peak RSS about 1.3 GB
+DEFAULT_MAX_MEMORY_MB = 512.0  # BERT-base, 8 x 128 tokens: three segments (peak RSS: bench/results/large-geometry.md)
 
 
 def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, list]]:

@@ -21,6 +21,7 @@ from qonnx_bert.core.modelinfo import read_info
 from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.inputs.export import export_model
 from qonnx_bert.inputs.glue import load_task
+from qonnx_bert.inputs.glue.tasks import limit_split
 from qonnx_bert.inputs.sequences import sample_sequences, shipped_sentences
 from qonnx_bert.passes.htp_rules import constant_gather_nd, htp_edits, htp_overrides, mask_overrides
 from qonnx_bert.passes.qdq import insert_qdq
@@ -360,7 +361,9 @@ def test_minilm_emulated_eval_runs_through_cli(minilm_w8a8, glue_dir, tmp_path, 
 # to neighbouring steps is one step off, and six layers of requantization grow that to about the
 # model's quantization noise. The CPU provider's own integer kernels against the same QDQ graph
 # computed in float set that floor. Measured on the 128 dev sentences (sm8650), HTP vs CPU / CPU
-# integer vs float: w8a8 93.8% / 94.5%, mp 97.7% / 98.4%, peg 98.4% / 98.4%. W8A8 is fragile on both
+# integer vs float: w8a8 93.8% / 94.5%, mp 97.7% / 98.4%, peg 98.4% / 98.4%; the test runs the first 64
+# (w8a8 95.3% / 96.9%, mp 100% / 98.4%, peg 100% / 100%): the emulator takes about a second a
+# sentence, and CI has 20 minutes. W8A8 is fragile on both
 # runtimes (MiniLM's outliers stretch its per-tensor grids), so the 95% is not reachable for it
 # by any implementation that is not bit-exact with ORT's kernels; HTP drifts no more than the floor.
 @needs_qnn
@@ -372,7 +375,8 @@ def test_fine_tuned_minilm_predicts_the_same_on_htp_and_cpu(minilm_sst2_static, 
     fp32 = onnx.load(str(minilm_sst2_static))
     ranges = calibrate(fp32, glue_train_sequences("sst2", SST2_SAMPLE, 32, 0), progress=False)
     model, _ = quantize(fp32, config_for(scheme), ranges)
-    result = evaluate_emulated(model, load_task("sst2", "dev", SST2_SAMPLE), qnn.resolve_soc("sm8650"), progress=False)
+    split = limit_split(load_task("sst2", "dev", SST2_SAMPLE), 64)
+    result = evaluate_emulated(model, split, qnn.resolve_soc("sm8650"), progress=False)
     assert result.agreement >= floor
     assert result.agreement >= result.cpu_self_agreement - 0.02
 

@@ -29,7 +29,7 @@ from onnx import numpy_helper
 from qonnx_bert.calibration.tensors import QUANTIZED_OP_TYPES
 from qonnx_bert.core.memory import release_freed_memory
 from qonnx_bert.graph.qdq import QdqView, is_qdq
-from qonnx_bert.graph.weightless import STUB_LOCATION, with_weights
+from qonnx_bert.graph.weightless import is_stub, with_weights
 from qonnx_bert.passes.cpu_fusion import fuse_for_cpu
 from qonnx_bert.passes.htp_rules import htp_edits, quantize_where_constants
 from qonnx_bert.passes.mixed_precision import widen_exactly
@@ -60,10 +60,9 @@ def _save_filled(light: onnx.ModelProto, floats: onnx.ModelProto, copies: dict[s
     file's bytes and their parsed copy at once. Written from ``floats``' own tensors: no model copy is made."""
     model = ir.from_proto(light)
     originals = {i.name: i for i in floats.graph.initializer}
-    for value in model.graph.initializers.values():
-        if not (isinstance(value.const_value, ir.ExternalTensor) and value.const_value.location == STUB_LOCATION):
-            continue
-        source = originals[copies.get(value.name, value.name)]
+    for name in (i.name for i in light.graph.initializer if is_stub(i)):
+        value = model.graph.initializers[name]
+        source = originals[copies.get(name, name)]
         # a copy gets its own array: onnx_ir names a serialized tensor after its value, in the tensor itself
         value.const_value = (
             ir.serde.TensorProtoTensor(source)

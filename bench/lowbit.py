@@ -27,7 +27,7 @@ from qonnx_bert.analysis.evaluate import evaluate
 from qonnx_bert.calibration.adaround import AdaRoundConfig
 from qonnx_bert.calibration.calibrate import calibrate
 from qonnx_bert.calibration.ranges import RangeTable
-from qonnx_bert.calibration.weight_grid import WeightGrid
+from qonnx_bert.calibration.weight_grid import Granularity, WeightGrid
 from qonnx_bert.core.files import atomic_output
 from qonnx_bert.inputs.export import export_model
 from qonnx_bert.inputs.glue.tasks import get_task, load_task
@@ -48,6 +48,7 @@ class Row:
 
 
 W4, W6 = WeightGrid(4), WeightGrid(6)
+W4_TENSOR = WeightGrid(4, Granularity.PER_TENSOR)  # the paper's W4A32 setting: one scale per weight tensor
 ROWS = {
     "fp32": Row("FP32", None, LowBitConfig()),
     "w8a32-ptq": Row("W8A32 PTQ (per-tensor)", "w8a32", LowBitConfig()),
@@ -57,6 +58,10 @@ ROWS = {
     "w6a32-ptq": Row("W6A32 PTQ", "w8a32", LowBitConfig(W6)),
     "w4a32-ptq": Row("W4A32 PTQ", "w8a32", LowBitConfig(W4)),
     "w4a32-adaround": Row("W4A32 AdaRound", "w8a32", LowBitConfig(W4, adaround=AdaRoundConfig())),
+    "w4a32-tensor-ptq": Row("W4A32 PTQ, per-tensor weights", "w8a32", LowBitConfig(W4_TENSOR)),
+    "w4a32-tensor-adaround": Row(
+        "W4A32 AdaRound, per-tensor weights", "w8a32", LowBitConfig(W4_TENSOR, adaround=AdaRoundConfig())
+    ),
     "w4a8-ptq": Row("W4A8 PTQ", "w8a8", LowBitConfig(W4)),
     "w4a8-e2-ptq": Row("W4A8, 2-bit embeddings PTQ", "w8a8", LowBitConfig(W4, WeightGrid(2))),
     "w4a8-peg-ptq": Row("W4A8 PEG PTQ", "peg", LowBitConfig(W4)),

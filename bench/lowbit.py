@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from qonnx_bert.analysis.evaluate import evaluate
@@ -29,6 +30,7 @@ from qonnx_bert.calibration.calibrate import calibrate
 from qonnx_bert.calibration.ranges import RangeTable
 from qonnx_bert.calibration.weight_grid import Granularity, WeightGrid
 from qonnx_bert.core.files import atomic_output
+from qonnx_bert.core.metrics import sqnr_db
 from qonnx_bert.inputs.export import export_model
 from qonnx_bert.inputs.glue.tasks import get_task, load_task
 from qonnx_bert.inputs.sequences import glue_train_sequences
@@ -62,6 +64,8 @@ ROWS = {
     "w4a32-tensor-adaround": Row(
         "W4A32 AdaRound, per-tensor weights", "w8a32", LowBitConfig(W4_TENSOR, adaround=AdaRoundConfig())
     ),
+    "w2a32-ptq": Row("W2A32 PTQ", "w8a32", LowBitConfig(WeightGrid(2))),
+    "w2a32-adaround": Row("W2A32 AdaRound", "w8a32", LowBitConfig(WeightGrid(2), adaround=AdaRoundConfig())),
     "w4a8-ptq": Row("W4A8 PTQ", "w8a8", LowBitConfig(W4)),
     "w4a8-e2-ptq": Row("W4A8, 2-bit embeddings PTQ", "w8a8", LowBitConfig(W4, WeightGrid(2))),
     "w4a8-peg-ptq": Row("W4A8 PEG PTQ", "peg", LowBitConfig(W4)),
@@ -108,6 +112,13 @@ def _config_fields(lowbit: LowBitConfig) -> dict:
     return fields
 
 
+def _fp32_logits(fp32: onnx.ModelProto, dev, work: Path) -> np.ndarray:
+    path = work / "fp32-dev-logits.npy"
+    if not path.exists():
+        np.save(path, evaluate(fp32, dev, progress=False).logits)
+    return np.load(path)
+
+
 def run_cell(name: str, task: str, checkpoint: str, args, seed: int) -> dict:
     work = args.output / "work" / task
     cell = args.output / "cells" / task / f"{name}-s{seed}.json"
@@ -116,30 +127,39 @@ def run_cell(name: str, task: str, checkpoint: str, args, seed: int) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     fp32, ranges = _prepared(task, checkpoint, args.data_dir, work)
     model = _model(ROWS[name], task, checkpoint, args.data_dir, fp32, ranges, work, seed, args.qat_epochs)
-    result = evaluate(model, load_task(task, "dev", args.data_dir), progress=False)
+    dev = load_task(task, "dev", args.data_dir)
+    result = evaluate(model, dev, progress=False)
     record = {"row": name, "task": task, "seed": seed, "score": result.metrics["score"]}
+    if ROWS[name].scheme is not None:  # the dev logits' SQNR to FP32: finer than a small dev set's metric
+        record["sqnr_db"] = sqnr_db(_fp32_logits(fp32, dev, work), result.logits)
     record |= {"bytes": model.ByteSize(), "fp32_bytes": fp32.ByteSize()}
     with atomic_output(cell) as tmp:
         tmp.write_text(json.dumps(record, indent=1))
     return record
 
 
-def render(results: dict[str, dict[str, dict]], tasks: list[str], rows: list[str]) -> str:
-    """Markdown: one table in the paper's Table 7 layout and, if its rows ran, Table 12's."""
+def render(results: dict[str, dict[str, dict]], tasks: list[str], rows: list[str], command: str) -> str:
+    """Markdown: the command, one table in the paper's Table 7 layout and, if its rows ran, Table 12's."""
 
     def table(names: list[str], title: str) -> list[str]:
+        sqnr = any("sqnr_db" in results[n][t] for n in names for t in tasks)
         head = f"| {title} | " + " | ".join(tasks) + " | mean | size (MB) | × FP32 smaller |"
-        lines = [head, "|" + "---|" * (len(tasks) + 4)]
+        head += " mean logit SQNR to FP32 (dB) |" if sqnr else ""
+        lines = [head, "|" + "---|" * (len(tasks) + 4 + sqnr)]
         for name in names:
             cells = [results[name][t] for t in tasks]
             scores = [c["score"] for c in cells]
             ratio = statistics.median(c["fp32_bytes"] / c["bytes"] for c in cells)
             size = statistics.median(c["bytes"] for c in cells) / 1e6
             row = " | ".join(f"{s:.2f}" for s in scores)
-            lines.append(f"| {ROWS[name].label} | {row} | {statistics.mean(scores):.2f} | {size:.2f} | {ratio:.2f} |")
+            line = f"| {ROWS[name].label} | {row} | {statistics.mean(scores):.2f} | {size:.2f} | {ratio:.2f} |"
+            if sqnr:
+                values = [c.get("sqnr_db") for c in cells]
+                line += f" {statistics.mean(values):.1f} |" if None not in values else " — |"
+            lines.append(line)
         return lines
 
-    lines = ["# Low-bit weights, embeddings and QAT (the paper's Tables 7 and 12)", ""]
+    lines = ["# Low-bit weights, embeddings and QAT (the paper's Tables 7 and 12)", "", f"`{command}`", ""]
     lines += table([r for r in rows if r not in TABLE_12 or r == "fp32"], "Table 7 layout")
     if any(r in TABLE_12[1:] for r in rows):
         lines += ["", *table([r for r in TABLE_12 if r in rows], "Table 12 layout")]
@@ -169,12 +189,16 @@ def main(argv: list[str] | None = None) -> int:
             seeds = range(args.seeds) if ROWS[name].qat else range(1)
             cells = [run_cell(name, task, checkpoints[task], args, s) for s in seeds]
             median = statistics.median(c["score"] for c in cells)
-            results.setdefault(name, {})[task] = {**cells[0], "score": median, "seeds": [c["score"] for c in cells]}
+            record = {**cells[0], "score": median, "seeds": [c["score"] for c in cells]}
+            if all("sqnr_db" in c for c in cells):
+                record["sqnr_db"] = statistics.median(c["sqnr_db"] for c in cells)
+            results.setdefault(name, {})[task] = record
             print(f"{ROWS[name].label:32s} {task:6s} {median:7.2f}  ×{cells[0]['fp32_bytes'] / cells[0]['bytes']:.2f}")
     with atomic_output(args.output / "lowbit.json") as tmp:
         tmp.write_text(json.dumps(results, indent=1))
     with atomic_output(args.output / "lowbit.md") as tmp:
-        tmp.write_text(render(results, tasks, rows))
+        command = " ".join(["python bench/lowbit.py", *(sys.argv[1:] if argv is None else argv)])
+        tmp.write_text(render(results, tasks, rows, command))
     return 0
 
 

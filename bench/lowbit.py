@@ -115,7 +115,8 @@ def _config_fields(lowbit: LowBitConfig) -> dict:
 def _fp32_logits(fp32: onnx.ModelProto, dev, work: Path) -> np.ndarray:
     path = work / "fp32-dev-logits.npy"
     if not path.exists():
-        np.save(path, evaluate(fp32, dev, progress=False).logits)
+        with atomic_output(path) as tmp, tmp.open("wb") as f:  # a killed run leaves no truncated cache
+            np.save(f, evaluate(fp32, dev, progress=False).logits)
     return np.load(path)
 
 

@@ -7,6 +7,9 @@ For each fine-tuned recipe (``qonnx models build minilm-l6-<task>`` first) this 
   Attention, SkipLayerNormalization, BiasGelu): the fastest FP32 a user can get;
 * ``ort-dynamic``: ``quantize_dynamic`` (per-channel int8 weights, uint8 activations ranged per call) on the
   fused graph: Optimum's ``avx512_vnni`` preset, what a CPU user picks today;
+* ``ort-dynamic-vln``: that model with its SkipLayerNormalization kernels decomposed as qonnx's ``--target cpu``
+  decomposes its own (``passes.cpu_fusion.vectorized_layer_norms``): a control that says how much of qonnx's
+  speed comes from avoiding that kernel rather than from static ranges (no Optimum preset gives it);
 * ``ort-static``: ``quantize_static`` QDQ, MinMax over the same calibration sequences, per-channel weights:
   ONNX Runtime's default static flow;
 * qonnx's own: ``qonnx export`` + ``qonnx calibrate`` + the schemes in ``--schemes`` (``qonnx-smoothquant``:
@@ -33,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 
 from qonnx_bert import api
@@ -40,9 +44,10 @@ from qonnx_bert.benchmarks.latency import side_by_side_latency_ms
 from qonnx_bert.core.files import atomic_output
 from qonnx_bert.inputs.encode import Encoder
 from qonnx_bert.inputs.sequences import glue_train_sequences, sequence_feeds
+from qonnx_bert.passes.cpu_fusion import vectorized_layer_norms
 from qonnx_bert.quantize import config_from_dict
 
-PEERS = ("fp32-torchscript", "fp32-ort-fused", "ort-dynamic", "ort-static")
+PEERS = ("fp32-torchscript", "fp32-ort-fused", "ort-dynamic", "ort-dynamic-vln", "ort-static")
 SCHEMES = {
     "qonnx-w8a8": {"scheme": "w8a8"},
     "qonnx-peg": {"scheme": "peg"},
@@ -122,6 +127,10 @@ def build_peers(recipe: str, work: Path, fp32: onnx.ModelProto, sequences) -> No
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # else it fails on contrib-op outputs
         )
         with_record(work / "ort-dynamic.onnx", fp32)
+    if not (work / "ort-dynamic-vln.onnx").exists():
+        dynamic = ir.load(work / "ort-dynamic.onnx")
+        vectorized_layer_norms(dynamic)
+        ir.save(dynamic, work / "ort-dynamic-vln.onnx")
     if not (work / "ort-static.onnx").exists():
         quantize_static(
             str(ts),

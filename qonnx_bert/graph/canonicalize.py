@@ -110,12 +110,17 @@ def _input(node: ir.Node, index: int) -> ir.Value | None:
     return node.inputs[index] if len(node.inputs) > index else None
 
 
-class _SkipLayerNorm(pattern.RewriteRuleClassBase):
+class SkipLayerNormDecomposition(pattern.RewriteRuleClassBase):
     """``SkipLayerNormalization(x, skip, gamma, beta?, bias?)`` = ``LayerNorm((x + bias) + skip)``.
 
     The bias joins ``x`` first, so the dense layer's ``MatMul + bias`` and the residual
-    ``Add`` come back as the two nodes roles look for.
+    ``Add`` come back as the two nodes roles look for. ``residual="Sum"`` writes the residual
+    sum as ``Sum``, which ORT's session-time ``SkipLayerNormFusion`` (it matches ``Add``) leaves alone.
     """
+
+    def __init__(self, residual: str = "Add") -> None:
+        super().__init__(f"SkipLayerNormDecomposition{residual}")
+        self.residual = residual
 
     def pattern(self, op, x, skip):
         return op.SkipLayerNormalization(
@@ -131,7 +136,7 @@ class _SkipLayerNorm(pattern.RewriteRuleClassBase):
     def rewrite(self, op, x, skip, out):
         node = _fused(out)
         bias = _input(node, 4)
-        summed = op.Add(op.Add(x, bias) if bias is not None else x, skip)
+        summed = getattr(op, self.residual)(op.Add(x, bias) if bias is not None else x, skip)
         epsilon = node.attributes.get_float("epsilon", 1e-12)
         beta = _input(node, 3)
         args = (summed, node.inputs[2]) if beta is None else (summed, node.inputs[2], beta)
@@ -177,7 +182,7 @@ def _unfuse_rules() -> pattern.RewriteRuleSet:
     """Built per model, as ``_gelu_rules``."""
     return pattern.RewriteRuleSet(
         [
-            _SkipLayerNorm.rule(),
+            SkipLayerNormDecomposition.rule(),
             _BiasGelu.rule(),
             _FastGelu.rule(),
             # PyTorch's SDPA, traced: Where(IsNaN(p), 0, p) zeroes rows whose every key is masked. A BERT

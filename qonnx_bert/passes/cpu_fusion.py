@@ -11,6 +11,11 @@ per-column int8 weights, in one integer kernel. ``QAttention`` takes the padding
 the raw ``attention_mask`` (masked keys get -10000 instead of the float minimum: both give
 exactly zero weight after the softmax's exp in float32). Written here because neither ORT's
 quantizer nor the rewriter turns a static QDQ Attention into ``QAttention``.
+
+The one fused kernel not kept is ``SkipLayerNormalization``: ORT's CPU kernel for it is a
+scalar loop with a division per element, while its ``LayerNormalization`` is vectorized
+(``bench/cpu_peers.py``'s ``ort-dynamic-vln`` row measures what that costs the dynamic model),
+so it is decomposed again after the rewriter's fusions.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ import onnx
 import onnx_ir as ir
 from onnx import helper, numpy_helper
 from onnx_ir.passes.common import RemoveUnusedNodesPass
+from onnxscript.rewriter import pattern
+
+from qonnx_bert.graph.canonicalize import SkipLayerNormDecomposition
 
 MS_DOMAIN = "com.microsoft"
 MASK_INPUT = "attention_mask"
@@ -33,12 +41,19 @@ def fuse_for_cpu(model: onnx.ModelProto) -> onnx.ModelProto:
 
     fused = ir.from_proto(model)
     optimize_for_ort(fused)
+    vectorized_layer_norms(fused)
     out = ir.to_proto(fused)
     if _static_attention(out):
         fused = ir.from_proto(out)
         RemoveUnusedNodesPass()(fused)
         out = ir.to_proto(fused)
     return out
+
+
+def vectorized_layer_norms(model: ir.Model) -> int:
+    """Each ``SkipLayerNormalization`` whose side outputs are unread becomes ``LayerNormalization(Sum(x + bias,
+    skip))``, in place; how many. ``Sum``: ORT's session-time fusion would turn ``Add`` back into the slow kernel."""
+    return pattern.RewriteRuleSet([SkipLayerNormDecomposition.rule(residual="Sum")]).apply_to_model(model)
 
 
 def _attention_parts(model: onnx.ModelProto, node: onnx.NodeProto, producer: dict, inits: dict):

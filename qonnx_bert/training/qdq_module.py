@@ -15,6 +15,7 @@ need no mapping. What is learned:
   Reshape output takes its input's range) and fixes others, so the model the learned ranges
   deploy is the model that was trained.
 
+A Gather output's quantizer follows its table's current min-max (the writer ties the two).
 Everything else (biases, LayerNorm parameters, position and type embeddings, quantizers set
 by fixed rules such as the softmax output's) runs with the deployed integers and scales.
 """
@@ -82,12 +83,22 @@ class QdqModule(torch.nn.Module):
             {_key(t): torch.nn.Parameter(torch.from_numpy(s.values.copy())) for t, s in self.sites.items()}
         )
         self.constants = {name: _tensor(init) for name, init in inits.items()}
+        # ONNX Runtime quantizes a Gather's output with its table's own uint8 min-max scale initializer (kept
+        # when the table is lowered below 8 bits); the writer recomputes it from the trained table, so it
+        # follows the table here too, not the constant the graph was built with.
+        gathered = {n.output[0]: n.input[0] for n in self.nodes if n.op_type == "Gather" and n.input[0] in self.sites}
+        self.table_of = {
+            n.input[1]: gathered[n.input[0]]
+            for n in self.nodes
+            if n.op_type == "QuantizeLinear" and n.input[0] in gathered
+        }
         self.ranges = torch.nn.ModuleDict()  # _key(source tensor) -> its learned range
         self.source_of: dict[str, str] = {}  # scale initializer -> the ranges-file tensor that sets it
         for node in self.nodes:
             if node.op_type == "QuantizeLinear":
                 self._learn(node, inits, ranges, sources)
         self.scales: dict = {}  # weight tensor -> full-shape scale, or (scale, zero point) of an asymmetric table
+        self.gather_scales: dict = {}  # scale initializer in table_of -> (scale, zero point) of the table now
         self.refresh_weight_scales()
 
     def _learn(self, node: onnx.NodeProto, inits: dict, ranges: RangeTable, sources: dict[str, str]) -> None:
@@ -116,6 +127,9 @@ class QdqModule(torch.nn.Module):
                 w, np.zeros(w.shape, np.int64), weight_scale(w, grid, site.channel_axis), grid, site.channel_axis
             )
             self.scales[tensor] = torch.from_numpy(np.ascontiguousarray(q.full_scale(), np.float32))
+        for name, table in self.table_of.items():
+            w = self.weights[_key(table)].detach()
+            self.gather_scales[name] = asymmetric_scale_zero_point(float(w.min()), float(w.max()), 255)
 
     def learned_ranges(self) -> dict[str, tuple[float, float]]:
         return {source: self.ranges[_key(source)].range() for source in self.source_of.values()}
@@ -128,6 +142,8 @@ class QdqModule(torch.nn.Module):
         dtype = self.constants[zp_name].dtype if zp_name else torch.uint8
         if node.input[1] in self.source_of:
             scale, zero_point = self.ranges[_key(self.source_of[node.input[1]])].scale_zero_point()
+        elif node.input[1] in self.gather_scales:
+            scale, zero_point = self.gather_scales[node.input[1]]
         else:
             scale = values[node.input[1]]
             zero_point = values[zp_name].float() if zp_name else torch.zeros(())

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoTokenizer
 
 from qonnx_bert.calibration.calibrate import calibrate
-from qonnx_bert.calibration.ranges import RangeTable
+from qonnx_bert.calibration.ranges import RangeTable, model_fingerprint
 from qonnx_bert.calibration.weight_grid import WeightGrid
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.core.runtime import cpu_session
@@ -22,8 +22,8 @@ from qonnx_bert.quantize.lowbit import LowBitConfig, lower_weight_bits
 from qonnx_bert.quantize.schemes import config_for
 from qonnx_bert.training.fake_quant import LearnedRange
 from qonnx_bert.training.fake_quant import quantize as fake_quantize
-from qonnx_bert.training.qat import DEV_LOGITS, QatConfig, predict, range_sources, run_qat
-from qonnx_bert.training.qdq_module import QdqModule
+from qonnx_bert.training.qat import DEV_LOGITS, QatConfig, _deployed, _with_weights, predict, range_sources, run_qat
+from qonnx_bert.training.qdq_module import QdqModule, _key
 
 LOWBIT = LowBitConfig(WeightGrid(4))  # W4A8: int4 per-channel weights, the scheme's int8 embeddings
 
@@ -53,6 +53,30 @@ def test_untrained_module_computes_the_qdq_graph(tiny_onnx, init_ranges, scheme,
         # With activations quantized the output's own quantizer absorbs float summation order: equal bits.
         # Weights only (w8a32): float32 reassociation between PyTorch and ORT MatMuls, ~1e-7 relative.
         np.testing.assert_allclose(ours, session.run(None, feeds)[0], rtol=0 if learned else 1e-5, atol=0)
+
+
+def test_a_trained_embedding_table_moves_its_gathered_scale_as_the_writer_does(tiny_onnx, init_ranges):
+    """ONNX Runtime quantizes the word Gather's output with the table's own min-max scale, and the writer
+    recomputes it from the trained table. The module must follow the table (it once kept the scale the
+    graph was built with: on MiniLM that alone moved the dev logits, bench/qat_agreement.py)."""
+    fp32, ranges = onnx.load(str(tiny_onnx)), RangeTable.load(init_ranges)
+    config = QatConfig("rte", "w8a8", lowbit=LOWBIT)
+    sources = range_sources(fp32, config, ranges)
+    module = QdqModule(_deployed(fp32, config, ranges), prepare(fp32), ranges, LOWBIT, sources)
+    (table,) = set(module.table_of.values())
+    with torch.no_grad():
+        module.weights[_key(table)].mul_(1.5)  # as training might: a new min and max
+    module.refresh_weight_scales()
+    trained = {module.sites[table].name: module.weights[_key(table)].detach().numpy()}
+    written = _with_weights(fp32, trained)
+    same = RangeTable({**ranges.model, "fingerprint": model_fingerprint(written)}, ranges.calibration, ranges.tensors)
+    session = cpu_session(_deployed(written, config, same), fused=False)
+    encoder = Encoder.from_model(fp32)
+    for text in shipped_sentences()[:8]:
+        feeds = encoder.feeds([text])
+        with torch.no_grad():
+            ours = module(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
+        np.testing.assert_array_equal(ours, session.run(None, feeds)[0])
 
 
 def test_quantize_rounds_half_to_even_and_clamps_like_quantize_linear():

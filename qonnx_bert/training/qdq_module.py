@@ -15,7 +15,8 @@ need no mapping. What is learned:
   Reshape output takes its input's range) and fixes others, so the model the learned ranges
   deploy is the model that was trained.
 
-A Gather output's quantizer follows its table's current min-max (the writer ties the two).
+A Gather output's quantizer follows its table's current min-max, and an int32 LayerNorm bias
+the grid of its current input scale (the writer derives both from what training changed).
 Everything else (biases, LayerNorm parameters, position and type embeddings, quantizers set
 by fixed rules such as the softmax output's) runs with the deployed integers and scales.
 """
@@ -56,6 +57,27 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
+def _int32_biases(nodes: list, inits: dict, floats: onnx.ModelProto, sites: set) -> dict:
+    """Each int32 bias whose weight is not learned (LayerNorm's beta: ``gamma`` is fixed) -> (float bias,
+    input scale initializer, weight scale initializer). ONNX Runtime derives its grid from the input's
+    scale, which QAT learns, so the grid the graph was built with goes stale. Biases of learned weights
+    are not re-derived."""
+    producer = {o: n for n in nodes for o in n.output}
+    float_inits = {i.name: i for i in floats.graph.initializer}
+    out = {}
+    for node in nodes:
+        parts = [producer.get(i) for i in node.input[:3]]
+        if len(parts) < 3 or any(p is None or p.op_type != "DequantizeLinear" for p in parts):
+            continue
+        x, w, b = parts
+        q = inits.get(b.input[0])
+        if q is None or q.data_type != onnx.TensorProto.INT32 or w.output[0] in sites or b.output[0] not in float_inits:
+            continue
+        bias = torch.from_numpy(numpy_helper.to_array(float_inits[b.output[0]]).astype(np.float64))
+        out[b.output[0]] = (bias, x.input[1], w.input[1])
+    return out
+
+
 class QdqModule(torch.nn.Module):
     def __init__(
         self,
@@ -92,6 +114,7 @@ class QdqModule(torch.nn.Module):
             for n in self.nodes
             if n.op_type == "QuantizeLinear" and n.input[0] in gathered
         }
+        self.biases = _int32_biases(self.nodes, inits, floats, set(self.sites))
         self.ranges = torch.nn.ModuleDict()  # _key(source tensor) -> its learned range
         self.source_of: dict[str, str] = {}  # scale initializer -> the ranges-file tensor that sets it
         for node in self.nodes:
@@ -155,10 +178,25 @@ class QdqModule(torch.nn.Module):
         info = torch.iinfo(dtype)
         return scale, zero_point, info.min, info.max
 
+    def _activation_scale(self, scale_name: str, values: dict) -> torch.Tensor:
+        if scale_name in self.source_of:
+            return self.ranges[_key(self.source_of[scale_name])].scale_zero_point()[0].detach()
+        return values[scale_name]
+
+    def _bias(self, name: str, values: dict) -> torch.Tensor:
+        """ONNX Runtime's int32 bias, re-derived from the current input scale as the writer does:
+        ``round(b / (input scale * weight scale))`` (float32 product, float64 division, ties to even)."""
+        bias, input_scale_name, weight_scale_name = self.biases[name]
+        scale = self._activation_scale(input_scale_name, values) * values[weight_scale_name]
+        q = torch.clamp(torch.round(bias / scale.double()), -(2**31), 2**31 - 1)
+        return dequantize(q.float(), scale, torch.zeros(()))
+
     def forward(self, **feeds: torch.Tensor) -> torch.Tensor:
         values: dict[str, torch.Tensor] = {**self.constants, **feeds}
         for node in self.nodes:
-            if node.op_type == "DequantizeLinear" and node.output[0] in self.sites:
+            if node.op_type == "DequantizeLinear" and node.output[0] in self.biases:
+                values[node.output[0]] = self._bias(node.output[0], values)
+            elif node.op_type == "DequantizeLinear" and node.output[0] in self.sites:
                 tensor = node.output[0]
                 w, scale = self.weights[_key(tensor)], self.scales[tensor]
                 if tensor in self.asymmetric:

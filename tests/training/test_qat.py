@@ -22,7 +22,16 @@ from qonnx_bert.quantize.lowbit import LowBitConfig, lower_weight_bits
 from qonnx_bert.quantize.schemes import config_for
 from qonnx_bert.training.fake_quant import LearnedRange
 from qonnx_bert.training.fake_quant import quantize as fake_quantize
-from qonnx_bert.training.qat import DEV_LOGITS, QatConfig, _deployed, _with_weights, predict, range_sources, run_qat
+from qonnx_bert.training.qat import (
+    DEV_LOGITS,
+    QatConfig,
+    _deployed,
+    _learned_ranges,
+    _with_weights,
+    predict,
+    range_sources,
+    run_qat,
+)
 from qonnx_bert.training.qdq_module import QdqModule, _key
 
 LOWBIT = LowBitConfig(WeightGrid(4))  # W4A8: int4 per-channel weights, the scheme's int8 embeddings
@@ -77,6 +86,37 @@ def test_a_trained_embedding_table_moves_its_gathered_scale_as_the_writer_does(t
         with torch.no_grad():
             ours = module(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
         np.testing.assert_array_equal(ours, session.run(None, feeds)[0])
+
+
+def test_learned_layernorm_input_ranges_move_the_int32_bias_grids_as_the_writer_does(tiny_onnx, init_ranges):
+    """ONNX Runtime writes LayerNorm's beta as int32 on the grid input scale x gamma scale; QAT learns the
+    input's range, so the module re-derives that grid (it once kept the grid the graph was built with)."""
+    fp32, ranges = onnx.load(str(tiny_onnx)), RangeTable.load(init_ranges)
+    rng = np.random.default_rng(0)  # the tiny model's betas are zero, which every grid rounds to zero
+    betas = {
+        i.name: rng.normal(0, 0.5, i.dims).astype(np.float32) for i in fp32.graph.initializer if "LayerNorm.b" in i.name
+    }
+    fp32 = _with_weights(fp32, betas)
+    ranges = RangeTable({**ranges.model, "fingerprint": model_fingerprint(fp32)}, ranges.calibration, ranges.tensors)
+    config = QatConfig("rte", "w8a8", lowbit=LOWBIT)
+    module = QdqModule(
+        _deployed(fp32, config, ranges), prepare(fp32), ranges, LOWBIT, range_sources(fp32, config, ranges)
+    )
+    assert module.biases
+    with torch.no_grad():
+        for learned in module.ranges.values():
+            learned.hi.mul_(1.3)
+    deployed = _deployed(fp32, config, _learned_ranges(ranges, module.learned_ranges(), fp32))
+    written = {i.name: onnx.numpy_helper.to_array(i) for i in deployed.graph.initializer}
+    dequantized = {
+        n.output[0]: written[n.input[0]].astype(np.float32) * written[n.input[1]]
+        for n in deployed.graph.node
+        if n.op_type == "DequantizeLinear" and n.output[0] in module.biases
+    }
+    assert set(dequantized) == set(module.biases)
+    for name, want in dequantized.items():
+        with torch.no_grad():
+            np.testing.assert_array_equal(module._bias(name, module.constants).numpy(), want)
 
 
 def test_quantize_rounds_half_to_even_and_clamps_like_quantize_linear():

@@ -75,6 +75,10 @@ ROWS = {
     "w4a32-qat": Row("W4A32 QAT", "w8a32", LowBitConfig(W4), qat=True),
     "w4a8-qat": Row("W4A8 QAT", "w8a8", LowBitConfig(W4), qat=True),
     "w4a8-e2-qat": Row("W4A8, 2-bit embeddings QAT", "w8a8", LowBitConfig(W4, WeightGrid(2)), qat=True),
+    "mp-ptq": Row("MP PTQ (16-bit FFN input, output, residual sum)", "mp", LowBitConfig()),
+    "mp-qat": Row("MP QAT", "mp", LowBitConfig(), qat=True),
+    "w4-mp-e2-ptq": Row("W4, MP activations, 2-bit embeddings PTQ", "mp", LowBitConfig(W4, WeightGrid(2))),
+    "w4-mp-e2-qat": Row("W4, MP activations, 2-bit embeddings QAT", "mp", LowBitConfig(W4, WeightGrid(2)), qat=True),
 }
 TABLE_12 = ("fp32", "w8a32-ptq", "w8a32-e6-ptq", "w8a32-e4-ptq", "w8a32-e2-ptq")
 

@@ -16,7 +16,9 @@ def register(sub) -> None:
     p.add_argument("checkpoint", help="a fine-tuned classifier: models/ recipe name or local Hugging Face directory")
     add_glue_task_arguments(p, "GLUE task to train on (its train split) and score (dev)")
     p.add_argument(
-        "--scheme", default="w8a8", help="scheme trained through (this version: w8a8, or w8a32 for weights only)"
+        "--scheme",
+        default="w8a8",
+        help="scheme trained through: w8a8, mp (the paper's 16-bit FFN tensors), or w8a32 (weights only)",
     )
     p.add_argument("--ranges", required=True, help="PTQ ranges of the checkpoint's export (`qonnx calibrate`)")
     p.add_argument("-o", "--output", required=True, help="output folder (a rerun resumes after its last epoch)")

@@ -42,16 +42,16 @@ def asymmetric_scale_zero_point(lo, hi, qmax: int) -> tuple[torch.Tensor, torch.
 
 
 class LearnedRange(torch.nn.Module):
-    """An asymmetric activation range ``(lo, hi)`` on an unsigned ``bits`` grid."""
+    """An asymmetric activation range ``(lo, hi)``. Each quantizer it sets lays its own unsigned grid on it:
+    mixed precision writes one tensor at 16 bits for one consumer and converts it to 8 bits for another."""
 
-    def __init__(self, lo: float, hi: float, bits: int) -> None:
+    def __init__(self, lo: float, hi: float) -> None:
         super().__init__()
         self.lo = torch.nn.Parameter(torch.tensor(float(lo), dtype=torch.float32))
         self.hi = torch.nn.Parameter(torch.tensor(float(hi), dtype=torch.float32))
-        self.qmax = 2**bits - 1
 
-    def scale_zero_point(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return asymmetric_scale_zero_point(self.lo, self.hi, self.qmax)
+    def scale_zero_point(self, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return asymmetric_scale_zero_point(self.lo, self.hi, qmax)
 
     def range(self) -> tuple[float, float]:
         """The range the grid spans, zero included, as ``scale_zero_point`` uses it: a bound trained past

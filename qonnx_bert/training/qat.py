@@ -48,7 +48,7 @@ from qonnx_bert.quantize.schemes import config_for
 from qonnx_bert.training.fake_quant import asymmetric_scale_zero_point
 from qonnx_bert.training.qdq_module import QdqModule
 
-SCHEMES = ("w8a8", "w8a32")  # mp and peg graphs train the same way; exporting their converts' ranges is next
+SCHEMES = ("w8a8", "w8a32", "mp")  # peg's split weights do not map back to the checkpoint's yet
 STATE = "qat_state.pt"
 DEV_LOGITS = "dev_logits.npy"  # the fake-quantized model's dev logits after the last epoch: what deployment must match
 CHECKPOINT = "checkpoint"
@@ -72,7 +72,7 @@ class QatConfig:
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
-            raise UsageError(f"`scheme={self.scheme}`: this version trains {' or '.join(SCHEMES)}")
+            raise UsageError(f"`scheme={self.scheme}`: this version trains {', '.join(SCHEMES)}")
         rates = (self.lr, self.lr if self.range_lr is None else self.range_lr)
         if self.epochs < 1 or self.batch_size < 1 or not all(0 < r < math.inf for r in rates):
             raise UsageError("QAT needs `epochs` >= 1, `batch_size` >= 1 and finite `lr` and `range_lr` > 0")
@@ -249,6 +249,13 @@ def _with_weights(fp32: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx
     return out
 
 
+def _written(fp32: onnx.ModelProto, module, ranges: RangeTable, config: QatConfig):
+    """(the FP32 model with the trained weights, the learned ranges, the QDQ model they deploy)."""
+    trained = _with_weights(fp32, {name: w for name, (_, w) in module.learned_weights().items()})
+    learned = _learned_ranges(ranges, module.learned_ranges(), trained)
+    return trained, learned, _deployed(trained, config, learned)
+
+
 def qat_outputs(out_dir: str | Path) -> tuple[list[Path], list[Path]]:
     """The files and folders :func:`run_qat` writes into ``out_dir``, for the path guard.
 
@@ -316,6 +323,7 @@ def _train(source: ModelSource, data_dir, ranges_path, out: Path, config: QatCon
             module.train()
             _train_epoch(module, hf, optimizer, scheduler, train_ex, train_split.labels, config, epoch, pad_id, bar)
             module.refresh_weight_scales()
+            module.follow_writer(_written(fp32, module, ranges, config)[2])
             logits = predict(module, dev_ex, 64, pad_id, task.num_labels)
             dev = score_logits(dev_split, logits)
             history.append({"epoch": epoch + 1, "dev": dev})
@@ -328,13 +336,12 @@ def _write_outputs(out: Path, fp32, hf, tokenizer, names, module, ranges, config
     """The checkpoint folder and the files of ``OUTPUTS``, renamed into ``out`` together at the end."""
     import torch
 
-    weights = {name: w for name, (_, w) in module.learned_weights().items()}
+    weights, (_, learned, deployed) = module.learned_weights(), _written(fp32, module, ranges, config)
     with torch.no_grad():
         params = dict(hf.named_parameters())
         for onnx_name, (name, transposed) in names.items():
-            params[name].copy_(torch.from_numpy(weights[onnx_name].T if transposed else weights[onnx_name]))
-    trained = _with_weights(fp32, weights)
-    learned = _learned_ranges(ranges, module.learned_ranges(), trained)
+            w = weights[onnx_name][1]
+            params[name].copy_(torch.from_numpy(w.T if transposed else w))
     record = {"config": json.loads(json.dumps(asdict(config), default=str)), "history": history}
     targets = [out / name for name in OUTPUTS]
     with atomic_outputs(*targets) as temps, atomic_directory(out / CHECKPOINT) as folder:
@@ -342,7 +349,7 @@ def _write_outputs(out: Path, fp32, hf, tokenizer, names, module, ranges, config
         hf.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         learned.write(ranges_tmp)
-        write_model(_deployed(trained, config, learned), targets[1], (qdq_tmp,))
+        write_model(deployed, targets[1], (qdq_tmp,))
         record_tmp.write_text(json.dumps(record, indent=2, default=float) + "\n", encoding="utf-8")
         with open(logits_tmp, "wb") as f:
             np.save(f, logits)

@@ -116,7 +116,7 @@ class QdqModule(torch.nn.Module):
         }
         self.biases = _int32_biases(self.nodes, inits, floats, set(self.sites))
         self.ranges = torch.nn.ModuleDict()  # _key(source tensor) -> its learned range
-        self.source_of: dict[str, str] = {}  # scale initializer -> the ranges-file tensor that sets it
+        self.source_of: dict[str, tuple[str, int]] = {}  # scale initializer -> (ranges-file tensor, its grid's qmax)
         for node in self.nodes:
             if node.op_type == "QuantizeLinear":
                 self._learn(node, inits, ranges, sources)
@@ -130,14 +130,13 @@ class QdqModule(torch.nn.Module):
         zp = inits.get(node.input[2]) if len(node.input) > 2 else None
         if source is None or zp is None or zp.data_type not in _UNSIGNED:
             return
-        learned = self.ranges[_key(source)] if _key(source) in self.ranges else None
-        if learned is None:
-            learned = LearnedRange(*ranges.range(source), bits=16 if zp.data_type == onnx.TensorProto.UINT16 else 8)
-        scale, zero_point = learned.scale_zero_point()
+        learned = self.ranges[_key(source)] if _key(source) in self.ranges else LearnedRange(*ranges.range(source))
+        qmax = 65535 if zp.data_type == onnx.TensorProto.UINT16 else 255  # a mixed-precision convert: the other grid
+        scale, zero_point = learned.scale_zero_point(qmax)
         deployed = numpy_helper.to_array(inits[node.input[1]])
         if float(scale.detach()) == float(deployed) and int(zero_point) == int(numpy_helper.to_array(zp)):
             self.ranges[_key(source)] = learned
-            self.source_of[node.input[1]] = source
+            self.source_of[node.input[1]] = (source, qmax)
 
     def refresh_weight_scales(self) -> None:
         """Weight scales from the current weights, as the deploying writer computes them."""
@@ -154,8 +153,22 @@ class QdqModule(torch.nn.Module):
             w = self.weights[_key(table)].detach()
             self.gather_scales[name] = asymmetric_scale_zero_point(float(w.min()), float(w.max()), 255)
 
+    def follow_writer(self, written: onnx.ModelProto) -> None:
+        """Take every constant the writer derives from the trained model from ``written``, the graph it writes
+        now (``mp`` re-estimates the output's range on the trained weights; Gemm int32 biases follow their
+        weights' scales): training steps keep them fixed, so this runs after each epoch, before the dev run."""
+        if [n.op_type for n in written.graph.node] != [n.op_type for n in self.nodes]:
+            raise RuntimeError("the writer wrote another graph for the trained model; report this model")
+        for init in written.graph.initializer:
+            if init.name in self.constants:
+                self.constants[init.name] = _tensor(init)
+
     def learned_ranges(self) -> dict[str, tuple[float, float]]:
-        return {source: self.ranges[_key(source)].range() for source in self.source_of.values()}
+        return {source: self.ranges[_key(source)].range() for source, _ in self.source_of.values()}
+
+    def _learned(self, scale_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        source, qmax = self.source_of[scale_name]
+        return self.ranges[_key(source)].scale_zero_point(qmax)
 
     def learned_weights(self) -> dict[str, tuple[WeightSite, np.ndarray]]:
         return {s.name: (s, self.weights[_key(t)].detach().numpy().copy()) for t, s in self.sites.items()}
@@ -164,7 +177,7 @@ class QdqModule(torch.nn.Module):
         zp_name = node.input[2] if len(node.input) > 2 else ""
         dtype = self.constants[zp_name].dtype if zp_name else torch.uint8
         if node.input[1] in self.source_of:
-            scale, zero_point = self.ranges[_key(self.source_of[node.input[1]])].scale_zero_point()
+            scale, zero_point = self._learned(node.input[1])
         elif node.input[1] in self.gather_scales:
             scale, zero_point = self.gather_scales[node.input[1]]
         else:
@@ -180,7 +193,7 @@ class QdqModule(torch.nn.Module):
 
     def _activation_scale(self, scale_name: str, values: dict) -> torch.Tensor:
         if scale_name in self.source_of:
-            return self.ranges[_key(self.source_of[scale_name])].scale_zero_point()[0].detach()
+            return self._learned(scale_name)[0].detach()
         return values[scale_name]
 
     def _bias(self, name: str, values: dict) -> torch.Tensor:

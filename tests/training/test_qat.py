@@ -44,7 +44,7 @@ def init_ranges(tiny_onnx, glue_dir, tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("scheme,learned", [("w8a8", 35), ("w8a32", 0)])
+@pytest.mark.parametrize("scheme,learned", [("w8a8", 35), ("mp", 37), ("w8a32", 0)])
 def test_untrained_module_computes_the_qdq_graph(tiny_onnx, init_ranges, scheme, learned):
     """Before any training, the module reproduces ONNX Runtime's unfused QDQ arithmetic exactly."""
     fp32, ranges = onnx.load(str(tiny_onnx)), RangeTable.load(init_ranges)
@@ -54,6 +54,9 @@ def test_untrained_module_computes_the_qdq_graph(tiny_onnx, init_ranges, scheme,
     # Learned ranges: one per ranges-file tensor that sets a quantizer's scale (a Transpose or Reshape output
     # shares its input's; the softmax output's is fixed); weights: 14 linear layers + the word embedding table.
     assert len(module.ranges) == learned and len(module.sites) == 15
+    # Every quantizer a ranges-file tensor sets is learned, mp's 8/16-bit converts of one tensor too (one range).
+    set_by_source = [n.input[1] for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in sources]
+    assert set_by_source and set(set_by_source) <= set(module.source_of) if learned else not module.source_of
     session, encoder = cpu_session(qdq, fused=False), Encoder.from_model(fp32)
     for text in shipped_sentences()[:8]:
         feeds = encoder.feeds([text])
@@ -124,14 +127,18 @@ def test_quantize_rounds_half_to_even_and_clamps_like_quantize_linear():
     np.testing.assert_array_equal(
         fake_quantize(x, torch.tensor(1.0), torch.tensor(0.0), 0, 255).numpy(), [0, 0, 2, 2, 255, 0]
     )
-    learned = LearnedRange(-1.0, 3.0, 8)  # ONNX Runtime: scale 4/255, zero point round(1 / scale) = 64
-    scale, zero_point = learned.scale_zero_point()
+    learned = LearnedRange(-1.0, 3.0)  # ONNX Runtime: scale 4/255, zero point round(1 / scale) = 64
+    scale, zero_point = learned.scale_zero_point(255)
     assert float(zero_point) == 64.0 and float(scale) == np.float32(4.0 / 255)
 
 
-def test_qat_then_export_and_quantize_deploys_what_training_simulated(tiny_bert_dir, glue_dir, init_ranges, tmp_path):
-    # With distillation and the ranges' own rate: every part of the training step runs.
-    config = QatConfig("rte", epochs=2, batch_size=8, lr=1e-3, range_lr=3e-3, distill=0.5, lowbit=LOWBIT)
+@pytest.mark.parametrize("scheme", ["w8a8", "mp"])
+def test_qat_then_export_and_quantize_deploys_what_training_simulated(
+    tiny_bert_dir, glue_dir, init_ranges, tmp_path, scheme
+):
+    # With distillation and the ranges' own rate: every part of the training step runs. mp: its 16-bit tensors,
+    # their 8-bit converts (learned with the same range) and its output range, re-estimated by the writer.
+    config = QatConfig("rte", scheme, epochs=2, batch_size=8, lr=1e-3, range_lr=3e-3, distill=0.5, lowbit=LOWBIT)
     record = run_qat(str(tiny_bert_dir), glue_dir, init_ranges, tmp_path / "out", config, progress=False)
     assert [h["epoch"] for h in record["history"]] == [1, 2]
     learned = RangeTable.load(tmp_path / "out" / "ranges.json")
@@ -140,7 +147,7 @@ def test_qat_then_export_and_quantize_deploys_what_training_simulated(tiny_bert_
     # The documented path: qonnx export CHECKPOINT, qonnx quantize --ranges ranges.json (+ the same low-bit weights).
     export_model(str(tmp_path / "out" / "checkpoint"), tmp_path / "qat.onnx")
     fp32 = onnx.load(str(tmp_path / "qat.onnx"))
-    deployed = lower_weight_bits(quantize(fp32, config_for("w8a8"), learned)[0], prepare(fp32), LOWBIT)[0]
+    deployed = lower_weight_bits(quantize(fp32, config_for(scheme), learned)[0], prepare(fp32), LOWBIT)[0]
     dev = load_task("rte", "dev", glue_dir)
     feeds = Encoder.from_model(fp32).feeds(
         dev.texts_a, dev.texts_b
@@ -182,7 +189,7 @@ def other_model_ranges(init_ranges, tmp_path):
 
 
 def test_qat_scheme_and_settings_are_checked():
-    with pytest.raises(UsageError, match="this version trains w8a8 or w8a32"):
+    with pytest.raises(UsageError, match="this version trains w8a8, w8a32, mp"):
         QatConfig("rte", scheme="peg")
     with pytest.raises(UsageError, match="`batch_size` >= 1"):
         QatConfig("rte", batch_size=0)
@@ -214,7 +221,7 @@ def test_ranges_train_at_their_own_rate():
     (its normalised gradient is +-1), so the step sizes show which rate each parameter got."""
     from qonnx_bert.inputs.finetune import make_optimizer
 
-    linear, learned = torch.nn.Linear(3, 2), LearnedRange(-1.0, 3.0, 8)
+    linear, learned = torch.nn.Linear(3, 2), LearnedRange(-1.0, 3.0)
     model = torch.nn.ModuleDict({"linear": linear, "range": learned})
     recipe = {"lr": 1e-5, "weight_decay": 0.0, "warmup_ratio": 0.0}
     optimizer, _ = make_optimizer(model, recipe, 10, (list(learned.parameters()), 1e-2))

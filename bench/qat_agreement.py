@@ -25,11 +25,13 @@ import numpy as np
 import onnx
 
 from qonnx_bert.analysis.evaluate import evaluate
-from qonnx_bert.core.files import atomic_output
+from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.files import atomic_output, guard
 from qonnx_bert.core.metrics import sqnr_db
 from qonnx_bert.core.runtime import cpu_session
 from qonnx_bert.inputs.glue import load_task
 from qonnx_bert.inputs.glue.metrics import predictions_from_logits, score
+from qonnx_bert.inputs.glue.tasks import split_file
 from qonnx_bert.training.qat import DEV_LOGITS
 
 
@@ -60,6 +62,10 @@ def main() -> int:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
+    try:  # the QAT runs and the dev split are read: --out must be none of them
+        guard([args.work / args.task, split_file(args.task, "dev", args.data_dir)], [args.out])
+    except UsageError as err:
+        p.error(str(err))
     split = load_task(args.task, "dev", args.data_dir)
     lines = [
         f"# One QAT model, four ways of running it ({args.task} dev, {len(split)} examples)",

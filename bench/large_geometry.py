@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 GEOMETRIES = {  # layers, hidden, heads, FFN, vocabulary
     "tiny": (1, 32, 2, 64, 30522),
+    "minilm-l6": (6, 384, 12, 1536, 30522),  # the product's own model (bench/adaround_cost.py)
     "base": (12, 768, 12, 3072, 30522),
     "large": (24, 1024, 16, 4096, 30522),
     # XLM-R-large's vocabulary makes the FP32 weights pass 2 GB: the external-data path

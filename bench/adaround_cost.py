@@ -23,7 +23,7 @@ import platform
 import sys
 from pathlib import Path
 
-from large_geometry import GEOMETRIES, ROOT, _qonnx, _size_mb, build, write_texts
+from large_geometry import CACHE, GEOMETRIES, ROOT, _qonnx, _size_mb, build, write_texts
 
 from qonnx_bert.core.files import atomic_output
 
@@ -68,12 +68,11 @@ def markdown(results: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results["runs"].items():
-        n, a, steps = r["round_to_nearest"], r["adaround"], " / ".join(map(str, r["iterations"]))
-        lines.append(
-            f"| {name} | {r['fp32_mb']} | {n['seconds']} | {n['peak_rss_mb']} | {steps} "
-            f"| {' / '.join(str(x['seconds']) for x in a)} | {max(x['peak_rss_mb'] for x in a)} "
-            f"| {r['fixed_seconds']} | {r['seconds_per_1000_iterations']} | {r['gmac_per_step']} |"
-        )
+        n, a = r["round_to_nearest"], r["adaround"]
+        cells = [name, r["fp32_mb"], n["seconds"], n["peak_rss_mb"], " / ".join(map(str, r["iterations"]))]
+        cells += [" / ".join(str(x["seconds"]) for x in a), max(x["peak_rss_mb"] for x in a)]
+        cells += [r["fixed_seconds"], r["seconds_per_1000_iterations"], r["gmac_per_step"]]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -83,8 +82,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--iterations", type=int, nargs=2, default=[50, 150], help="two AdaRound step counts (default 50 150)"
     )
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qonnx-bench"
-    p.add_argument("--cache", type=Path, default=cache, help="exports built once here (as large_geometry.py)")
+    p.add_argument("--cache", type=Path, default=CACHE, help="exports built once here (as large_geometry.py)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "adaround-cost")
     args = p.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ GEOMETRIES = {  # layers, hidden, heads, FFN, vocabulary
     "xlmr-large": (24, 1024, 16, 4096, 250002),
 }
 RSS_GOAL = 3.0  # x the FP32 model's size
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qonnx-bench"  # exports, built once
 LARGE_BYTES = 2**31 - 1
 
 
@@ -136,8 +137,7 @@ def markdown(results: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--geometry", action="append", choices=sorted(GEOMETRIES), help="default: base, large, xlmr-large")
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qonnx-bench"
-    p.add_argument("--cache", type=Path, default=cache, help="exports built once here (as calibration_bench.py)")
+    p.add_argument("--cache", type=Path, default=CACHE, help="exports built once here (as calibration_bench.py)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "large-geometry")
     args = p.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)

@@ -79,6 +79,8 @@ ROWS = {
     "mp-qat": Row("MP QAT", "mp", LowBitConfig(), qat=True),
     "w4-mp-e2-ptq": Row("W4, MP activations, 2-bit embeddings PTQ", "mp", LowBitConfig(W4, WeightGrid(2))),
     "w4-mp-e2-qat": Row("W4, MP activations, 2-bit embeddings QAT", "mp", LowBitConfig(W4, WeightGrid(2)), qat=True),
+    "peg-qat": Row("PEG QAT", "peg", LowBitConfig(), qat=True),
+    "w4a8-peg-e2-qat": Row("W4A8 PEG, 2-bit embeddings QAT", "peg", LowBitConfig(W4, WeightGrid(2)), qat=True),
 }
 TABLE_12 = ("fp32", "w8a32-ptq", "w8a32-e6-ptq", "w8a32-e4-ptq", "w8a32-e2-ptq")
 
@@ -101,19 +103,7 @@ def _model(row: Row, task, checkpoint, data_dir, fp32, ranges, work: Path, seed:
         config = QatConfig(task, row.scheme, row.lowbit, epochs=epochs, seed=seed, distill=row.distill)
         run_qat(checkpoint, data_dir, work / "ranges.json", out, config, progress=False)
         return onnx.load(str(out / "model.qdq.onnx"))
-    return quantize(fp32, config_for(row.scheme, **_config_fields(row.lowbit)), ranges)[0]
-
-
-def _config_fields(lowbit: LowBitConfig) -> dict:
-    """A row's low-bit settings as scheme-config fields: ``quantize`` lowers the scheme's own float weights
-    (PEG's permuted and split ones included), as ``qonnx quantize --weight-bits`` does."""
-    fields = {}
-    for kind, grid in (("weight", lowbit.weights), ("embedding", lowbit.embeddings)):
-        if grid is not None:
-            fields |= {f"{kind}_bits": grid.bits, f"{kind}_granularity": grid.granularity}
-    if lowbit.adaround is not None:
-        fields["adaround"] = lowbit.adaround.iterations
-    return fields
+    return quantize(fp32, config_for(row.scheme, **row.lowbit.fields()), ranges)[0]
 
 
 def _fp32_logits(fp32: onnx.ModelProto, dev, work: Path) -> np.ndarray:

@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument(
         "--scheme",
         default="w8a8",
-        help="scheme trained through: w8a8, mp (the paper's 16-bit FFN tensors), or w8a32 (weights only)",
+        help="scheme trained through: w8a8, mp (the paper's 16-bit FFN tensors), peg, or w8a32 (weights only)",
     )
     p.add_argument("--ranges", required=True, help="PTQ ranges of the checkpoint's export (`qonnx calibrate`)")
     p.add_argument("-o", "--output", required=True, help="output folder (a rerun resumes after its last epoch)")

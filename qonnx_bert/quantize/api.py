@@ -60,6 +60,33 @@ def quant_report(
     return QuantReport(scheme, dict(bits), weights, list(notes or []), selection, dict(fp32 or {}))
 
 
+def _check(model: onnx.ModelProto, config: SchemeConfig, path: str) -> None:
+    if not isinstance(config, SchemeConfig):
+        raise TypeError(f"config must be a SchemeConfig (e.g. W8A8Config(), or config_for(name)), not {config!r}")
+    get_scheme(config.scheme)
+    check_encoder_inputs(model, path)
+
+
+def _plan(handed: list, fingerprint: str, config: SchemeConfig, ranges: RangeTable | None, path: str, consume: bool):
+    """The scheme's plan for ``handed``'s one model, popped: with ``consume`` only the plan then holds it."""
+    model = handed.pop()
+    prepared = prepare(model, in_place=consume)
+    del model
+    ctx = SchemeContext(config, fingerprint, prepared, find_roles(prepared), ranges, path)  # roles: fail early
+    del prepared  # held by the context alone: a rewriting scheme takes it and frees it as it goes
+    plan = get_scheme(config.scheme).plan(ctx)
+    del ctx  # a rewriting scheme's plan holds its own copy: one model fewer while ORT quantizes
+    release_freed_memory()
+    return plan
+
+
+def scheme_floats(model: onnx.ModelProto, config: SchemeConfig, ranges: RangeTable | None) -> onnx.ModelProto:
+    """The float model ``quantize`` would insert Q/DQ into: ``model`` prepared, and rewritten by schemes that
+    rewrite (PEG permutes and splits weights). QAT reads which weights it holds from it."""
+    _check(model, config, "model")
+    return _plan([model], model_record(model)["fingerprint"], config, ranges, "model", False).model
+
+
 def quantize(
     model: onnx.ModelProto,
     config: SchemeConfig,
@@ -74,19 +101,12 @@ def quantize(
     fill changes) and, if the caller holds no other reference, freed once planned: one model-sized
     copy fewer, for callers that give the model up (the CLI).
     """
-    if not isinstance(config, SchemeConfig):
-        raise TypeError(f"config must be a SchemeConfig (e.g. W8A8Config(), or config_for(name)), not {config!r}")
-    scheme = get_scheme(config.scheme)
-    check_encoder_inputs(model, path)
+    _check(model, config, path)
     fp32 = model_record(model)
     metadata = [(p.key, p.value) for p in model.metadata_props]
-    prepared = prepare(model, in_place=consume)
+    handed = [model]
     del model
-    ctx = SchemeContext(config, fp32["fingerprint"], prepared, find_roles(prepared), ranges, path)  # roles: fail early
-    del prepared  # held by the context alone: a rewriting scheme takes it and frees it as it goes
-    plan = scheme.plan(ctx)
-    del ctx  # a rewriting scheme's plan holds its own copy: one model fewer while ORT quantizes
-    release_freed_memory()
+    plan = _plan(handed, fp32["fingerprint"], config, ranges, path, consume)
     lowbit = config.lowbit()
     floats = plan.model if lowbit.weights or lowbit.embeddings else None  # the low-bit lowering reads its weights
     notes, plan_metadata, selection = list(plan.notes), {**plan.metadata}, plan.selection

@@ -32,6 +32,20 @@ class LowBitConfig:
     def grid(self, site: WeightSite) -> WeightGrid | None:
         return self.embeddings if site.embedding else self.weights
 
+    def fields(self) -> dict:
+        """These settings as the flat scheme-config fields of ``lowbit_config`` (``config_for(scheme, **fields)``)."""
+        out: dict = {}
+        for kind, grid in (("weight", self.weights), ("embedding", self.embeddings)):
+            if grid is not None:
+                out |= {
+                    f"{kind}_bits": grid.bits,
+                    f"{kind}_granularity": grid.granularity,
+                    "block_size": grid.block_size,
+                }
+        if self.adaround is not None:
+            out["adaround"] = self.adaround.iterations
+        return out
+
 
 def lowbit_config(
     weight_bits: int | None = None,

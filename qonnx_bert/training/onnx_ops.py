@@ -2,7 +2,8 @@
 
 Hand-written because QAT must train through exactly the graph ONNX Runtime deploys, node for
 node, and no maintained ONNX-to-PyTorch converter is installed (onnx2torch does not take QDQ
-graphs with learnable quantizers). Each entry takes the node and its input tensors.
+graphs with learnable quantizers). Each entry takes the node and its input tensors, and gives its
+output (a tuple: its outputs).
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ def _unsqueeze(node, x, axes):
     return x
 
 
+def _split(node, x, split=None):
+    axis = attr(node, "axis", 0)
+    if split is None:  # opset 18: num_outputs parts, the last one smaller if the axis does not divide
+        parts = attr(node, "num_outputs", len(node.output))
+        size = -(-x.shape[axis] // parts)
+        return torch.split(x, size, axis)
+    return torch.split(x, split.tolist(), axis)
+
+
 def _gemm(node, a, b, c=None):
     a = a.transpose(-1, -2) if attr(node, "transA", 0) else a
     b = b.transpose(-1, -2) if attr(node, "transB", 0) else b
@@ -77,6 +87,7 @@ OPS = {
     "Squeeze": lambda n, x, axes=None: x.squeeze() if axes is None else x.squeeze(tuple(axes.tolist())),
     "Shape": lambda n, x: torch.tensor(x.shape[attr(n, "start", 0) : attr(n, "end", None)], dtype=torch.int64),
     "Concat": lambda n, *xs: torch.cat(xs, attr(n, "axis")),
+    "Split": _split,
     "Slice": _slice,
     "Range": lambda n, s, e, d: torch.arange(s.item(), e.item(), d.item(), dtype=s.dtype),
     "Expand": lambda n, x, shape: x.expand(torch.broadcast_shapes(x.shape, tuple(shape.tolist()))),

@@ -25,7 +25,6 @@ from tqdm import tqdm
 from qonnx_bert.calibration.ranges import RangeTable, model_fingerprint
 from qonnx_bert.core.errors import UsageError
 from qonnx_bert.core.files import atomic_output, atomic_outputs, guard, output_folder, write_model
-from qonnx_bert.graph.prepare import prepare
 from qonnx_bert.graph.qdq import GRAPH_OUTPUT_SUFFIX
 from qonnx_bert.inputs.export import export_model
 from qonnx_bert.inputs.finetune import (
@@ -42,13 +41,16 @@ from qonnx_bert.inputs.finetune import (
 )
 from qonnx_bert.inputs.glue.tasks import get_task, load_task, split_file
 from qonnx_bert.inputs.models import ModelSource, load_model, resolve_model
-from qonnx_bert.quantize.api import quantize
-from qonnx_bert.quantize.lowbit import LowBitConfig, lower_weight_bits
+from qonnx_bert.passes.lowbit_weights import weight_sites
+from qonnx_bert.quantize.api import quantize, scheme_floats
+from qonnx_bert.quantize.config import SchemeConfig
+from qonnx_bert.quantize.lowbit import LowBitConfig
 from qonnx_bert.quantize.schemes import config_for
 from qonnx_bert.training.fake_quant import asymmetric_scale_zero_point
 from qonnx_bert.training.qdq_module import QdqModule
+from qonnx_bert.training.weight_views import weight_views
 
-SCHEMES = ("w8a8", "w8a32", "mp")  # peg's split weights do not map back to the checkpoint's yet
+SCHEMES = ("w8a8", "w8a32", "mp", "peg")
 STATE = "qat_state.pt"
 DEV_LOGITS = "dev_logits.npy"  # the fake-quantized model's dev logits after the last epoch: what deployment must match
 CHECKPOINT = "checkpoint"
@@ -204,11 +206,39 @@ def _learned_ranges(ranges: RangeTable, learned: dict, fp32: onnx.ModelProto) ->
     return RangeTable(model, {**ranges.calibration, "qat": True}, tensors, ranges.per_channel)
 
 
+def _scheme(config: QatConfig) -> SchemeConfig:
+    return config_for(config.scheme, **config.lowbit.fields())
+
+
 def _deployed(fp32: onnx.ModelProto, config: QatConfig, ranges: RangeTable) -> onnx.ModelProto:
-    qdq = quantize(fp32, config_for(config.scheme), ranges)[0]
-    if config.lowbit.weights or config.lowbit.embeddings:
-        qdq = lower_weight_bits(qdq, prepare(fp32), config.lowbit, ranges.sequences())[0]
-    return qdq
+    return quantize(fp32, _scheme(config), ranges)[0]
+
+
+def _with_fingerprint(ranges: RangeTable, model: onnx.ModelProto) -> RangeTable:
+    """``ranges`` declared for ``model`` (a copy of the calibrated model with other weights)."""
+    return RangeTable(
+        {**ranges.model, "fingerprint": model_fingerprint(model)},
+        ranges.calibration,
+        ranges.tensors,
+        ranges.per_channel,
+    )
+
+
+def trainable_module(fp32: onnx.ModelProto, config: QatConfig, ranges: RangeTable) -> QdqModule:
+    """The deployed QDQ graph of ``fp32`` as a module training ``fp32``'s weights (through PEG's gathers)."""
+    scheme = _scheme(config)
+    floats = scheme_floats(fp32, scheme, ranges)
+    qdq = _deployed(fp32, config, ranges)
+    names = [s.name for s in weight_sites(qdq, floats)]
+    views = weight_views(
+        fp32, floats, names, lambda tagged: scheme_floats(tagged, scheme, _with_fingerprint(ranges, tagged))
+    )
+    bases = {
+        i.name: onnx.numpy_helper.to_array(i)
+        for i in fp32.graph.initializer
+        if i.name in {s for s, _ in views.values()}
+    }
+    return QdqModule(qdq, floats, ranges, config.lowbit, range_sources(fp32, config, ranges), views, bases)
 
 
 def range_sources(fp32: onnx.ModelProto, config: QatConfig, ranges: RangeTable) -> dict[str, str]:
@@ -251,7 +281,7 @@ def _with_weights(fp32: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx
 
 def _written(fp32: onnx.ModelProto, module, ranges: RangeTable, config: QatConfig):
     """(the FP32 model with the trained weights, the learned ranges, the QDQ model they deploy)."""
-    trained = _with_weights(fp32, {name: w for name, (_, w) in module.learned_weights().items()})
+    trained = _with_weights(fp32, module.learned_weights())
     learned = _learned_ranges(ranges, module.learned_ranges(), trained)
     return trained, learned, _deployed(trained, config, learned)
 
@@ -299,10 +329,9 @@ def _train(source: ModelSource, data_dir, ranges_path, out: Path, config: QatCon
         export_model(source.name, Path(tmp) / "fp32.onnx", max_length=config.max_length)
         fp32 = onnx.load(str(Path(tmp) / "fp32.onnx"))
     ranges.check_fits(fp32, [], ranges_path)
-    sources = range_sources(fp32, config, ranges)
-    module = QdqModule(_deployed(fp32, config, ranges), prepare(fp32), ranges, config.lowbit, sources)
+    module = trainable_module(fp32, config, ranges)
     hf = load_model(source)
-    names = _hf_names(hf, {name: w for name, (_, w) in module.learned_weights().items()})
+    names = _hf_names(hf, module.learned_weights())
     tokenizer = AutoTokenizer.from_pretrained(source.path)
     pad_id = tokenizer.pad_token_id or 0
     train_ex, dev_ex = (
@@ -340,7 +369,7 @@ def _write_outputs(out: Path, fp32, hf, tokenizer, names, module, ranges, config
     with torch.no_grad():
         params = dict(hf.named_parameters())
         for onnx_name, (name, transposed) in names.items():
-            w = weights[onnx_name][1]
+            w = weights[onnx_name]
             params[name].copy_(torch.from_numpy(w.T if transposed else w))
     record = {"config": json.loads(json.dumps(asdict(config), default=str)), "history": history}
     targets = [out / name for name in OUTPUTS]

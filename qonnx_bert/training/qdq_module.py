@@ -5,10 +5,11 @@ fake quantization at exactly the tensors, bit-widths and zero points the scheme 
 with the same operator order, by construction: every ``QuantizeLinear`` is one, and roles
 need no mapping. What is learned:
 
-* the float weights behind each weight ``DequantizeLinear`` (linear layers and the word
-  embedding table): fake-quantized symmetric on the grid the scheme or ``LowBitConfig``
-  writes, scales recomputed from the weights (min-max at 8 bits, MSE below) by
-  ``refresh_weight_scales`` (each epoch, and before export);
+* the FP32 weights behind each weight ``DequantizeLinear`` (linear layers and the word
+  embedding table; under PEG each reads a permuted, split gather of one, ``weight_views``):
+  fake-quantized symmetric on the grid the scheme or ``LowBitConfig`` writes, scales
+  recomputed from the weights (min-max at 8 bits, MSE below) by ``refresh_weight_scales``
+  (each epoch, and before export);
 * the range of each ranges-file tensor that sets the scale of one or more quantizers in the
   deployed graph (``LearnedRange``), one per such tensor: ``sources`` says which tensor sets
   which quantizer (``qat.range_sources``), because the writer ties some (a Transpose or
@@ -18,7 +19,8 @@ need no mapping. What is learned:
 A Gather output's quantizer follows its table's current min-max, and an int32 LayerNorm bias
 the grid of its current input scale (the writer derives both from what training changed).
 Everything else (biases, LayerNorm parameters, position and type embeddings, quantizers set
-by fixed rules such as the softmax output's) runs with the deployed integers and scales.
+by fixed rules such as the softmax output's, ranges the writer re-estimates: ``follow_writer``)
+runs with the deployed integers and scales.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from onnx import numpy_helper
 from qonnx_bert.calibration.ranges import RangeTable
 from qonnx_bert.calibration.weight_grid import Granularity, WeightGrid, layout, weight_scale
 from qonnx_bert.graph.qdq import GRAPH_OUTPUT_SUFFIX
-from qonnx_bert.passes.lowbit_weights import WeightSite, weight_sites
+from qonnx_bert.passes.lowbit_weights import weight_sites
 from qonnx_bert.quantize.lowbit import LowBitConfig
 from qonnx_bert.training.fake_quant import (
     LearnedRange,
@@ -41,6 +43,7 @@ from qonnx_bert.training.fake_quant import (
     symmetric_weight,
 )
 from qonnx_bert.training.onnx_ops import OPS, attr
+from qonnx_bert.training.weight_views import View
 
 SCHEME_WEIGHTS = WeightGrid(8, Granularity.PER_TENSOR)  # what every scheme writes: int8 symmetric per-tensor
 _UNSIGNED = (onnx.TensorProto.UINT8, onnx.TensorProto.UINT16)
@@ -86,7 +89,11 @@ class QdqModule(torch.nn.Module):
         ranges: RangeTable,
         lowbit: LowBitConfig,
         sources: dict[str, str],
+        views: dict[str, View] | None = None,
+        bases: dict[str, np.ndarray] | None = None,
     ) -> None:
+        """``views`` and ``bases``: the FP32 weights each weight of ``floats`` gathers (``weight_views``), and their
+        values; None: ``floats`` holds the FP32 weights as they are (every scheme but PEG)."""
         super().__init__()
         self.nodes = list(qdq.graph.node)
         self.output = qdq.graph.output[0].name
@@ -101,8 +108,21 @@ class QdqModule(torch.nn.Module):
             and n.output[0] in self.sites
             and inits[n.input[0]].data_type in _UNSIGNED
         }
+        if views is None:
+            views, bases = (
+                {s.name: (s.name, None) for s in self.sites.values()},
+                {s.name: s.values for s in self.sites.values()},
+            )
+        self.views = {
+            t: (views[s.name][0], None if views[s.name][1] is None else torch.from_numpy(views[s.name][1]))
+            for t, s in self.sites.items()
+        }
+        # What is trained: the FP32 weights (a checkpoint's parameters), each site a view of one.
         self.weights = torch.nn.ParameterDict(
-            {_key(t): torch.nn.Parameter(torch.from_numpy(s.values.copy())) for t, s in self.sites.items()}
+            {
+                _key(src): torch.nn.Parameter(torch.from_numpy(np.array(bases[src], np.float32)))
+                for src, _ in self.views.values()
+            }
         )
         self.constants = {name: _tensor(init) for name, init in inits.items()}
         # ONNX Runtime quantizes a Gather's output with its table's own uint8 min-max scale initializer (kept
@@ -138,10 +158,16 @@ class QdqModule(torch.nn.Module):
             self.ranges[_key(source)] = learned
             self.source_of[node.input[1]] = (source, qmax)
 
+    def weight(self, tensor: str) -> torch.Tensor:
+        """The float weight the site ``tensor`` reads: its FP32 weight, gathered as the scheme gathers it."""
+        source, index = self.views[tensor]
+        w = self.weights[_key(source)]
+        return w if index is None else w.reshape(-1)[index].reshape(self.sites[tensor].values.shape)
+
     def refresh_weight_scales(self) -> None:
         """Weight scales from the current weights, as the deploying writer computes them."""
         for tensor, site in self.sites.items():
-            w, grid = self.weights[_key(tensor)].detach().numpy(), self.grids[tensor]
+            w, grid = self.weight(tensor).detach().numpy(), self.grids[tensor]
             if tensor in self.asymmetric:
                 self.scales[tensor] = asymmetric_scale_zero_point(float(w.min()), float(w.max()), 255)
                 continue
@@ -150,7 +176,7 @@ class QdqModule(torch.nn.Module):
             )
             self.scales[tensor] = torch.from_numpy(np.ascontiguousarray(q.full_scale(), np.float32))
         for name, table in self.table_of.items():
-            w = self.weights[_key(table)].detach()
+            w = self.weight(table).detach()
             self.gather_scales[name] = asymmetric_scale_zero_point(float(w.min()), float(w.max()), 255)
 
     def follow_writer(self, written: onnx.ModelProto) -> None:
@@ -170,8 +196,9 @@ class QdqModule(torch.nn.Module):
         source, qmax = self.source_of[scale_name]
         return self.ranges[_key(source)].scale_zero_point(qmax)
 
-    def learned_weights(self) -> dict[str, tuple[WeightSite, np.ndarray]]:
-        return {s.name: (s, self.weights[_key(t)].detach().numpy().copy()) for t, s in self.sites.items()}
+    def learned_weights(self) -> dict[str, np.ndarray]:
+        """The trained FP32 weights, by initializer name."""
+        return {source: self.weights[_key(source)].detach().numpy().copy() for source, _ in self.views.values()}
 
     def _scale_zp(self, node: onnx.NodeProto, values: dict) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         zp_name = node.input[2] if len(node.input) > 2 else ""
@@ -211,7 +238,7 @@ class QdqModule(torch.nn.Module):
                 values[node.output[0]] = self._bias(node.output[0], values)
             elif node.op_type == "DequantizeLinear" and node.output[0] in self.sites:
                 tensor = node.output[0]
-                w, scale = self.weights[_key(tensor)], self.scales[tensor]
+                w, scale = self.weight(tensor), self.scales[tensor]
                 if tensor in self.asymmetric:
                     values[tensor] = dequantize(quantize(w, *scale, 0, 255), *scale)
                 else:
@@ -225,5 +252,5 @@ class QdqModule(torch.nn.Module):
                     values[node.output[0]] = dequantize(x.float(), scale, zero_point)
             else:
                 out = OPS[node.op_type](node, *(values[i] if i else None for i in node.input))
-                values[node.output[0]] = out
+                values.update(zip(node.output, out) if isinstance(out, tuple) else [(node.output[0], out)])
         return values[self.output]

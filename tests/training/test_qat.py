@@ -17,8 +17,9 @@ from qonnx_bert.inputs.export import export_model
 from qonnx_bert.inputs.finetune import encode
 from qonnx_bert.inputs.glue.tasks import load_task
 from qonnx_bert.inputs.sequences import glue_train_sequences, shipped_sentences
-from qonnx_bert.quantize.api import quantize
-from qonnx_bert.quantize.lowbit import LowBitConfig, lower_weight_bits
+from qonnx_bert.passes.lowbit_weights import weight_sites
+from qonnx_bert.quantize.api import quantize, scheme_floats
+from qonnx_bert.quantize.lowbit import LowBitConfig
 from qonnx_bert.quantize.schemes import config_for
 from qonnx_bert.training.fake_quant import LearnedRange
 from qonnx_bert.training.fake_quant import quantize as fake_quantize
@@ -27,12 +28,15 @@ from qonnx_bert.training.qat import (
     QatConfig,
     _deployed,
     _learned_ranges,
+    _with_fingerprint,
     _with_weights,
     predict,
     range_sources,
     run_qat,
+    trainable_module,
 )
 from qonnx_bert.training.qdq_module import QdqModule, _key
+from qonnx_bert.training.weight_views import weight_views
 
 LOWBIT = LowBitConfig(WeightGrid(4))  # W4A8: int4 per-channel weights, the scheme's int8 embeddings
 
@@ -44,27 +48,58 @@ def init_ranges(tiny_onnx, glue_dir, tmp_path_factory):
     return path
 
 
+def _module_and_ort(module, qdq, fp32, count=8):
+    """The module's logits and ONNX Runtime's for ``qdq`` as written (no fusion), sentence by sentence."""
+    session, encoder = cpu_session(qdq, fused=False), Encoder.from_model(fp32)
+    for text in shipped_sentences()[:count]:
+        feeds = encoder.feeds([text])
+        with torch.no_grad():
+            ours = module(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
+        yield ours, session.run(None, feeds)[0]
+
+
 @pytest.mark.parametrize("scheme,learned", [("w8a8", 35), ("mp", 37), ("w8a32", 0)])
 def test_untrained_module_computes_the_qdq_graph(tiny_onnx, init_ranges, scheme, learned):
     """Before any training, the module reproduces ONNX Runtime's unfused QDQ arithmetic exactly."""
-    fp32, ranges = onnx.load(str(tiny_onnx)), RangeTable.load(init_ranges)
-    qdq = lower_weight_bits(quantize(fp32, config_for(scheme), ranges)[0], prepare(fp32), LOWBIT)[0]
-    sources = range_sources(fp32, QatConfig("rte", scheme, LOWBIT), ranges)
-    module = QdqModule(qdq, prepare(fp32), ranges, LOWBIT, sources)
+    fp32, ranges, config = onnx.load(str(tiny_onnx)), RangeTable.load(init_ranges), QatConfig("rte", scheme, LOWBIT)
+    qdq, sources = _deployed(fp32, config, ranges), range_sources(fp32, config, ranges)
+    module = trainable_module(fp32, config, ranges)
     # Learned ranges: one per ranges-file tensor that sets a quantizer's scale (a Transpose or Reshape output
     # shares its input's; the softmax output's is fixed); weights: 14 linear layers + the word embedding table.
     assert len(module.ranges) == learned and len(module.sites) == 15
     # Every quantizer a ranges-file tensor sets is learned, mp's 8/16-bit converts of one tensor too (one range).
     set_by_source = [n.input[1] for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in sources]
     assert set_by_source and set(set_by_source) <= set(module.source_of) if learned else not module.source_of
-    session, encoder = cpu_session(qdq, fused=False), Encoder.from_model(fp32)
-    for text in shipped_sentences()[:8]:
-        feeds = encoder.feeds([text])
-        with torch.no_grad():
-            ours = module(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
+    for ours, ort_logits in _module_and_ort(module, qdq, fp32):
         # With activations quantized the output's own quantizer absorbs float summation order: equal bits.
         # Weights only (w8a32): float32 reassociation between PyTorch and ORT MatMuls, ~1e-7 relative.
-        np.testing.assert_allclose(ours, session.run(None, feeds)[0], rtol=0 if learned else 1e-5, atol=0)
+        np.testing.assert_allclose(ours, ort_logits, rtol=0 if learned else 1e-5, atol=0)
+
+
+def test_peg_module_trains_the_fp32_weights_through_the_permuted_split_ones_and_computes_the_qdq_graph(
+    tiny_onnx, init_ranges
+):
+    """PEG's float model holds permuted, split copies of the FP32 weights; QAT trains the FP32 weights (the
+    checkpoint's) through the same gathers, and before training computes ONNX Runtime's QDQ arithmetic exactly."""
+    fp32, ranges = onnx.load(str(tiny_onnx)), RangeTable.load(init_ranges)
+    config = QatConfig("rte", "peg", LOWBIT)
+    module = trainable_module(fp32, config, ranges)
+    floats = {i.name for i in fp32.graph.initializer}
+    assert set(module.learned_weights()) <= floats  # what is trained: FP32 initializers, by their own names
+    gathered = [t for t, (_, index) in module.views.items() if index is not None]
+    assert len(gathered) > len(module.learned_weights())  # split: several sites read one FP32 weight
+    for ours, ort_logits in _module_and_ort(module, _deployed(fp32, config, ranges), fp32):
+        np.testing.assert_array_equal(ours, ort_logits)
+
+
+def test_weight_views_refuse_a_scheme_that_changes_weight_values(tiny_onnx, init_ranges):
+    """SmoothQuant rescales weights: no gather of the FP32 ones gives them, so QAT must not pretend it trains them."""
+    fp32, ranges = onnx.load(str(tiny_onnx)), RangeTable.load(init_ranges)
+    scheme = config_for("smoothquant")
+    floats = scheme_floats(fp32, scheme, ranges)
+    names = [s.name for s in weight_sites(quantize(fp32, scheme, ranges)[0], floats)]
+    with pytest.raises(RuntimeError, match="not a gather|mixes"):
+        weight_views(fp32, floats, names, lambda m: scheme_floats(m, scheme, _with_fingerprint(ranges, m)))
 
 
 def test_a_trained_embedding_table_moves_its_gathered_scale_as_the_writer_does(tiny_onnx, init_ranges):
@@ -73,22 +108,18 @@ def test_a_trained_embedding_table_moves_its_gathered_scale_as_the_writer_does(t
     graph was built with: on MiniLM that alone moved the dev logits, bench/qat_agreement.py)."""
     fp32, ranges = onnx.load(str(tiny_onnx)), RangeTable.load(init_ranges)
     config = QatConfig("rte", "w8a8", lowbit=LOWBIT)
-    sources = range_sources(fp32, config, ranges)
-    module = QdqModule(_deployed(fp32, config, ranges), prepare(fp32), ranges, LOWBIT, sources)
+    module = trainable_module(fp32, config, ranges)
     (table,) = set(module.table_of.values())
+    name = module.sites[table].name
     with torch.no_grad():
-        module.weights[_key(table)].mul_(1.5)  # as training might: a new min and max
+        module.weights[_key(name)].mul_(1.5)  # as training might: a new min and max
     module.refresh_weight_scales()
-    trained = {module.sites[table].name: module.weights[_key(table)].detach().numpy()}
+    trained = {name: module.weights[_key(name)].detach().numpy()}
     written = _with_weights(fp32, trained)
-    same = RangeTable({**ranges.model, "fingerprint": model_fingerprint(written)}, ranges.calibration, ranges.tensors)
-    session = cpu_session(_deployed(written, config, same), fused=False)
-    encoder = Encoder.from_model(fp32)
-    for text in shipped_sentences()[:8]:
-        feeds = encoder.feeds([text])
-        with torch.no_grad():
-            ours = module(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
-        np.testing.assert_array_equal(ours, session.run(None, feeds)[0])
+    for ours, ort_logits in _module_and_ort(
+        module, _deployed(written, config, _with_fingerprint(ranges, written)), fp32
+    ):
+        np.testing.assert_array_equal(ours, ort_logits)
 
 
 def test_learned_layernorm_input_ranges_move_the_int32_bias_grids_as_the_writer_does(tiny_onnx, init_ranges):
@@ -132,12 +163,13 @@ def test_quantize_rounds_half_to_even_and_clamps_like_quantize_linear():
     assert float(zero_point) == 64.0 and float(scale) == np.float32(4.0 / 255)
 
 
-@pytest.mark.parametrize("scheme", ["w8a8", "mp"])
+@pytest.mark.parametrize("scheme", ["w8a8", "mp", "peg"])
 def test_qat_then_export_and_quantize_deploys_what_training_simulated(
     tiny_bert_dir, glue_dir, init_ranges, tmp_path, scheme
 ):
     # With distillation and the ranges' own rate: every part of the training step runs. mp: its 16-bit tensors,
-    # their 8-bit converts (learned with the same range) and its output range, re-estimated by the writer.
+    # their 8-bit converts (learned with the same range) and its output range, re-estimated by the writer;
+    # peg: the checkpoint's weights trained through the permuted, split ones, group ranges re-estimated.
     config = QatConfig("rte", scheme, epochs=2, batch_size=8, lr=1e-3, range_lr=3e-3, distill=0.5, lowbit=LOWBIT)
     record = run_qat(str(tiny_bert_dir), glue_dir, init_ranges, tmp_path / "out", config, progress=False)
     assert [h["epoch"] for h in record["history"]] == [1, 2]
@@ -147,7 +179,7 @@ def test_qat_then_export_and_quantize_deploys_what_training_simulated(
     # The documented path: qonnx export CHECKPOINT, qonnx quantize --ranges ranges.json (+ the same low-bit weights).
     export_model(str(tmp_path / "out" / "checkpoint"), tmp_path / "qat.onnx")
     fp32 = onnx.load(str(tmp_path / "qat.onnx"))
-    deployed = lower_weight_bits(quantize(fp32, config_for(scheme), learned)[0], prepare(fp32), LOWBIT)[0]
+    deployed = quantize(fp32, config_for(scheme, **LOWBIT.fields()), learned)[0]
     dev = load_task("rte", "dev", glue_dir)
     feeds = Encoder.from_model(fp32).feeds(
         dev.texts_a, dev.texts_b
@@ -166,7 +198,8 @@ def test_qat_then_export_and_quantize_deploys_what_training_simulated(
     # logits training reported, bit for bit (the same PyTorch arithmetic on the same values). Learning a range
     # the writer ties to another one (a Transpose output's) or fixes (the Softmax output's) would break this.
     written = onnx.load(str(tmp_path / "out" / "model.qdq.onnx"))
-    rebuilt = QdqModule(written, prepare(fp32), learned, LOWBIT, range_sources(fp32, config, learned))
+    rebuilt = trainable_module(fp32, config, learned)
+    assert [n.op_type for n in rebuilt.nodes] == [n.op_type for n in written.graph.node]
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out" / "checkpoint")
     with torch.no_grad():
         again = predict(rebuilt, encode(tokenizer, dev, config.max_length), 64, tokenizer.pad_token_id or 0, 2)
@@ -189,8 +222,8 @@ def other_model_ranges(init_ranges, tmp_path):
 
 
 def test_qat_scheme_and_settings_are_checked():
-    with pytest.raises(UsageError, match="this version trains w8a8, w8a32, mp"):
-        QatConfig("rte", scheme="peg")
+    with pytest.raises(UsageError, match="this version trains w8a8, w8a32, mp, peg"):
+        QatConfig("rte", scheme="smoothquant")  # its weights are rescaled, not gathered: not trainable as the FP32 ones
     with pytest.raises(UsageError, match="`batch_size` >= 1"):
         QatConfig("rte", batch_size=0)
     with pytest.raises(UsageError, match="`range_lr` > 0"):

@@ -198,7 +198,8 @@ def _resume(path: Path, module, optimizer, scheduler, config: QatConfig) -> tupl
     return state["epoch"] + 1, state["history"], state["logits"]
 
 
-def _learned_ranges(ranges: RangeTable, learned: dict, fp32: onnx.ModelProto) -> RangeTable:
+def learned_range_table(ranges: RangeTable, learned: dict, fp32: onnx.ModelProto) -> RangeTable:
+    """The ranges file QAT writes: ``ranges`` with the ``learned`` ones, declared for ``fp32`` (the trained model)."""
     tensors = {
         t: {**e, **dict(zip(("min", "max"), learned.get(t, (e["min"], e["max"]))))} for t, e in ranges.tensors.items()
     }
@@ -210,11 +211,12 @@ def _scheme(config: QatConfig) -> SchemeConfig:
     return config_for(config.scheme, **config.lowbit.fields())
 
 
-def _deployed(fp32: onnx.ModelProto, config: QatConfig, ranges: RangeTable) -> onnx.ModelProto:
+def deployed_model(fp32: onnx.ModelProto, config: QatConfig, ranges: RangeTable) -> onnx.ModelProto:
+    """What ``qonnx quantize`` writes for ``fp32`` with the QAT run's scheme and low-bit settings."""
     return quantize(fp32, _scheme(config), ranges)[0]
 
 
-def _with_fingerprint(ranges: RangeTable, model: onnx.ModelProto) -> RangeTable:
+def ranges_for(ranges: RangeTable, model: onnx.ModelProto) -> RangeTable:
     """``ranges`` declared for ``model`` (a copy of the calibrated model with other weights)."""
     return RangeTable(
         {**ranges.model, "fingerprint": model_fingerprint(model)},
@@ -228,11 +230,9 @@ def trainable_module(fp32: onnx.ModelProto, config: QatConfig, ranges: RangeTabl
     """The deployed QDQ graph of ``fp32`` as a module training ``fp32``'s weights (through PEG's gathers)."""
     scheme = _scheme(config)
     floats = scheme_floats(fp32, scheme, ranges)
-    qdq = _deployed(fp32, config, ranges)
+    qdq = deployed_model(fp32, config, ranges)
     names = [s.name for s in weight_sites(qdq, floats)]
-    views = weight_views(
-        fp32, floats, names, lambda tagged: scheme_floats(tagged, scheme, _with_fingerprint(ranges, tagged))
-    )
+    views = weight_views(fp32, floats, names, lambda tagged: scheme_floats(tagged, scheme, ranges_for(ranges, tagged)))
     bases = {
         i.name: onnx.numpy_helper.to_array(i)
         for i in fp32.graph.initializer
@@ -252,7 +252,7 @@ def range_sources(fp32: onnx.ModelProto, config: QatConfig, ranges: RangeTable) 
     factors = {t: 1 + (i + 1) * 2.0**-10 for i, t in enumerate(ranges.tensors)}
     tensors = {t: {**e, "min": e["min"] * factors[t], "max": e["max"] * factors[t]} for t, e in ranges.tensors.items()}
     widened = RangeTable(ranges.model, ranges.calibration, tensors, ranges.per_channel)
-    qdq = _deployed(fp32, config, widened)
+    qdq = deployed_model(fp32, config, widened)
     by_scale: dict[tuple[int, float], list[str]] = {}
     for t in widened.tensors:
         for qmax in (255, 65535):
@@ -270,7 +270,8 @@ def range_sources(fp32: onnx.ModelProto, config: QatConfig, ranges: RangeTable) 
     return sources
 
 
-def _with_weights(fp32: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+def with_weights(fp32: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``fp32`` with the initializers named in ``weights`` replaced."""
     out = onnx.ModelProto()
     out.CopyFrom(fp32)
     for init in out.graph.initializer:
@@ -281,9 +282,9 @@ def _with_weights(fp32: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx
 
 def _written(fp32: onnx.ModelProto, module, ranges: RangeTable, config: QatConfig):
     """(the FP32 model with the trained weights, the learned ranges, the QDQ model they deploy)."""
-    trained = _with_weights(fp32, module.learned_weights())
-    learned = _learned_ranges(ranges, module.learned_ranges(), trained)
-    return trained, learned, _deployed(trained, config, learned)
+    trained = with_weights(fp32, module.learned_weights())
+    learned = learned_range_table(ranges, module.learned_ranges(), trained)
+    return trained, learned, deployed_model(trained, config, learned)
 
 
 def qat_outputs(out_dir: str | Path) -> tuple[list[Path], list[Path]]:

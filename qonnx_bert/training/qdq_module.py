@@ -158,10 +158,14 @@ class QdqModule(torch.nn.Module):
             self.ranges[_key(source)] = learned
             self.source_of[node.input[1]] = (source, qmax)
 
+    def parameter(self, source: str) -> torch.nn.Parameter:
+        """The trained FP32 weight ``source`` (an initializer name of the FP32 model)."""
+        return self.weights[_key(source)]
+
     def weight(self, tensor: str) -> torch.Tensor:
         """The float weight the site ``tensor`` reads: its FP32 weight, gathered as the scheme gathers it."""
         source, index = self.views[tensor]
-        w = self.weights[_key(source)]
+        w = self.parameter(source)
         return w if index is None else w.reshape(-1)[index].reshape(self.sites[tensor].values.shape)
 
     def refresh_weight_scales(self) -> None:
@@ -198,7 +202,7 @@ class QdqModule(torch.nn.Module):
 
     def learned_weights(self) -> dict[str, np.ndarray]:
         """The trained FP32 weights, by initializer name."""
-        return {source: self.weights[_key(source)].detach().numpy().copy() for source, _ in self.views.values()}
+        return {source: self.parameter(source).detach().numpy().copy() for source, _ in self.views.values()}
 
     def _scale_zp(self, node: onnx.NodeProto, values: dict) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         zp_name = node.input[2] if len(node.input) > 2 else ""

@@ -26,16 +26,16 @@ from qonnx_bert.training.fake_quant import quantize as fake_quantize
 from qonnx_bert.training.qat import (
     DEV_LOGITS,
     QatConfig,
-    _deployed,
-    _learned_ranges,
-    _with_fingerprint,
-    _with_weights,
+    deployed_model,
+    learned_range_table,
     predict,
     range_sources,
+    ranges_for,
     run_qat,
     trainable_module,
+    with_weights,
 )
-from qonnx_bert.training.qdq_module import QdqModule, _key
+from qonnx_bert.training.qdq_module import QdqModule
 from qonnx_bert.training.weight_views import weight_views
 
 LOWBIT = LowBitConfig(WeightGrid(4))  # W4A8: int4 per-channel weights, the scheme's int8 embeddings
@@ -62,7 +62,7 @@ def _module_and_ort(module, qdq, fp32, count=8):
 def test_untrained_module_computes_the_qdq_graph(tiny_onnx, init_ranges, scheme, learned):
     """Before any training, the module reproduces ONNX Runtime's unfused QDQ arithmetic exactly."""
     fp32, ranges, config = onnx.load(str(tiny_onnx)), RangeTable.load(init_ranges), QatConfig("rte", scheme, LOWBIT)
-    qdq, sources = _deployed(fp32, config, ranges), range_sources(fp32, config, ranges)
+    qdq, sources = deployed_model(fp32, config, ranges), range_sources(fp32, config, ranges)
     module = trainable_module(fp32, config, ranges)
     # Learned ranges: one per ranges-file tensor that sets a quantizer's scale (a Transpose or Reshape output
     # shares its input's; the softmax output's is fixed); weights: 14 linear layers + the word embedding table.
@@ -88,7 +88,7 @@ def test_peg_module_trains_the_fp32_weights_through_the_permuted_split_ones_and_
     assert set(module.learned_weights()) <= floats  # what is trained: FP32 initializers, by their own names
     gathered = [t for t, (_, index) in module.views.items() if index is not None]
     assert len(gathered) > len(module.learned_weights())  # split: several sites read one FP32 weight
-    for ours, ort_logits in _module_and_ort(module, _deployed(fp32, config, ranges), fp32):
+    for ours, ort_logits in _module_and_ort(module, deployed_model(fp32, config, ranges), fp32):
         np.testing.assert_array_equal(ours, ort_logits)
 
 
@@ -99,7 +99,7 @@ def test_weight_views_refuse_a_scheme_that_changes_weight_values(tiny_onnx, init
     floats = scheme_floats(fp32, scheme, ranges)
     names = [s.name for s in weight_sites(quantize(fp32, scheme, ranges)[0], floats)]
     with pytest.raises(RuntimeError, match="not a gather|mixes"):
-        weight_views(fp32, floats, names, lambda m: scheme_floats(m, scheme, _with_fingerprint(ranges, m)))
+        weight_views(fp32, floats, names, lambda m: scheme_floats(m, scheme, ranges_for(ranges, m)))
 
 
 def test_a_trained_embedding_table_moves_its_gathered_scale_as_the_writer_does(tiny_onnx, init_ranges):
@@ -112,13 +112,11 @@ def test_a_trained_embedding_table_moves_its_gathered_scale_as_the_writer_does(t
     (table,) = set(module.table_of.values())
     name = module.sites[table].name
     with torch.no_grad():
-        module.weights[_key(name)].mul_(1.5)  # as training might: a new min and max
+        module.parameter(name).mul_(1.5)  # as training might: a new min and max
     module.refresh_weight_scales()
-    trained = {name: module.weights[_key(name)].detach().numpy()}
-    written = _with_weights(fp32, trained)
-    for ours, ort_logits in _module_and_ort(
-        module, _deployed(written, config, _with_fingerprint(ranges, written)), fp32
-    ):
+    trained = {name: module.parameter(name).detach().numpy()}
+    written = with_weights(fp32, trained)
+    for ours, ort_logits in _module_and_ort(module, deployed_model(written, config, ranges_for(ranges, written)), fp32):
         np.testing.assert_array_equal(ours, ort_logits)
 
 
@@ -130,17 +128,17 @@ def test_learned_layernorm_input_ranges_move_the_int32_bias_grids_as_the_writer_
     betas = {
         i.name: rng.normal(0, 0.5, i.dims).astype(np.float32) for i in fp32.graph.initializer if "LayerNorm.b" in i.name
     }
-    fp32 = _with_weights(fp32, betas)
+    fp32 = with_weights(fp32, betas)
     ranges = RangeTable({**ranges.model, "fingerprint": model_fingerprint(fp32)}, ranges.calibration, ranges.tensors)
     config = QatConfig("rte", "w8a8", lowbit=LOWBIT)
     module = QdqModule(
-        _deployed(fp32, config, ranges), prepare(fp32), ranges, LOWBIT, range_sources(fp32, config, ranges)
+        deployed_model(fp32, config, ranges), prepare(fp32), ranges, LOWBIT, range_sources(fp32, config, ranges)
     )
     assert module.biases
     with torch.no_grad():
         for learned in module.ranges.values():
             learned.hi.mul_(1.3)
-    deployed = _deployed(fp32, config, _learned_ranges(ranges, module.learned_ranges(), fp32))
+    deployed = deployed_model(fp32, config, learned_range_table(ranges, module.learned_ranges(), fp32))
     written = {i.name: onnx.numpy_helper.to_array(i) for i in deployed.graph.initializer}
     dequantized = {
         n.output[0]: written[n.input[0]].astype(np.float32) * written[n.input[1]]

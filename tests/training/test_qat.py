@@ -168,9 +168,10 @@ def test_qat_then_export_and_quantize_deploys_what_training_simulated(
     # With distillation and the ranges' own rate: every part of the training step runs. mp: its 16-bit tensors,
     # their 8-bit converts (learned with the same range) and its output range, re-estimated by the writer;
     # peg: the checkpoint's weights trained through the permuted, split ones, group ranges re-estimated.
-    config = QatConfig("rte", scheme, epochs=2, batch_size=8, lr=1e-3, range_lr=3e-3, distill=0.5, lowbit=LOWBIT)
+    epochs = 2 if scheme == "w8a8" else 1  # two epochs once: the writer's constants are taken between epochs
+    config = QatConfig("rte", scheme, epochs=epochs, batch_size=8, lr=1e-3, range_lr=3e-3, distill=0.5, lowbit=LOWBIT)
     record = run_qat(str(tiny_bert_dir), glue_dir, init_ranges, tmp_path / "out", config, progress=False)
-    assert [h["epoch"] for h in record["history"]] == [1, 2]
+    assert [h["epoch"] for h in record["history"]] == list(range(1, epochs + 1))
     learned = RangeTable.load(tmp_path / "out" / "ranges.json")
     initial = RangeTable.load(init_ranges)
     assert any(learned.range(t) != initial.range(t) for t in initial.tensors)  # the ranges were trained
@@ -183,15 +184,19 @@ def test_qat_then_export_and_quantize_deploys_what_training_simulated(
         dev.texts_a, dev.texts_b
     )  # one batch padded to the longest, as QAT's dev run
     simulated = np.load(tmp_path / "out" / DEV_LOGITS)
-    step = float(onnx.numpy_helper.to_array(next(i for i in deployed.graph.initializer if i.name == "logits_scale")))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in deployed.graph.initializer}
+    step = float(inits["logits_scale"])
+    # The logits' range on an 8-bit grid (mp writes them in 16 bits): the error of ORT's fixed-point
+    # requantization comes from the 8-bit tensors upstream, whatever grid the output itself has.
+    coarse = step * (np.iinfo(inits["logits_zero_point"].dtype).max / 255)
     as_written = cpu_session(deployed, fused=False).run(None, feeds)[0]
     fused = cpu_session(deployed).run(None, feeds)[0]
     # QDQ arithmetic as written: the same integers and scales; only float summation order differs
     # (PyTorch vs ORT MatMul), which can move a value across a rounding boundary: at most 2 output steps.
     assert np.abs(as_written - simulated).max() <= 2 * step
-    # ORT's integer kernels requantize with fixed-point multipliers: a few steps, the same classes.
+    # ORT's integer kernels requantize with fixed-point multipliers: a few 8-bit steps, the same classes.
     assert np.mean(fused.argmax(1) == simulated.argmax(1)) >= 0.99
-    assert np.abs(fused - simulated).max() <= 8 * step
+    assert np.abs(fused - simulated).max() <= 8 * coarse
     # Nothing trained is lost on the way to the file: QAT's own output, rebuilt as a module, computes the dev
     # logits training reported, bit for bit (the same PyTorch arithmetic on the same values). Learning a range
     # the writer ties to another one (a Transpose output's) or fixes (the Softmax output's) would break this.

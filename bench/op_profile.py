@@ -29,19 +29,23 @@ from qonnx_bert.inputs.sequences import shipped_sentences
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "bench" / "results" / "glue-minilm-l6" / "rte" / "models"
+WARMUP = 5
 
 
 def profile(path: Path, feeds: dict, runs: int, tmp: Path) -> tuple[dict[str, float], dict[str, int], float]:
-    """ms per run and node count per op type; wall ms per run."""
+    """ms per run and node count per op type; wall ms per run. The first ``WARMUP`` runs (weight
+    prepacking, first allocations) are run but not counted."""
     options = ort.SessionOptions()
     options.enable_profiling = True
     options.profile_file_prefix = str(tmp / path.stem)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    for _ in range(runs):
+    for _ in range(WARMUP + runs):
         session.run(None, feeds)
     events = json.loads(Path(session.end_profiling()).read_text())
+    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
+    counted = [e for e in events if e["ts"] >= starts[WARMUP]]
     total, count, wall = collections.Counter(), collections.Counter(), 0.0
-    for e in events:
+    for e in counted:
         if e.get("cat") == "Session" and e["name"] == "model_run":
             wall += e["dur"] / 1000 / runs
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
@@ -83,7 +87,7 @@ def main() -> int:
     lines = [
         f"# Kernel time per op type ({args.dir}, CPU provider, b=1, T=128)",
         "",
-        f"ms per run, summed over nodes, mean of {args.runs} runs; nodes in brackets.",
+        f"ms per run, summed over nodes, mean of {args.runs} runs after {WARMUP} uncounted; nodes in brackets.",
         "",
         f"`python bench/op_profile.py {' '.join(sys.argv[1:])}`",
         "",

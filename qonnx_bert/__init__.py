@@ -18,7 +18,7 @@ import types
 
 __version__ = "0.1.0"
 
-_API = ("export", "calibrate", "evaluate", "check", "sts_sample_dir")
+_API = ("export", "calibrate", "evaluate", "check", "qat", "sts_sample_dir")
 _CONFIGS = (
     "W8A8Config",
     "W8A32Config",
@@ -33,7 +33,8 @@ _CONFIGS = (
     "Target",
     "config_for",
 )
-__all__ = [*_API, "quantize", *_CONFIGS, "__version__"]
+_TRAINING = ("QatConfig",)  # imports torch: on first use only
+__all__ = [*_API, "quantize", *_CONFIGS, *_TRAINING, "__version__"]
 
 
 class _Package(types.ModuleType):
@@ -58,11 +59,14 @@ sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):
-    """Lazy imports (PEP 562): the API from ``qonnx_bert.api``, the configs from ``qonnx_bert.quantize``."""
+    """Lazy imports (PEP 562): the API from ``qonnx_bert.api``, the configs from ``qonnx_bert.quantize``
+    (``QatConfig`` from ``qonnx_bert.training.qat``)."""
     if name in _API:
         return getattr(importlib.import_module("qonnx_bert.api"), name)
     if name in _CONFIGS:
         return getattr(importlib.import_module("qonnx_bert.quantize"), name)
+    if name in _TRAINING:
+        return getattr(importlib.import_module("qonnx_bert.training.qat"), name)
     raise AttributeError(f"module 'qonnx_bert' has no attribute {name!r}")
 
 

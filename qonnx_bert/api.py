@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -17,6 +18,9 @@ from qonnx_bert.calibration.ranges import RangeTable
 from qonnx_bert.core.modelinfo import load_onnx
 from qonnx_bert.quantize import QuantReport, SchemeConfig
 from qonnx_bert.targets import CheckReport
+
+if TYPE_CHECKING:
+    from qonnx_bert.training.qat import QatConfig  # torch: imported when QAT runs
 
 ModelLike = str | Path | onnx.ModelProto
 
@@ -80,6 +84,25 @@ def quantize(
         with atomic_output(output, inputs=() if isinstance(model, onnx.ModelProto) else (model,)) as tmp:
             onnx.save(quantized, str(tmp))
     return quantized, report
+
+
+def qat(
+    checkpoint: str,
+    config: QatConfig,
+    ranges: str | Path,
+    output: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Quantization-aware training of ``checkpoint`` (a fine-tuned classifier: recipe name or Hugging Face
+    directory) on ``config.task``'s training split, from the PTQ ``ranges`` of its export: ``QatConfig(task,
+    scheme="w8a8" | "mp" | "peg" | "w8a32", lowbit=..., epochs=...)``. Writes ``output/`` as ``qonnx qat`` does
+    (``checkpoint/``, ``ranges.json``, ``model.qdq.onnx``, ...; a rerun resumes) and returns its record (the dev
+    score of each epoch). ``data_dir``: a GLUE folder (default ``$QONNX_GLUE_DIR``)."""
+    from qonnx_bert.training.qat import run_qat
+
+    return run_qat(checkpoint, data_dir, ranges, output, config, progress=progress)
 
 
 def evaluate(

@@ -40,3 +40,12 @@ def test_readme_example_runs(tiny_bert_dir, tmp_path, monkeypatch, capsys):
     assert "Spearman" in lines[0] and lines[2].startswith("cpu")
     for name in ("emb.onnx", "emb.w8a8.onnx", "emb.peg.onnx"):
         onnx.checker.check_model(str(tmp_path / name))
+
+
+def test_qat_trains_and_writes_through_the_api(tiny_bert_dir, tiny_onnx, glue_dir, tmp_path):
+    qb.calibrate(str(tiny_onnx), num_sequences=16, output=tmp_path / "ranges.json")
+    config = qb.QatConfig("rte", scheme="mp", epochs=1, batch_size=8, max_train_examples=16)
+    out = tmp_path / "out"
+    record = qb.qat(str(tiny_bert_dir), config, tmp_path / "ranges.json", out, data_dir=glue_dir, progress=False)
+    assert [h["epoch"] for h in record["history"]] == [1]
+    assert (out / "model.qdq.onnx").is_file() and (out / "checkpoint" / "config.json").is_file()

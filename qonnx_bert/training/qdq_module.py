@@ -97,6 +97,13 @@ class QdqModule(torch.nn.Module):
         super().__init__()
         self.nodes = list(qdq.graph.node)
         self.output = qdq.graph.output[0].name
+        # Each tensor is dropped after the last node reading it: holding every one to the end (a whole
+        # PEG graph's at the dev batch) took over 24 GB on MiniLM. Autograd keeps what backward needs.
+        last_use = {name: i for i, node in enumerate(self.nodes) for name in node.input if name}
+        self.done_after: list[list[str]] = [[] for _ in self.nodes]
+        for name, i in last_use.items():
+            if name != self.output:
+                self.done_after[i].append(name)
         self.sites = {s.tensor: s for s in weight_sites(qdq, floats)}
         self.grids = {t: lowbit.grid(s) or SCHEME_WEIGHTS for t, s in self.sites.items()}
         inits = {i.name: i for i in qdq.graph.initializer}
@@ -237,7 +244,7 @@ class QdqModule(torch.nn.Module):
 
     def forward(self, **feeds: torch.Tensor) -> torch.Tensor:
         values: dict[str, torch.Tensor] = {**self.constants, **feeds}
-        for node in self.nodes:
+        for node, done in zip(self.nodes, self.done_after):
             if node.op_type == "DequantizeLinear" and node.output[0] in self.biases:
                 values[node.output[0]] = self._bias(node.output[0], values)
             elif node.op_type == "DequantizeLinear" and node.output[0] in self.sites:
@@ -257,4 +264,6 @@ class QdqModule(torch.nn.Module):
             else:
                 out = OPS[node.op_type](node, *(values[i] if i else None for i in node.input))
                 values.update(zip(node.output, out) if isinstance(out, tuple) else [(node.output[0], out)])
+            for name in done:
+                del values[name]
         return values[self.output]

@@ -39,6 +39,7 @@ from qonnx_bert.training.fake_quant import (
     LearnedRange,
     asymmetric_scale_zero_point,
     dequantize,
+    fake_quantize,
     quantize,
     symmetric_weight,
 )
@@ -97,6 +98,22 @@ class QdqModule(torch.nn.Module):
         super().__init__()
         self.nodes = list(qdq.graph.node)
         self.output = qdq.graph.output[0].name
+        # A QuantizeLinear read by one DequantizeLinear on its own scale and zero point runs as one fake quantizer
+        # (``fake_quantize``: the same values and gradients, a third of the memory kept for backward).
+        readers: dict[str, list[onnx.NodeProto]] = {}
+        for node in self.nodes:
+            for name in node.input:
+                readers.setdefault(name, []).append(node)
+        self.pair_of = {
+            q.output[0]: only[0].output[0]
+            for q in self.nodes
+            if q.op_type == "QuantizeLinear"
+            and len(only := readers.get(q.output[0], [])) == 1
+            and only[0].op_type == "DequantizeLinear"
+            and list(only[0].input[1:]) == list(q.input[1:])
+            and q.output[0] != self.output
+        }
+        self.paired = set(self.pair_of.values())
         # Each tensor is dropped after the last node reading it: holding every one to the end (a whole
         # PEG graph's at the dev batch) took over 24 GB on MiniLM. Autograd keeps what backward needs.
         last_use = {name: i for i, node in enumerate(self.nodes) for name in node.input if name}
@@ -254,10 +271,14 @@ class QdqModule(torch.nn.Module):
                     values[tensor] = dequantize(quantize(w, *scale, 0, 255), *scale)
                 else:
                     values[tensor] = symmetric_weight(w, scale, self.grids[tensor].qmax)
+            elif node.output[0] in self.paired:
+                pass  # computed with its QuantizeLinear
             elif node.op_type in ("QuantizeLinear", "DequantizeLinear"):
                 scale, zero_point, qmin, qmax = self._scale_zp(node, values)
                 x = values[node.input[0]]
-                if node.op_type == "QuantizeLinear":
+                if node.output[0] in self.pair_of:
+                    values[self.pair_of[node.output[0]]] = fake_quantize(x, scale, zero_point, qmin, qmax)
+                elif node.op_type == "QuantizeLinear":
                     values[node.output[0]] = quantize(x, scale, zero_point, qmin, qmax)
                 else:
                     values[node.output[0]] = dequantize(x.float(), scale, zero_point)
@@ -265,5 +286,5 @@ class QdqModule(torch.nn.Module):
                 out = OPS[node.op_type](node, *(values[i] if i else None for i in node.input))
                 values.update(zip(node.output, out) if isinstance(out, tuple) else [(node.output[0], out)])
             for name in done:
-                del values[name]
+                values.pop(name, None)  # a paired QuantizeLinear's output never exists
         return values[self.output]

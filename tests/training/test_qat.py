@@ -21,8 +21,8 @@ from qonnx_bert.passes.lowbit_weights import weight_sites
 from qonnx_bert.quantize.api import quantize, scheme_floats
 from qonnx_bert.quantize.lowbit import LowBitConfig
 from qonnx_bert.quantize.schemes import config_for
-from qonnx_bert.training.fake_quant import LearnedRange
-from qonnx_bert.training.fake_quant import quantize as fake_quantize
+from qonnx_bert.training.fake_quant import LearnedRange, dequantize, fake_quantize
+from qonnx_bert.training.fake_quant import quantize as quantize_linear
 from qonnx_bert.training.qat import (
     DEV_LOGITS,
     QatConfig,
@@ -151,10 +151,34 @@ def test_learned_layernorm_input_ranges_move_the_int32_bias_grids_as_the_writer_
             np.testing.assert_array_equal(module._bias(name, module.constants).numpy(), want)
 
 
+def test_fused_fake_quantizer_gives_the_composed_values_and_gradients():
+    """The memory-lean quantize-dequantize equals ``dequantize(quantize(x))`` of PyTorch ops: forward bit for bit,
+    gradients of the input and of the learned range to float32 rounding (the composed path multiplies and
+    divides by the scale where the fused one does not)."""
+    torch.manual_seed(0)
+    x0 = torch.randn(4, 7, 5) * 3
+    x0[0, 0, :3] = torch.tensor([0.5, 1.5, 2.5]) * (6.0 / 255)  # ties: half to even, as ONNX
+    results = []
+    for fused in (False, True):
+        x, learned = x0.clone().requires_grad_(True), LearnedRange(-2.0, 4.0)
+        scale, zero_point = learned.scale_zero_point(255)
+        if fused:
+            y = fake_quantize(x, scale, zero_point, 0, 255)
+        else:
+            y = dequantize(quantize_linear(x, scale, zero_point, 0, 255), scale, zero_point)
+        (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+        results.append((y.detach(), x.grad, learned.lo.grad, learned.hi.grad))
+    (y0, gx0, lo0, hi0), (y1, gx1, lo1, hi1) = results
+    np.testing.assert_array_equal(y1.numpy(), y0.numpy())
+    np.testing.assert_allclose(gx1.numpy(), gx0.numpy(), rtol=1e-6, atol=0)
+    assert gx1.eq(0).any() and gx1.ne(0).any()  # values outside the grid stop the gradient
+    np.testing.assert_allclose([float(lo1), float(hi1)], [float(lo0), float(hi0)], rtol=1e-5)
+
+
 def test_quantize_rounds_half_to_even_and_clamps_like_quantize_linear():
     x = torch.tensor([-1.0, 0.5, 1.5, 2.5, 300.0, -0.25])
     np.testing.assert_array_equal(
-        fake_quantize(x, torch.tensor(1.0), torch.tensor(0.0), 0, 255).numpy(), [0, 0, 2, 2, 255, 0]
+        quantize_linear(x, torch.tensor(1.0), torch.tensor(0.0), 0, 255).numpy(), [0, 0, 2, 2, 255, 0]
     )
     learned = LearnedRange(-1.0, 3.0)  # ONNX Runtime: scale 4/255, zero point round(1 / scale) = 64
     scale, zero_point = learned.scale_zero_point(255)

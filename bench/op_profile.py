@@ -23,7 +23,8 @@ import onnx
 import onnxruntime as ort
 
 from qonnx_bert.benchmarks.latency import full_length_feeds
-from qonnx_bert.core.files import atomic_output
+from qonnx_bert.core.errors import UsageError
+from qonnx_bert.core.files import atomic_output, guard
 from qonnx_bert.inputs.encode import Encoder
 from qonnx_bert.inputs.sequences import shipped_sentences
 
@@ -74,6 +75,10 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "op-profile-rte.md")
     args = p.parse_args()
     paths = {m: args.dir / f"{m}.onnx" for m in args.models}
+    try:  # the profiled models are read: --out must be none of them
+        guard(list(paths.values()), [args.out])
+    except UsageError as err:
+        p.error(str(err))
     feeds = full_length_feeds(Encoder.from_model(onnx.load(str(paths[args.models[0]]))), shipped_sentences()[0])
     tmp = args.out.parent / ".profiles"
     tmp.mkdir(exist_ok=True)

@@ -233,11 +233,8 @@ def trainable_module(fp32: onnx.ModelProto, config: QatConfig, ranges: RangeTabl
     qdq = deployed_model(fp32, config, ranges)
     names = [s.name for s in weight_sites(qdq, floats)]
     views = weight_views(fp32, floats, names, lambda tagged: scheme_floats(tagged, scheme, ranges_for(ranges, tagged)))
-    bases = {
-        i.name: onnx.numpy_helper.to_array(i)
-        for i in fp32.graph.initializer
-        if i.name in {s for s, _ in views.values()}
-    }
+    trained = {source for source, _ in views.values()}
+    bases = {i.name: onnx.numpy_helper.to_array(i) for i in fp32.graph.initializer if i.name in trained}
     return QdqModule(qdq, floats, ranges, config.lowbit, range_sources(fp32, config, ranges), views, bases)
 
 

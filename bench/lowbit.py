@@ -70,6 +70,7 @@ ROWS = {
     "w4a8-e2-ptq": Row("W4A8, 2-bit embeddings PTQ", "w8a8", LowBitConfig(W4, WeightGrid(2))),
     "w4a8-peg-ptq": Row("W4A8 PEG PTQ", "peg", LowBitConfig(W4)),
     "w4a8-peg-e2-ptq": Row("W4A8 PEG, 2-bit embeddings PTQ", "peg", LowBitConfig(W4, WeightGrid(2))),
+    "w8a8-ptq": Row("W8A8 PTQ (per-tensor)", "w8a8", LowBitConfig()),
     "w8a8-qat": Row("W8A8 QAT (per-tensor)", "w8a8", LowBitConfig(), qat=True),
     "w8a8-qat-kd": Row("W8A8 QAT (per-tensor), distilled from FP32", "w8a8", LowBitConfig(), qat=True, distill=1.0),
     "w4a32-qat": Row("W4A32 QAT", "w8a32", LowBitConfig(W4), qat=True),

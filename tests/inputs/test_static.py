@@ -13,6 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from qonnx_bert.cli import main
 from qonnx_bert.core.modelinfo import read_info, static_shape
+from qonnx_bert.graph.static_indexing import constant_gather_nd
 
 
 def _ops(path) -> Counter:
@@ -34,11 +35,13 @@ def test_twin_equals_pytorch_and_the_static_export(tiny_bert_dir, tiny_onnx, tmp
         expected = torch_model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
     got = ort.InferenceSession(str(twin)).run(None, feeds)[0]
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
-    # the same graph torch.onnx's static export gives: the shape arithmetic is folded away
+    # the graph torch.onnx's static export gives, its mask GatherND as the HTP rules rewrite it
     static = tmp_path / "static.onnx"
     assert main(["export", str(tiny_bert_dir), "--static-shape", "2,16", "-o", str(static)]) == 0
-    assert _ops(twin) == _ops(static)
-    assert "Shape" not in _ops(twin) and "Range" not in _ops(twin)
+    static_model = onnx.load(str(static))
+    assert "GatherND" in _ops(static) and constant_gather_nd(static_model) == 1
+    assert _ops(twin) == Counter(n.op_type for n in static_model.graph.node)
+    assert not {"Shape", "Range", "GatherND"} & set(_ops(twin))
 
 
 @pytest.mark.qnn
@@ -50,6 +53,19 @@ def test_twin_of_a_dynamic_file_passes_the_strict_htp_check(tiny_onnx, tmp_path,
     assert main(["quantize", str(twin), "--scheme", "peg", "--ranges", str(ranges), "-o", str(peg)]) == 0
     capsys.readouterr()
     assert main(["check", str(peg), "--ep", "qnn-htp", "--soc", "sm8650"]) == 0, capsys.readouterr().out
+
+
+def test_twin_of_a_written_qdq_model_runs_whole_on_htp(tiny_onnx, tmp_path, capsys):
+    """`qonnx qat` writes a dynamic QDQ model: its fixed-shape twin must need no re-quantization for HTP."""
+    ranges, qdq, twin = tmp_path / "r.json", tmp_path / "w8a8.onnx", tmp_path / "w8a8.1x16.onnx"
+    assert main(["calibrate", str(tiny_onnx), "-n", "8", "-o", str(ranges)]) == 0
+    assert main(["quantize", str(tiny_onnx), "--scheme", "w8a8", "--ranges", str(ranges), "-o", str(qdq)]) == 0
+    assert "GatherND" in _ops(qdq)  # dynamic: the mask indices are computed, so the writer keeps it
+    assert main(["export", str(qdq), "--static-shape", "1,16", "-o", str(twin)]) == 0  # checks outputs within 1e-4
+    assert "GatherND" not in _ops(twin)
+    pytest.importorskip("onnxruntime_qnn", reason='onnxruntime-qnn not installed: pip install "qonnx-bert[qnn]"')
+    capsys.readouterr()
+    assert main(["check", str(twin), "--ep", "qnn-htp", "--soc", "sm8650"]) == 0, capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -19,11 +19,12 @@ from qonnx_bert.core.errors import UsageError
 from qonnx_bert.core.metrics import sqnr_db
 from qonnx_bert.core.modelinfo import read_info
 from qonnx_bert.graph.prepare import prepare
+from qonnx_bert.graph.static_indexing import constant_gather_nd
 from qonnx_bert.inputs.export import export_model
 from qonnx_bert.inputs.glue import load_task
 from qonnx_bert.inputs.glue.tasks import limit_split
 from qonnx_bert.inputs.sequences import sample_sequences, shipped_sentences
-from qonnx_bert.passes.htp_rules import constant_gather_nd, htp_edits, htp_overrides, mask_overrides
+from qonnx_bert.passes.htp_rules import htp_edits, htp_overrides, mask_overrides
 from qonnx_bert.passes.qdq import insert_qdq
 from qonnx_bert.quantize import config_for, quantize
 from qonnx_bert.quantize.schemes import SCHEMES, Plan, activation_ranges

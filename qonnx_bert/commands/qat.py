@@ -25,7 +25,10 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=positive_int, default=3, help="(default 3)")
     p.add_argument("--lr", type=positive_float, default=2e-5, help="peak learning rate of the weights (default 2e-5)")
     p.add_argument(
-        "--range-lr", type=positive_float, help="peak learning rate of the activation ranges (default: --lr)"
+        "--range-lr",
+        type=positive_float,
+        default=1e-3,
+        help="peak learning rate of the activation ranges, in units of each range's initial span (default 1e-3)",
     )
     p.add_argument(
         "--distill",

@@ -79,13 +79,26 @@ def asymmetric_scale_zero_point(lo, hi, qmax: int) -> tuple[torch.Tensor, torch.
 
 
 class LearnedRange(torch.nn.Module):
-    """An asymmetric activation range ``(lo, hi)``. Each quantizer it sets lays its own unsigned grid on it:
-    mixed precision writes one tensor at 16 bits for one consumer and converts it to 8 bits for another."""
+    """An asymmetric activation range ``(lo, hi)``, learned as moves of its bounds in units of its
+    initial span. Adam steps every parameter by about its learning rate whatever the parameter's size,
+    so bounds learned in the tensor's own units stood still on wide ranges at a weight-sized rate; in
+    span units every range moves at one relative rate (``QatConfig.range_lr``). Each quantizer it sets
+    lays its own unsigned grid on it: mixed precision writes one tensor at 16 bits for one consumer and
+    converts it to 8 bits for another."""
 
     def __init__(self, lo: float, hi: float) -> None:
         super().__init__()
-        self.lo = torch.nn.Parameter(torch.tensor(float(lo), dtype=torch.float32))
-        self.hi = torch.nn.Parameter(torch.tensor(float(hi), dtype=torch.float32))
+        self.register_buffer("start", torch.tensor([float(lo), float(hi)], dtype=torch.float32))
+        self.register_buffer("span", torch.tensor(max(float(hi) - float(lo), 1e-6), dtype=torch.float32))
+        self.move = torch.nn.Parameter(torch.zeros(2))  # (lo, hi) moved by this many spans: zero is the start
+
+    @property
+    def lo(self) -> torch.Tensor:
+        return self.start[0] + self.span * self.move[0]  # exactly ``start`` while ``move`` is zero
+
+    @property
+    def hi(self) -> torch.Tensor:
+        return self.start[1] + self.span * self.move[1]
 
     def scale_zero_point(self, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
         return asymmetric_scale_zero_point(self.lo, self.hi, qmax)

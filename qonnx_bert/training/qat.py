@@ -64,7 +64,9 @@ class QatConfig:
     lowbit: LowBitConfig = field(default_factory=LowBitConfig)
     epochs: int = 3
     lr: float = 2e-5
-    range_lr: float | None = None  # peak learning rate of the activation ranges (None: ``lr``)
+    # Peak learning rate of the activation ranges, in spans (``LearnedRange``): about the relative rate
+    # the paper's Adam steps on the 8-bit scale give a typical MiniLM range.
+    range_lr: float = 1e-3
     distill: float = 0.0  # weight of the FP32 model's outputs as targets; 1 - distill on the labels
     batch_size: int = 32
     max_length: int = 128
@@ -75,7 +77,7 @@ class QatConfig:
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise UsageError(f"`scheme={self.scheme}`: this version trains {', '.join(SCHEMES)}")
-        rates = (self.lr, self.lr if self.range_lr is None else self.range_lr)
+        rates = (self.lr, self.range_lr)
         if self.epochs < 1 or self.batch_size < 1 or not all(0 < r < math.inf for r in rates):
             raise UsageError("QAT needs `epochs` >= 1, `batch_size` >= 1 and finite `lr` and `range_lr` > 0")
         if not 0 <= self.distill <= 1:
@@ -338,7 +340,7 @@ def _train(source: ModelSource, data_dir, ranges_path, out: Path, config: QatCon
     )
     steps = math.ceil(len(train_ex) / config.batch_size)
     recipe = {"lr": config.lr, "weight_decay": 0.0, "warmup_ratio": config.warmup_ratio}  # AdamW without decay: Adam
-    own_rate = None if config.range_lr is None else (list(module.ranges.parameters()), config.range_lr)
+    own_rate = (list(module.ranges.parameters()), config.range_lr)
     optimizer, scheduler = make_optimizer(module, recipe, steps * config.epochs, own_rate)
     first, history, logits = _resume(out / STATE, module, optimizer, scheduler, config)
     module.refresh_weight_scales()

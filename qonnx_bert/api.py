@@ -94,15 +94,17 @@ def qat(
     *,
     data_dir: str | Path | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict:
     """Quantization-aware training of ``checkpoint`` (a fine-tuned classifier: recipe name or Hugging Face
     directory) on ``config.task``'s training split, from the PTQ ``ranges`` of its export: ``QatConfig(task,
     scheme="w8a8" | "mp" | "peg" | "w8a32", lowbit=..., epochs=...)``. Writes ``output/`` as ``qonnx qat`` does
     (``checkpoint/``, ``ranges.json``, ``model.qdq.onnx``, ...; a rerun resumes) and returns its record (the dev
-    score of each epoch). ``data_dir``: a GLUE folder (default ``$QONNX_GLUE_DIR``)."""
+    score of each epoch). ``data_dir``: a GLUE folder (default ``$QONNX_GLUE_DIR``); ``device``: ``cpu``,
+    ``cuda``, ``cuda:N`` or ``auto``."""
     from qonnx_bert.training.qat import run_qat
 
-    return run_qat(checkpoint, data_dir, ranges, output, config, progress=progress)
+    return run_qat(checkpoint, data_dir, ranges, output, config, progress=progress, device=device)
 
 
 def evaluate(

@@ -40,6 +40,11 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32, help="(default 32)")
     p.add_argument("--max-train-examples", type=positive_int, help="a seeded subset of the training split")
     p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0, help="(default 0)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where to train: cpu (default), cuda, cuda:N, or auto (CUDA when torch sees one); resumes on any",
+    )
     add_lowbit_arguments(p)
     p.set_defaults(func=run)
 
@@ -59,7 +64,7 @@ def run(args) -> int:
         seed=args.seed,
         max_train_examples=args.max_train_examples,
     )
-    record = run_qat(args.checkpoint, args.data_dir, args.ranges, args.output, config)
+    record = run_qat(args.checkpoint, args.data_dir, args.ranges, args.output, config, device=args.device)
     last = record["history"][-1]["dev"]["score"] if record["history"] else float("nan")
     logger.info("wrote %s/{checkpoint,ranges.json,model.qdq.onnx}; dev score %.2f", args.output, last)
     return 0

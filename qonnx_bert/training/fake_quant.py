@@ -1,6 +1,7 @@
 """Fake quantization that computes what ONNX Runtime will deploy, with straight-through gradients.
 
-Activation ranges are learned LSQ-style: ``lo`` and ``hi`` are parameters, the scale
+Activation ranges are learned LSQ-style: the bounds ``lo`` and ``hi`` are learned (as moves in
+units of the range's span, ``LearnedRange``), the scale
 ``(max(hi, 0) - min(lo, 0)) / qmax`` follows them with its full gradient through the
 quantize-dequantize (rounding passes gradients straight through, clamping stops them),
 and the zero point is recomputed from the range every step exactly as ONNX Runtime's

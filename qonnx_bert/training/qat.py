@@ -105,20 +105,39 @@ def _hf_names(model, weights: dict[str, np.ndarray]) -> dict[str, tuple[str, boo
     return found
 
 
-def _batches(examples, order, batch_size, pad_id):
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size], collate(examples, order[start : start + batch_size], pad_id)
+def resolve_device(name: str):
+    """``auto`` (CUDA when torch sees it, else CPU), ``cpu``, ``cuda`` or ``cuda:N``, checked before any work."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"`device={name}` is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"`device={name}`: this torch sees no CUDA device; use `device=cpu`")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"`device={name}`: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"`device={name}`: QAT runs on cpu or cuda")
+    return device
+
+
+def _batch(examples, idx, pad_id, device) -> dict:
+    return {k: v.to(device) for k, v in collate(examples, idx, pad_id).items()}
 
 
 def predict(module, examples, batch_size: int, pad_id: int, num_labels: int) -> np.ndarray:
-    """The fake-quantized model's logits for ``examples``, in order."""
+    """The fake-quantized model's logits for ``examples``, in order (on the module's device)."""
     import torch
 
     order = np.argsort([len(e["input_ids"]) for e in examples], kind="stable")
     logits = np.zeros((len(examples), num_labels), np.float32)
     with torch.no_grad():
-        for idx, batch in _batches(examples, order, batch_size, pad_id):
-            logits[idx] = module(**batch).numpy()
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            logits[idx] = module(**_batch(examples, idx, pad_id, module.device)).cpu().numpy()
     return logits
 
 
@@ -142,11 +161,11 @@ def _train_epoch(module, teacher, optimizer, scheduler, examples, labels, config
     import torch
 
     rng = np.random.default_rng(config.seed + epoch)  # per epoch: a resumed run draws the same batches
-    target, num_labels = torch.tensor(labels), get_task(config.task).num_labels
+    target, num_labels = torch.tensor(labels, device=module.device), get_task(config.task).num_labels
     lengths = np.array([len(e["input_ids"]) for e in examples])
     for idx in bucket_batches(lengths, config.batch_size, rng):
         try:
-            batch = collate(examples, idx, pad_id)
+            batch = _batch(examples, idx, pad_id, module.device)
             logits = module(**batch)
             loss = loss_fn(logits, target[idx], num_labels)
             if config.distill:
@@ -189,7 +208,7 @@ def _resume(path: Path, module, optimizer, scheduler, config: QatConfig) -> tupl
     if not path.exists():
         return 0, [], None
     try:
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=False, map_location=module.device)  # saved on another device too
     except Exception:  # a truncated or foreign file: pickle, zip or torch errors
         raise UsageError(f"{path} is not a qat state; use a new -o folder or delete it") from None
     if not isinstance(state, dict) or state.get("config") != repr(config) or "logits" not in state:
@@ -297,14 +316,23 @@ def qat_outputs(out_dir: str | Path) -> tuple[list[Path], list[Path]]:
 
 
 def run_qat(
-    checkpoint: str, data_dir, ranges_path: str | Path, out_dir: str | Path, config: QatConfig, *, progress=True
+    checkpoint: str,
+    data_dir,
+    ranges_path: str | Path,
+    out_dir: str | Path,
+    config: QatConfig,
+    *,
+    progress=True,
+    device: str = "cpu",
 ) -> dict:
     """Train ``checkpoint`` quantization-aware on ``config.task``; write the outputs above into ``out_dir``.
+
+    ``device``: where to train (``resolve_device``); not part of ``config``, so a run resumes on another.
 
     Every file it reads (checkpoint, ranges, GLUE TSVs) is kept off the outputs before any work; a
     failed run removes the folders it made, except the one holding the resume state.
     """
-    task, out = get_task(config.task), Path(out_dir)
+    task, out, where = get_task(config.task), Path(out_dir), resolve_device(device)
     source = resolve_model(checkpoint)
     if source.head_seed is not None or source.num_labels != task.num_labels:
         raise UsageError(
@@ -314,10 +342,10 @@ def run_qat(
     reads = [split_file(task.name, split, data_dir) for split in ("train", "dev")]
     guard([source.path, ranges_path, *reads], files, output_dirs=folders)
     with output_folder(out):
-        return _train(source, data_dir, ranges_path, out, config, progress)
+        return _train(source, data_dir, ranges_path, out, config, progress, where)
 
 
-def _train(source: ModelSource, data_dir, ranges_path, out: Path, config: QatConfig, progress: bool) -> dict:
+def _train(source: ModelSource, data_dir, ranges_path, out: Path, config: QatConfig, progress: bool, device) -> dict:
     from transformers import AutoTokenizer
 
     task = get_task(config.task)
@@ -332,6 +360,8 @@ def _train(source: ModelSource, data_dir, ranges_path, out: Path, config: QatCon
     module = trainable_module(fp32, config, ranges)
     hf = load_model(source)
     names = _hf_names(hf, module.learned_weights())
+    module.to(device)
+    hf.to(device)  # the teacher of ``distill``, and the checkpoint the trained weights are written into
     tokenizer = AutoTokenizer.from_pretrained(source.path)
     pad_id = tokenizer.pad_token_id or 0
     train_ex, dev_ex = (

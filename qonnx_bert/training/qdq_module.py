@@ -57,6 +57,13 @@ def _tensor(init: onnx.TensorProto) -> torch.Tensor:
     return torch.from_numpy(np.array(value))
 
 
+def _moved(value, fn):
+    """``value`` (a tensor, or a tuple holding tensors, names and None) with ``fn`` applied to its tensors."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    return tuple(_moved(v, fn) for v in value) if isinstance(value, tuple) else value
+
+
 def _key(name: str) -> str:
     return name.replace(".", "__")
 
@@ -182,6 +189,21 @@ class QdqModule(torch.nn.Module):
             self.ranges[_key(source)] = learned
             self.source_of[node.input[1]] = (source, qmax)
 
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.weights.values())).device
+
+    def _apply(self, fn, recurse=True):
+        """``module.to(device)`` moves every tensor the module holds: the graph's constants and the scales,
+        indices and biases derived from it live in plain dicts (keyed by ONNX names), not in buffers."""
+        super()._apply(fn, recurse)
+        for name in ("constants", "views", "scales", "gather_scales", "biases"):
+            setattr(self, name, {key: _moved(value, fn) for key, value in getattr(self, name).items()})
+        return self
+
+    def _on_device(self, value):
+        return _moved(value, lambda t: t.to(self.device))
+
     def parameter(self, source: str) -> torch.nn.Parameter:
         """The trained FP32 weight ``source`` (an initializer name of the FP32 model)."""
         return self.weights[_key(source)]
@@ -195,17 +217,17 @@ class QdqModule(torch.nn.Module):
     def refresh_weight_scales(self) -> None:
         """Weight scales from the current weights, as the deploying writer computes them."""
         for tensor, site in self.sites.items():
-            w, grid = self.weight(tensor).detach().numpy(), self.grids[tensor]
+            w, grid = self.weight(tensor).detach().cpu().numpy(), self.grids[tensor]
             if tensor in self.asymmetric:
-                self.scales[tensor] = asymmetric_scale_zero_point(float(w.min()), float(w.max()), 255)
+                self.scales[tensor] = self._on_device(asymmetric_scale_zero_point(float(w.min()), float(w.max()), 255))
                 continue
             q = layout(
                 w, np.zeros(w.shape, np.int64), weight_scale(w, grid, site.channel_axis), grid, site.channel_axis
             )
-            self.scales[tensor] = torch.from_numpy(np.ascontiguousarray(q.full_scale(), np.float32))
+            self.scales[tensor] = self._on_device(torch.from_numpy(np.ascontiguousarray(q.full_scale(), np.float32)))
         for name, table in self.table_of.items():
             w = self.weight(table).detach()
-            self.gather_scales[name] = asymmetric_scale_zero_point(float(w.min()), float(w.max()), 255)
+            self.gather_scales[name] = self._on_device(asymmetric_scale_zero_point(float(w.min()), float(w.max()), 255))
 
     def follow_writer(self, written: onnx.ModelProto) -> None:
         """Take every constant the writer derives from the trained model from ``written``, the graph it writes
@@ -215,7 +237,7 @@ class QdqModule(torch.nn.Module):
             raise RuntimeError("the writer wrote another graph for the trained model; report this model")
         for init in written.graph.initializer:
             if init.name in self.constants:
-                self.constants[init.name] = _tensor(init)
+                self.constants[init.name] = self._on_device(_tensor(init))
 
     def learned_ranges(self) -> dict[str, tuple[float, float]]:
         return {source: self.ranges[_key(source)].range() for source, _ in self.source_of.values()}
@@ -226,7 +248,7 @@ class QdqModule(torch.nn.Module):
 
     def learned_weights(self) -> dict[str, np.ndarray]:
         """The trained FP32 weights, by initializer name."""
-        return {source: self.parameter(source).detach().numpy().copy() for source, _ in self.views.values()}
+        return {source: self.parameter(source).detach().cpu().numpy().copy() for source, _ in self.views.values()}
 
     def _scale_zp(self, node: onnx.NodeProto, values: dict) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         zp_name = node.input[2] if len(node.input) > 2 else ""
@@ -260,7 +282,10 @@ class QdqModule(torch.nn.Module):
         return dequantize(q.float(), scale, torch.zeros(()))
 
     def forward(self, **feeds: torch.Tensor) -> torch.Tensor:
-        values: dict[str, torch.Tensor] = {**self.constants, **feeds}
+        with torch.device(self.device):  # tensors the ONNX ops create (Shape, Range, ...) on the module's device
+            return self._run({**self.constants, **feeds})
+
+    def _run(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
         for node, done in zip(self.nodes, self.done_after):
             if node.op_type == "DequantizeLinear" and node.output[0] in self.biases:
                 values[node.output[0]] = self._bias(node.output[0], values)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -116,6 +117,9 @@ CASES = {
         "seed_negative.json: key 'seed' must be a finite number in [0, 2**32 - 1], got -1",
     ),
 }
+CASES["qat --device banana"] = ([*QAT_OUT, "--device", "banana"], "--device banana is not a device")
+if not torch.cuda.is_available():
+    CASES["qat --device cuda, no CUDA"] = ([*QAT_OUT, "--device", "cuda"], "this torch sees no CUDA device")
 if os.geteuid() != 0:  # root writes into a read-only folder anyway
     CASES["qat -o under a read-only folder"] = (qat_argv("-o", "{w}/ro/q"), "folder {w}/ro is not writable")
 

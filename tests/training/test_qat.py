@@ -291,3 +291,39 @@ def test_ranges_train_at_their_own_rate_in_spans():
     optimizer.step()
     moved = [float((p.detach() - b).abs().max()) for p, b in zip((linear.weight, learned.lo, learned.hi), before)]
     np.testing.assert_allclose(moved, [1e-5, 4e-2, 4e-2], rtol=1e-2)  # float32 steps near 0.5: ~3e-8 apart
+
+
+def _held_tensors(obj, found: list) -> list:
+    """Every tensor ``obj`` holds: in its attributes, their dicts and tuples, and its submodules'."""
+    if isinstance(obj, torch.Tensor):
+        found.append(obj)
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            _held_tensors(value, found)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            _held_tensors(value, found)
+    elif isinstance(obj, torch.nn.Module):
+        _held_tensors(vars(obj), found)
+    return found
+
+
+@pytest.mark.parametrize("scheme", ["w8a8", "peg"])
+def test_moving_the_module_moves_every_tensor_it_holds(tiny_onnx, init_ranges, scheme):
+    """``module.to(device)`` (``--device cuda``) must leave no tensor behind: constants, scales, indices and
+    biases live in plain dicts. Moved here by a copy to new memory (this machine has no GPU): every tensor
+    the module holds afterwards is a copy, and the module computes what it did."""
+    fp32, ranges = onnx.load(str(tiny_onnx)), RangeTable.load(init_ranges)
+    module = trainable_module(fp32, QatConfig("rte", scheme, lowbit=LOWBIT), ranges)
+    module.refresh_weight_scales()
+    feeds = Encoder.from_model(fp32).feeds(["a sentence to run twice"])
+    batch = {k: torch.from_numpy(v) for k, v in feeds.items()}
+    with torch.no_grad():
+        before_logits = module(**batch)
+    before = [t.detach() for t in _held_tensors(module, []) if t.numel()]  # storages kept: no address reused
+    old = {t.data_ptr() for t in before}
+    module._apply(lambda t: t.clone())
+    after = [t for t in _held_tensors(module, []) if t.numel()]
+    assert len(after) == len(before) and not [t.shape for t in after if t.data_ptr() in old]
+    with torch.no_grad():
+        assert torch.equal(module(**batch), before_logits)

@@ -233,6 +233,21 @@ def test_qat_then_export_and_quantize_deploys_what_training_simulated(
     np.testing.assert_array_equal(again, simulated)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: `--device cuda` is checked on a GPU host")
+def test_qat_on_cuda_deploys_what_it_simulated(tiny_bert_dir, glue_dir, init_ranges, tmp_path):
+    """Trained on the GPU, the written model computes the dev logits training reported, as on CPU: within
+    2 output steps of ONNX Runtime as written (float summation order differs between the two)."""
+    config = QatConfig("rte", "w8a8", epochs=1, batch_size=8, lr=1e-3, distill=0.5, lowbit=LOWBIT)
+    run_qat(str(tiny_bert_dir), glue_dir, init_ranges, tmp_path / "out", config, progress=False, device="cuda")
+    written = onnx.load(str(tmp_path / "out" / "model.qdq.onnx"))
+    dev = load_task("rte", "dev", glue_dir)
+    feeds = Encoder.from_model(written).feeds(dev.texts_a, dev.texts_b)
+    step = float(next(onnx.numpy_helper.to_array(i) for i in written.graph.initializer if i.name == "logits_scale"))
+    as_written = cpu_session(written, fused=False).run(None, feeds)[0]
+    assert np.abs(as_written - np.load(tmp_path / "out" / DEV_LOGITS)).max() <= 2 * step
+
+
 def test_qat_refuses_ranges_of_another_model(tiny_bert_dir, glue_dir, other_model_ranges, tmp_path):
     with pytest.raises(UsageError, match="calibrated on another model"):
         run_qat(str(tiny_bert_dir), glue_dir, other_model_ranges, tmp_path / "out", QatConfig("rte"), progress=False)

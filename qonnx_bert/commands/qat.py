@@ -28,7 +28,7 @@ def register(sub) -> None:
         "--range-lr",
         type=positive_float,
         default=1e-3,
-        help="peak learning rate of the activation ranges, in units of each range's initial span (default 1e-3)",
+        help="peak learning rate of the activation ranges' log scale: a relative change per step (default 1e-3)",
     )
     p.add_argument(
         "--distill",

@@ -1,13 +1,12 @@
 """Fake quantization that computes what ONNX Runtime will deploy, with straight-through gradients.
 
-Activation ranges are learned LSQ-style: the bounds ``lo`` and ``hi`` are learned (as moves in
-units of the range's span, ``LearnedRange``), the scale
-``(max(hi, 0) - min(lo, 0)) / qmax`` follows them with its full gradient through the
-quantize-dequantize (rounding passes gradients straight through, clamping stops them),
-and the zero point is recomputed from the range every step exactly as ONNX Runtime's
-``compute_scale_zp`` does when the ranges file is quantized (``round(-rmin / scale)``,
-float64, no gradient: it is an integer). Rounding is ``torch.round``, half to even, as
-ONNX ``QuantizeLinear``.
+Activation ranges are learned LSQ-style: each range is scaled by a learned factor
+(``LearnedRange``), so the scale ``(max(hi, 0) - min(lo, 0)) / qmax`` follows it with its full
+gradient through the quantize-dequantize (rounding passes gradients straight through, clamping
+stops them), and the zero point, recomputed every step exactly as ONNX Runtime's
+``compute_scale_zp`` does when the ranges file is quantized (``round(-rmin / scale)``, float64,
+no gradient: it is an integer), stays the one the PTQ range gave. Rounding is ``torch.round``,
+half to even, as ONNX ``QuantizeLinear``.
 """
 
 from __future__ import annotations
@@ -80,33 +79,32 @@ def asymmetric_scale_zero_point(lo, hi, qmax: int) -> tuple[torch.Tensor, torch.
 
 
 class LearnedRange(torch.nn.Module):
-    """An asymmetric activation range ``(lo, hi)``, learned as moves of its bounds in units of its
-    initial span. Adam steps every parameter by about its learning rate whatever the parameter's size,
-    so bounds learned in the tensor's own units stood still on wide ranges at a weight-sized rate; in
-    span units every range moves at one relative rate (``QatConfig.range_lr``). Each quantizer it sets
-    lays its own unsigned grid on it: mixed precision writes one tensor at 16 bits for one consumer and
-    converts it to 8 bits for another."""
+    """An asymmetric activation range ``(lo, hi) = (lo0, hi0) * exp(log_scale)``: the grid's scale is
+    learned (LSQ) and its zero point stays the integer the PTQ range gave. LSQ's gradient reaches a
+    range only through its scale (the zero point is an integer), so bounds learned apart got equal and
+    opposite steps: a shrinking range lost as much on its short side as on its long one, and a short
+    negative side was clipped away whole. The log domain makes Adam's steps relative, whatever the
+    range's size (``QatConfig.range_lr``). Each quantizer it sets lays its own unsigned grid on it:
+    mixed precision writes one tensor at 16 bits for one consumer and converts it to 8 bits for another."""
 
     def __init__(self, lo: float, hi: float) -> None:
         super().__init__()
         self.register_buffer("start", torch.tensor([float(lo), float(hi)], dtype=torch.float32))
-        self.register_buffer("span", torch.tensor(max(float(hi) - float(lo), 1e-6), dtype=torch.float32))
-        self.move = torch.nn.Parameter(torch.zeros(2))  # (lo, hi) moved by this many spans: zero is the start
+        self.log_scale = torch.nn.Parameter(torch.zeros(()))  # zero: the start, exactly (exp(0) == 1)
 
     @property
     def lo(self) -> torch.Tensor:
-        return self.start[0] + self.span * self.move[0]  # exactly ``start`` while ``move`` is zero
+        return self.start[0] * torch.exp(self.log_scale)
 
     @property
     def hi(self) -> torch.Tensor:
-        return self.start[1] + self.span * self.move[1]
+        return self.start[1] * torch.exp(self.log_scale)
 
     def scale_zero_point(self, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
         return asymmetric_scale_zero_point(self.lo, self.hi, qmax)
 
     def range(self) -> tuple[float, float]:
-        """The range the grid spans, zero included, as ``scale_zero_point`` uses it: a bound trained past
-        zero (a fast ``range_lr`` can push one there) is written as zero, never as ``lo > hi``."""
+        """The range the grid spans, zero included, as ``scale_zero_point`` uses it."""
         return min(float(self.lo.detach()), 0.0), max(float(self.hi.detach()), 0.0)
 
 

@@ -64,8 +64,8 @@ class QatConfig:
     lowbit: LowBitConfig = field(default_factory=LowBitConfig)
     epochs: int = 3
     lr: float = 2e-5
-    # Peak learning rate of the activation ranges, in spans (``LearnedRange``): about the relative rate
-    # the paper's Adam steps on the 8-bit scale give a typical MiniLM range.
+    # Peak learning rate of the activation ranges' log scale (``LearnedRange``): a relative change per
+    # step, about the one the paper's Adam steps on the 8-bit scale give a typical MiniLM range.
     range_lr: float = 1e-3
     distill: float = 0.0  # weight of the FP32 model's outputs as targets; 1 - distill on the labels
     batch_size: int = 32

@@ -137,7 +137,7 @@ def test_learned_layernorm_input_ranges_move_the_int32_bias_grids_as_the_writer_
     assert module.biases
     with torch.no_grad():
         for learned in module.ranges.values():
-            learned.move.add_(torch.tensor([0.0, 0.3]))  # hi up by 0.3 of the range
+            learned.log_scale.add_(0.3)  # every range 35% wider
     deployed = deployed_model(fp32, config, learned_range_table(ranges, module.learned_ranges(), fp32))
     written = {i.name: onnx.numpy_helper.to_array(i) for i in deployed.graph.initializer}
     dequantized = {
@@ -167,12 +167,12 @@ def test_fused_fake_quantizer_gives_the_composed_values_and_gradients():
         else:
             y = dequantize(quantize_linear(x, scale, zero_point, 0, 255), scale, zero_point)
         (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
-        results.append((y.detach(), x.grad, *learned.move.grad))
-    (y0, gx0, lo0, hi0), (y1, gx1, lo1, hi1) = results
+        results.append((y.detach(), x.grad, learned.log_scale.grad))
+    (y0, gx0, s0), (y1, gx1, s1) = results
     np.testing.assert_array_equal(y1.numpy(), y0.numpy())
     np.testing.assert_allclose(gx1.numpy(), gx0.numpy(), rtol=1e-6, atol=0)
     assert gx1.eq(0).any() and gx1.ne(0).any()  # values outside the grid stop the gradient
-    np.testing.assert_allclose([float(lo1), float(hi1)], [float(lo0), float(hi0)], rtol=1e-5)
+    np.testing.assert_allclose(float(s1), float(s0), rtol=1e-5)
 
 
 def test_quantize_rounds_half_to_even_and_clamps_like_quantize_linear():
@@ -291,10 +291,10 @@ def test_distillation_loss_is_the_kl_divergence_from_the_fp32_model():
     np.testing.assert_allclose(float(regression), np.mean((student[:, 0] - teacher[:, 0]) ** 2), rtol=1e-12)
 
 
-def test_ranges_train_at_their_own_rate_in_spans():
+def test_ranges_train_at_their_own_rate_relative_to_their_size():
     """``range_lr``: the ranges' own group. Adam's first step moves each parameter by its learning rate
     (its normalised gradient is +-1), so the step sizes show which rate each parameter got; a range's
-    bounds move by that rate times its initial span (4 here), whatever the range's size."""
+    bounds change by that rate relative to their size (here e^0.01 - 1), whatever the range's size."""
     from qonnx_bert.inputs.finetune import make_optimizer
 
     linear, learned = torch.nn.Linear(3, 2), LearnedRange(-1.0, 3.0)
@@ -305,7 +305,28 @@ def test_ranges_train_at_their_own_rate_in_spans():
     (linear(torch.ones(1, 3)).sum() + learned.hi - 2 * learned.lo).backward()
     optimizer.step()
     moved = [float((p.detach() - b).abs().max()) for p, b in zip((linear.weight, learned.lo, learned.hi), before)]
-    np.testing.assert_allclose(moved, [1e-5, 4e-2, 4e-2], rtol=1e-2)  # float32 steps near 0.5: ~3e-8 apart
+    grow = np.expm1(1e-2)
+    np.testing.assert_allclose(moved, [1e-5, 1 * grow, 3 * grow], rtol=1e-2)  # float32 steps near 0.5: ~3e-8 apart
+
+
+def test_a_learned_range_keeps_its_zero_point_and_short_side():
+    """LSQ's gradient reaches a range only through its scale. Shrunk hard (Adam, 300 steps of 1e-2), a
+    range keeps the zero point PTQ gave it and so its short negative side; learning the bounds apart, the
+    two got equal and opposite steps and the short side was clipped away whole."""
+    from qonnx_bert.inputs.finetune import make_optimizer
+
+    learned = LearnedRange(-6.0, 91.0)
+    zero_point = float(learned.scale_zero_point(255)[1])
+    recipe = {"lr": 1e-2, "weight_decay": 0.0, "warmup_ratio": 0.0}
+    optimizer, _ = make_optimizer(learned, recipe, 10**6, (list(learned.parameters()), 1e-2))
+    for _ in range(300):
+        learned.scale_zero_point(255)[0].backward()  # any loss that wants a finer grid
+        optimizer.step()
+        optimizer.zero_grad()
+    lo, hi = learned.range()
+    assert hi < 91.0 / 4 and lo < 0  # shrunk over fourfold, the negative side kept
+    assert float(learned.scale_zero_point(255)[1]) == zero_point
+    np.testing.assert_allclose(lo / hi, -6.0 / 91.0, rtol=1e-6)
 
 
 def _held_tensors(obj, found: list) -> list:

@@ -32,10 +32,13 @@ def start_score(work: Path, task: str, scheme: str, data_dir: str, checkpoint: s
     from transformers import AutoTokenizer
 
     fp32, ranges = onnx.load(str(work / task / "fp32.onnx")), RangeTable.load(work / task / "ranges.json")
-    module = trainable_module(fp32, QatConfig(task, scheme), ranges)
+    config = QatConfig(task, scheme)
+    module = trainable_module(fp32, config, ranges)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(checkpoint).path)
     dev = load_task(task, "dev", data_dir)
-    logits = predict(module, encode(tokenizer, dev, 128), 64, tokenizer.pad_token_id or 0, get_task(task).num_labels)
+    logits = predict(
+        module, encode(tokenizer, dev, config.max_length), 64, tokenizer.pad_token_id or 0, get_task(task).num_labels
+    )
     return score_logits(dev, logits)["score"]
 
 

@@ -282,8 +282,11 @@ class QdqModule(torch.nn.Module):
         return dequantize(q.float(), scale, torch.zeros(()))
 
     def forward(self, **feeds: torch.Tensor) -> torch.Tensor:
+        values = {**self.constants, **feeds}
+        if self.device.type == "cpu":  # factories already make CPU tensors: no device mode on every torch call
+            return self._run(values)
         with torch.device(self.device):  # tensors the ONNX ops create (Shape, Range, ...) on the module's device
-            return self._run({**self.constants, **feeds})
+            return self._run(values)
 
     def _run(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
         for node, done in zip(self.nodes, self.done_after):
